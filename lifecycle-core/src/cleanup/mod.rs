@@ -1,0 +1,1 @@
+//! Placeholder: the cleanup engine is being written (issue 3).

@@ -1,0 +1,177 @@
+//! Types shared by every machine that `#[state_machine]` generates: the transition table
+//! entries, the error of a refused transition, and the traits that let generic code (reference
+//! models, property tests, tooling) work with any declared lifecycle.
+
+use core::fmt;
+use core::hash::Hash;
+
+/// One declared transition: its name, the states it may leave, and the state it enters.
+///
+/// Every generated state enum exposes its whole table as [`LifecycleState::TRANSITIONS`]
+/// (and as an inherent `TRANSITIONS` constant), in declaration order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Transition<S: 'static> {
+    /// The transition's name as declared (`start_creating`); the machine method is `try_<name>`.
+    pub name: &'static str,
+    /// The states the transition may leave, in declaration order. For a transition declared
+    /// from `*` this is every non-terminal state.
+    pub sources: &'static [S],
+    /// The state the transition enters.
+    pub target: S,
+    /// Whether the transition was declared from `*` ("any non-terminal state").
+    pub from_any: bool,
+}
+
+impl<S: PartialEq + Copy> Transition<S> {
+    /// Whether `state` is one of this transition's sources.
+    pub fn allows(&self, state: S) -> bool {
+        self.sources.contains(&state)
+    }
+}
+
+/// A transition was refused because the machine was not in one of its source states.
+///
+/// Carries the transition (name, allowed sources, target) and the state the machine was
+/// observed in at the instant the compare-and-swap failed.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TransitionError<S: 'static> {
+    transition: &'static Transition<S>,
+    observed: S,
+}
+
+impl<S: Copy> TransitionError<S> {
+    /// Builds the error; generated code calls this with an entry of the const table.
+    pub const fn new(transition: &'static Transition<S>, observed: S) -> Self {
+        Self {
+            transition,
+            observed,
+        }
+    }
+
+    /// The refused transition's table entry.
+    pub const fn transition(&self) -> &'static Transition<S> {
+        self.transition
+    }
+
+    /// The refused transition's name.
+    pub const fn name(&self) -> &'static str {
+        self.transition.name
+    }
+
+    /// The states the transition would have accepted.
+    pub const fn allowed_sources(&self) -> &'static [S] {
+        self.transition.sources
+    }
+
+    /// The state the transition would have entered.
+    pub const fn target(&self) -> S {
+        self.transition.target
+    }
+
+    /// The state the machine was in when the transition was refused.
+    pub const fn observed(&self) -> S {
+        self.observed
+    }
+}
+
+impl<S: fmt::Display> fmt::Display for TransitionError<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "transition `{}` to `{}` refused: machine is `{}`, expected ",
+            self.transition.name, self.transition.target, self.observed
+        )?;
+        if self.transition.from_any {
+            return f.write_str("any non-terminal state");
+        }
+        for (i, source) in self.transition.sources.iter().enumerate() {
+            match i {
+                0 => {}
+                i if i + 1 == self.transition.sources.len() => f.write_str(" or ")?,
+                _ => f.write_str(", ")?,
+            }
+            write!(f, "`{source}`")?;
+        }
+        Ok(())
+    }
+}
+
+impl<S: fmt::Display> fmt::Debug for TransitionError<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TransitionError")
+            .field("transition", &self.transition.name)
+            .field("target", &format_args!("{}", self.transition.target))
+            .field("observed", &format_args!("{}", self.observed))
+            .finish()
+    }
+}
+
+impl<S: fmt::Display> std::error::Error for TransitionError<S> {}
+
+/// A raw integer that is not the discriminant of any state of the named enum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct UnknownStateError {
+    /// The state enum's name (`ShimState`).
+    pub state_type: &'static str,
+    /// The value that matched no state.
+    pub raw: u64,
+}
+
+impl fmt::Display for UnknownStateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} is not a valid {} value", self.raw, self.state_type)
+    }
+}
+
+impl std::error::Error for UnknownStateError {}
+
+/// Implemented by every enum annotated with `#[state_machine]`.
+///
+/// The same items exist as inherent constants and `const fn`s on the enum; the trait is for
+/// code that is generic over lifecycles.
+pub trait LifecycleState:
+    Copy + Eq + Hash + fmt::Debug + fmt::Display + Send + Sync + 'static
+{
+    /// The unsigned integer the machine stores (`u8` unless the enum has another `#[repr]`).
+    type Raw: Copy + Eq + fmt::Debug;
+    /// The generated atomic machine.
+    type Machine: StateMachine<State = Self>;
+    /// The enum's name.
+    const TYPE_NAME: &'static str;
+    /// Every state, in declaration order.
+    const ALL: &'static [Self];
+    /// The state a new machine starts in.
+    const INITIAL: Self;
+    /// Every declared transition, in declaration order.
+    const TRANSITIONS: &'static [Transition<Self>];
+    /// A Mermaid `stateDiagram-v2` of the machine, built at compile time.
+    const MERMAID: &'static str;
+
+    /// The state's snake_case name (`ShuttingDown` → `shutting_down`).
+    fn name(self) -> &'static str;
+    /// Whether no transition leaves this state.
+    fn is_terminal(self) -> bool;
+    /// The state's discriminant.
+    fn to_raw(self) -> Self::Raw;
+    /// The state whose discriminant is `raw`.
+    fn from_raw(raw: Self::Raw) -> Result<Self, UnknownStateError>;
+    /// Whether some declared transition leads from `from` to `to`.
+    fn can_transition(from: Self, to: Self) -> bool;
+}
+
+/// Implemented by every generated atomic machine.
+pub trait StateMachine: Send + Sync {
+    /// The state enum.
+    type State: LifecycleState;
+    /// The current state (an `Acquire` load).
+    fn state(&self) -> Self::State;
+    /// Sets the state unconditionally and returns the previous one (the escape hatch).
+    fn force(&self, to: Self::State) -> Self::State;
+    /// Attempts the transition named `name`, exactly as the generated `try_<name>` does.
+    ///
+    /// Returns `None` when no transition has that name.
+    fn try_transition(
+        &self,
+        name: &str,
+    ) -> Option<Result<Self::State, TransitionError<Self::State>>>;
+}

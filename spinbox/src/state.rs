@@ -1,0 +1,1 @@
+//! Placeholder: the shim state machine (issue 2).

@@ -1,0 +1,1 @@
+//! Placeholder: the QEMU VM manager is being written (issue 5).
