@@ -147,7 +147,7 @@ pub trait LifecycleState:
     /// A Mermaid `stateDiagram-v2` of the machine, built at compile time.
     const MERMAID: &'static str;
 
-    /// The state's snake_case name (`ShuttingDown` → `shutting_down`).
+    /// The state's `snake_case` name (`ShuttingDown` → `shutting_down`).
     fn name(self) -> &'static str;
     /// Whether no transition leaves this state.
     fn is_terminal(self) -> bool;

@@ -1,1 +1,111 @@
-//! Placeholder: the shim state machine (issue 2).
+//! The shim's lifecycle: [`ShimState`], declared with `#[state_machine]`, and
+//! [`ShimStateMachine`], the generated atomic machine plus the intentional-shutdown flag.
+//!
+//! ```text
+//! Idle ──start_creating──▶ Creating ──mark_created──▶ Running ──start_deleting──▶ Deleting
+//!   ▲                         │
+//!   └──mark_creation_failed───┘          (any non-terminal) ──shut_down──▶ ShuttingDown
+//! ```
+
+use core::sync::atomic::{AtomicBool, Ordering};
+use lifecycle_core::state_machine;
+
+/// Where the shim is in its life. One byte; see [`AtomicShimState`] for the atomic machine.
+#[state_machine(transitions(
+    /// A create request claims the idle shim.
+    start_creating: Idle => Creating,
+    /// The VM booted and its agent answered.
+    mark_created: Creating => Running,
+    /// Creation failed and its partial cleanup ran: the shim may be created again.
+    mark_creation_failed: Creating => Idle,
+    /// A delete request claims the running shim.
+    start_deleting: Running => Deleting,
+    /// Shutdown from anywhere (delete finished, shutdown request, VM died).
+    shut_down: * => ShuttingDown,
+))]
+#[repr(u8)]
+pub enum ShimState {
+    /// Nothing created yet, or a failed creation was cleaned up.
+    #[initial]
+    Idle = 0,
+    /// A VM is being created.
+    Creating = 1,
+    /// The VM is up and its agent answers.
+    Running = 2,
+    /// The VM is being deleted.
+    Deleting = 3,
+    /// The shim is going away; nothing leaves this state.
+    #[terminal]
+    ShuttingDown = 4,
+}
+
+/// A consistent-enough view of the shim: its state and whether shutdown was asked for.
+///
+/// The two fields are read one after the other, not as one atomic unit; each is a value the
+/// machine really held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ShimSnapshot {
+    /// The lifecycle state.
+    pub state: ShimState,
+    /// Whether the shutdown in progress (if any) was requested rather than caused by a crash.
+    pub intentional_shutdown: bool,
+}
+
+/// The shim's state machine: [`AtomicShimState`] plus the intentional-shutdown flag.
+///
+/// Everything goes through `&self`, so one value can be shared by every task of the shim.
+#[derive(Debug, Default)]
+pub struct ShimStateMachine {
+    state: AtomicShimState,
+    intentional_shutdown: AtomicBool,
+}
+
+impl ShimStateMachine {
+    /// A machine in [`ShimState::Idle`], flag unset.
+    #[must_use]
+    pub const fn new() -> Self {
+        Self {
+            state: AtomicShimState::new(),
+            intentional_shutdown: AtomicBool::new(false),
+        }
+    }
+
+    /// The atomic state machine, for its `try_*` transitions and predicates.
+    pub fn machine(&self) -> &AtomicShimState {
+        &self.state
+    }
+
+    /// The current state.
+    pub fn state(&self) -> ShimState {
+        self.state.state()
+    }
+
+    /// Whether shutdown was requested (rather than caused by the VM dying).
+    pub fn is_intentional_shutdown(&self) -> bool {
+        // Acquire pairs with the Release in `set_intentional_shutdown`, so whoever sees the
+        // flag also sees what the requester wrote before setting it.
+        self.intentional_shutdown.load(Ordering::Acquire)
+    }
+
+    /// Marks (or clears) the shutdown in progress as intentional.
+    pub fn set_intentional_shutdown(&self, intentional: bool) {
+        self.intentional_shutdown
+            .store(intentional, Ordering::Release);
+    }
+
+    /// The state and the flag.
+    pub fn snapshot(&self) -> ShimSnapshot {
+        ShimSnapshot {
+            state: self.state(),
+            intentional_shutdown: self.is_intentional_shutdown(),
+        }
+    }
+}
+
+impl core::ops::Deref for ShimStateMachine {
+    type Target = AtomicShimState;
+
+    fn deref(&self) -> &AtomicShimState {
+        &self.state
+    }
+}

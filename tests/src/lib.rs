@@ -1,1 +1,7 @@
 //! Shared fixtures for the cross-crate suites.
+//!
+//! [`firecracker`] declares a second lifecycle, different from spinbox's, with the same macro,
+//! to show the framework serves other runtimes: it has a multi-source transition and a `*`
+//! transition, and no `#[repr]` (so the default `u8`).
+
+pub mod firecracker;

@@ -1,0 +1,69 @@
+//! `#[state_machine]`: parse ([`attr`], [`ast`]) → validate ([`valid`]) → expand ([`expand`]).
+
+mod ast;
+mod attr;
+mod expand;
+mod valid;
+
+use crate::ctxt::Ctxt;
+use proc_macro2::TokenStream;
+use quote::quote;
+
+/// Expands `#[state_machine(args)] item`. On error the item is emitted as written (minus
+/// the helper attributes) beside the errors, so the rest of the crate still type-checks.
+#[allow(clippy::needless_pass_by_value)] // the proc-macro entry point hands over owned streams
+pub fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
+    let item: syn::Item = match syn::parse2(input.clone()) {
+        Ok(item) => item,
+        Err(e) => {
+            let error = e.to_compile_error();
+            return quote!(#input #error);
+        }
+    };
+    let syn::Item::Enum(item) = item else {
+        let error = syn::Error::new_spanned(
+            item_keyword(&item, &input),
+            "`#[state_machine]` applies to a fieldless enum; its variants are the states",
+        )
+        .to_compile_error();
+        return quote!(#input #error);
+    };
+    let mut cx = Ctxt::default();
+    let args: attr::MachineArgs = match syn::parse2(args) {
+        Ok(args) => args,
+        Err(e) => {
+            cx.syn_error(e);
+            attr::MachineArgs::default()
+        }
+    };
+    let krate = args
+        .krate
+        .clone()
+        .unwrap_or_else(|| syn::parse_quote!(::lifecycle_core));
+    let enm = ast::Enum::from_item(&mut cx, &item);
+    let parsed_ok = cx.is_ok();
+    match valid::validate(&mut cx, enm, &args) {
+        Some(model) if parsed_ok && cx.is_ok() => expand::expand(&model, krate),
+        _ => {
+            let stripped = expand::strip_helpers(&item);
+            let errors = cx.into_compile_errors();
+            quote!(#stripped #errors)
+        }
+    }
+}
+
+/// The token to blame when the item is not an enum: its keyword where there is one.
+fn item_keyword(item: &syn::Item, input: &TokenStream) -> TokenStream {
+    use quote::ToTokens;
+    match item {
+        syn::Item::Struct(s) => s.struct_token.to_token_stream(),
+        syn::Item::Union(u) => u.union_token.to_token_stream(),
+        syn::Item::Fn(f) => f.sig.fn_token.to_token_stream(),
+        syn::Item::Trait(t) => t.trait_token.to_token_stream(),
+        syn::Item::Type(t) => t.type_token.to_token_stream(),
+        _ => input.clone(),
+    }
+}
+
+#[cfg(test)]
+pub(crate) use self::expand as expand_for_tests;

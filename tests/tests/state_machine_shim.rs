@@ -1,0 +1,304 @@
+//! Behaviour of spinbox's generated `ShimState` machine: every scenario of the Go package it
+//! descends from, plus the generated introspection.
+
+use lifecycle_core::{LifecycleState, StateMachine, TransitionError};
+use spinbox::state::{AtomicShimState, ShimSnapshot, ShimState, ShimStateMachine};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
+
+static GLOBAL: AtomicShimState = AtomicShimState::new();
+static GLOBAL_SHIM: ShimStateMachine = ShimStateMachine::new();
+
+fn in_state(state: ShimState) -> AtomicShimState {
+    let machine = AtomicShimState::new();
+    let _ = machine.force(state);
+    machine
+}
+
+#[test]
+fn machine_is_one_byte_and_lives_in_a_static() {
+    assert_eq!(std::mem::size_of::<AtomicShimState>(), 1);
+    assert_eq!(GLOBAL.state(), ShimState::Idle);
+    assert_eq!(GLOBAL_SHIM.state(), ShimState::Idle);
+}
+
+#[test]
+fn starts_idle() {
+    let sm = ShimStateMachine::new();
+    assert_eq!(sm.state(), ShimState::Idle);
+    assert!(sm.is_idle());
+    assert!(!sm.is_intentional_shutdown());
+    assert_eq!(ShimState::INITIAL, ShimState::Idle);
+    assert_eq!(AtomicShimState::default().state(), ShimState::Idle);
+}
+
+#[test]
+fn happy_path_returns_the_state_left() {
+    let sm = AtomicShimState::new();
+    assert_eq!(sm.try_start_creating(), Ok(ShimState::Idle));
+    assert_eq!(sm.state(), ShimState::Creating);
+    assert_eq!(sm.try_mark_created(), Ok(ShimState::Creating));
+    assert_eq!(sm.state(), ShimState::Running);
+    assert_eq!(sm.try_start_deleting(), Ok(ShimState::Running));
+    assert_eq!(sm.state(), ShimState::Deleting);
+    assert_eq!(sm.try_shut_down(), Ok(ShimState::Deleting));
+    assert_eq!(sm.state(), ShimState::ShuttingDown);
+}
+
+#[test]
+fn creation_failure_returns_to_idle_and_can_retry() {
+    let sm = AtomicShimState::new();
+    sm.try_start_creating().unwrap();
+    assert_eq!(sm.try_mark_creation_failed(), Ok(ShimState::Creating));
+    assert!(sm.is_idle());
+    assert_eq!(sm.try_start_creating(), Ok(ShimState::Idle));
+}
+
+#[test]
+fn shut_down_from_every_non_terminal_state() {
+    for &state in ShimState::ALL.iter().filter(|s| !s.is_terminal()) {
+        let sm = in_state(state);
+        assert_eq!(sm.try_shut_down(), Ok(state));
+        assert!(sm.is_shutting_down());
+    }
+    let sm = in_state(ShimState::ShuttingDown);
+    let err = sm.try_shut_down().unwrap_err();
+    assert_eq!(err.observed(), ShimState::ShuttingDown);
+}
+
+/// Every (transition, state) pair: allowed pairs succeed, all others fail with the exact error
+/// and leave the state untouched.
+#[test]
+fn every_transition_from_every_state() {
+    let mut refused = 0;
+    for (index, transition) in ShimState::TRANSITIONS.iter().enumerate() {
+        for &state in ShimState::ALL {
+            let sm = in_state(state);
+            let result = sm.try_transition(transition.name).expect("declared");
+            if transition.allows(state) {
+                assert_eq!(result, Ok(state), "{} from {state}", transition.name);
+                assert_eq!(sm.state(), transition.target);
+            } else {
+                refused += 1;
+                let err: TransitionError<ShimState> = result.unwrap_err();
+                assert_eq!(err.name(), transition.name);
+                assert_eq!(err.transition(), &ShimState::TRANSITIONS[index]);
+                assert_eq!(err.allowed_sources(), transition.sources);
+                assert_eq!(err.target(), transition.target);
+                assert_eq!(err.observed(), state);
+                assert_eq!(sm.state(), state, "a refused transition changes nothing");
+            }
+        }
+    }
+    // 5 transitions × 5 states, 4 + 4 allowed... counted from the table, not assumed:
+    let allowed: usize = ShimState::TRANSITIONS.iter().map(|t| t.sources.len()).sum();
+    assert_eq!(refused, 5 * 5 - allowed);
+    assert_eq!(allowed, 8);
+}
+
+#[test]
+fn invalid_transitions_report_the_observed_state() {
+    let sm = in_state(ShimState::Running);
+    let err = sm.try_start_creating().unwrap_err();
+    assert_eq!(err.observed(), ShimState::Running);
+    assert_eq!(err.allowed_sources(), &[ShimState::Idle]);
+    assert_eq!(err.target(), ShimState::Creating);
+    assert_eq!(
+        err.to_string(),
+        "transition `start_creating` to `creating` refused: machine is `running`, expected `idle`"
+    );
+    let sm = AtomicShimState::new();
+    assert_eq!(
+        sm.try_start_deleting().unwrap_err().observed(),
+        ShimState::Idle
+    );
+    assert_eq!(
+        sm.try_mark_created().unwrap_err().observed(),
+        ShimState::Idle
+    );
+    let sm = in_state(ShimState::ShuttingDown);
+    assert_eq!(
+        sm.try_shut_down().unwrap_err().to_string(),
+        "transition `shut_down` to `shutting_down` refused: machine is `shutting_down`, expected any non-terminal state"
+    );
+    let boxed: Box<dyn std::error::Error> = Box::new(err_for_box());
+    assert!(boxed.source().is_none());
+}
+
+fn err_for_box() -> TransitionError<ShimState> {
+    AtomicShimState::new().try_start_deleting().unwrap_err()
+}
+
+#[test]
+fn hundred_threads_race_start_creating_exactly_one_wins() {
+    for _ in 0..20 {
+        let sm = Arc::new(ShimStateMachine::new());
+        let barrier = Arc::new(Barrier::new(100));
+        let wins = Arc::new(AtomicUsize::new(0));
+        let handles: Vec<_> = (0..100)
+            .map(|_| {
+                let (sm, barrier, wins) = (sm.clone(), barrier.clone(), wins.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    match sm.try_start_creating() {
+                        Ok(from) => {
+                            assert_eq!(from, ShimState::Idle);
+                            wins.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => assert_eq!(e.observed(), ShimState::Creating),
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        assert_eq!(wins.load(Ordering::Relaxed), 1);
+        assert_eq!(sm.state(), ShimState::Creating);
+    }
+}
+
+#[test]
+fn force_returns_the_previous_state() {
+    let sm = AtomicShimState::new();
+    assert_eq!(sm.force(ShimState::Running), ShimState::Idle);
+    assert_eq!(sm.force(ShimState::ShuttingDown), ShimState::Running);
+    // Force ignores the table, even out of a terminal state.
+    assert_eq!(sm.force(ShimState::Idle), ShimState::ShuttingDown);
+    assert!(sm.is_idle());
+    assert_eq!(
+        StateMachine::force(&sm, ShimState::Deleting),
+        ShimState::Idle
+    );
+}
+
+#[test]
+fn intentional_shutdown_flag_and_snapshot() {
+    let sm = ShimStateMachine::new();
+    assert_eq!(
+        sm.snapshot(),
+        ShimSnapshot {
+            state: ShimState::Idle,
+            intentional_shutdown: false
+        }
+    );
+    sm.set_intentional_shutdown(true);
+    assert!(sm.is_intentional_shutdown());
+    sm.try_start_creating().unwrap();
+    sm.try_shut_down().unwrap();
+    assert_eq!(
+        sm.snapshot(),
+        ShimSnapshot {
+            state: ShimState::ShuttingDown,
+            intentional_shutdown: true
+        }
+    );
+    sm.set_intentional_shutdown(false);
+    assert!(!sm.snapshot().intentional_shutdown);
+    assert!(std::ptr::eq(sm.machine(), &*sm));
+}
+
+#[test]
+fn exactly_one_predicate_holds() {
+    for &state in ShimState::ALL {
+        let sm = in_state(state);
+        let holds = [
+            sm.is_idle(),
+            sm.is_creating(),
+            sm.is_running(),
+            sm.is_deleting(),
+            sm.is_shutting_down(),
+        ];
+        assert_eq!(holds.iter().filter(|&&b| b).count(), 1, "{state}");
+        assert!(holds[ShimState::ALL.iter().position(|&s| s == state).unwrap()]);
+    }
+}
+
+#[test]
+fn names_and_raw_values() {
+    let names: Vec<String> = ShimState::ALL.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        names,
+        ["idle", "creating", "running", "deleting", "shutting_down"]
+    );
+    assert_eq!(ShimState::ShuttingDown.name(), "shutting_down");
+    assert_eq!(
+        format!("{:>8}|", ShimState::Idle),
+        "    idle|",
+        "Display pads"
+    );
+    for (raw, &state) in (0u8..).zip(ShimState::ALL) {
+        assert_eq!(state.to_raw(), raw);
+        assert_eq!(u8::from(state), raw);
+        assert_eq!(ShimState::from_raw(raw), Ok(state));
+        assert_eq!(ShimState::try_from(raw), Ok(state));
+    }
+    let err = ShimState::try_from(5).unwrap_err();
+    assert_eq!(err.raw, 5);
+    assert_eq!(err.state_type, "ShimState");
+    assert_eq!(err.to_string(), "5 is not a valid ShimState value");
+    assert!(ShimState::from_raw(255).is_err());
+    assert!(ShimState::ShuttingDown.is_terminal());
+    assert!(!ShimState::Deleting.is_terminal());
+}
+
+#[test]
+fn can_transition_agrees_with_the_table() {
+    for &from in ShimState::ALL {
+        for &to in ShimState::ALL {
+            let declared = ShimState::TRANSITIONS
+                .iter()
+                .any(|t| t.target == to && t.allows(from));
+            assert_eq!(
+                ShimState::can_transition(from, to),
+                declared,
+                "{from} -> {to}"
+            );
+        }
+    }
+    const CAN: bool = ShimState::can_transition(ShimState::Idle, ShimState::Creating);
+    assert!(CAN);
+}
+
+#[test]
+fn transition_table_and_diagram() {
+    let names: Vec<&str> = ShimState::TRANSITIONS.iter().map(|t| t.name).collect();
+    assert_eq!(
+        names,
+        [
+            "start_creating",
+            "mark_created",
+            "mark_creation_failed",
+            "start_deleting",
+            "shut_down"
+        ]
+    );
+    let shut_down = &ShimState::TRANSITIONS[4];
+    assert!(shut_down.from_any);
+    assert_eq!(
+        shut_down.sources,
+        &[
+            ShimState::Idle,
+            ShimState::Creating,
+            ShimState::Running,
+            ShimState::Deleting
+        ]
+    );
+    assert!(ShimState::MERMAID.starts_with("stateDiagram-v2\n    [*] --> Idle\n"));
+    assert!(ShimState::MERMAID.contains("    Creating --> Idle: mark_creation_failed\n"));
+    assert!(ShimState::MERMAID.contains("    Deleting --> ShuttingDown: shut_down\n"));
+    assert!(ShimState::MERMAID.ends_with("    ShuttingDown --> [*]\n"));
+    assert_eq!(<ShimState as LifecycleState>::MERMAID, ShimState::MERMAID);
+    assert_eq!(<ShimState as LifecycleState>::TYPE_NAME, "ShimState");
+}
+
+#[test]
+fn unknown_transition_name_is_none() {
+    assert!(AtomicShimState::new().try_transition("launch").is_none());
+}
+
+#[test]
+fn debug_shows_the_state() {
+    let sm = in_state(ShimState::Running);
+    assert_eq!(format!("{sm:?}"), "AtomicShimState { state: Running }");
+}
