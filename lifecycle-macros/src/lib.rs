@@ -8,6 +8,9 @@ mod case;
 mod ctxt;
 mod state_machine;
 
+#[cfg(test)]
+mod snapshot_tests;
+
 use proc_macro::TokenStream;
 
 /// Turns a fieldless enum into a lock-free state machine. See `lifecycle_core` for the

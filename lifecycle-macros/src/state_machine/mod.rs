@@ -64,6 +64,3 @@ fn item_keyword(item: &syn::Item, input: &TokenStream) -> TokenStream {
         _ => input.clone(),
     }
 }
-
-#[cfg(test)]
-pub(crate) use self::expand as expand_for_tests;

@@ -1,0 +1,10 @@
+use lifecycle_core::state_machine;
+
+#[state_machine(transitions(go: A => B))]
+enum S {
+    #[initial]
+    A,
+    B(u32),
+}
+
+fn main() {}
