@@ -26,7 +26,6 @@ pub fn to_snake_case(name: &str) -> String {
 }
 
 /// `hotplug_stop` → `HotplugStop`.
-#[allow(dead_code)] // used by `#[cleanup_phases]`
 pub fn to_camel_case(name: &str) -> String {
     let name = name.strip_prefix("r#").unwrap_or(name);
     name.split('_')

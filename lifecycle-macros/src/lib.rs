@@ -5,6 +5,7 @@
 //! module's `expand`.
 
 mod case;
+mod cleanup_phases;
 mod ctxt;
 mod state_machine;
 
@@ -23,6 +24,6 @@ pub fn state_machine(args: TokenStream, input: TokenStream) -> TokenStream {
 /// Turns a struct of phases into an ordered, at-most-once cleanup runner. See
 /// `lifecycle_core` for the syntax and the generated API.
 #[proc_macro_attribute]
-pub fn cleanup_phases(_args: TokenStream, input: TokenStream) -> TokenStream {
-    input
+pub fn cleanup_phases(args: TokenStream, input: TokenStream) -> TokenStream {
+    cleanup_phases::expand(args.into(), input.into()).into()
 }
