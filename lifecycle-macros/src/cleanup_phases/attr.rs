@@ -19,15 +19,19 @@ pub struct PhasesArgs {
     pub krate: Option<Path>,
 }
 
-fn once<T>(
-    cx: &mut Ctxt,
-    slot: &mut Option<(T, Span)>,
-    meta: &ParseNestedMeta,
-    value: T,
-) {
-    let span = meta.path.get_ident().map_or_else(Span::call_site, Ident::span);
+fn once<T>(cx: &mut Ctxt, slot: &mut Option<(T, Span)>, meta: &ParseNestedMeta, value: T) {
+    let span = meta
+        .path
+        .get_ident()
+        .map_or_else(Span::call_site, Ident::span);
     if let Some((_, first)) = slot {
-        let mut error = syn::Error::new(span, format!("duplicate option `{}`", quote::ToTokens::to_token_stream(&meta.path)));
+        let mut error = syn::Error::new(
+            span,
+            format!(
+                "duplicate option `{}`",
+                quote::ToTokens::to_token_stream(&meta.path)
+            ),
+        );
         error.combine(syn::Error::new(*first, "first given here"));
         cx.syn_error(error);
     } else {
@@ -84,7 +88,10 @@ fn parse_duration(text: &str) -> Result<(u64, u32), String> {
         .parse()
         .map_err(|_| format!("bad timeout `{text}`: expected an integer and a unit, like \"500ms\", \"5s\" or \"2m\""))?;
     let (secs, nanos) = match unit {
-        "ms" => (value / 1000, u32::try_from(value % 1000).unwrap_or(0) * 1_000_000),
+        "ms" => (
+            value / 1000,
+            u32::try_from(value % 1000).unwrap_or(0) * 1_000_000,
+        ),
         "s" => (value, 0),
         "m" => (
             value
@@ -93,10 +100,16 @@ fn parse_duration(text: &str) -> Result<(u64, u32), String> {
             0,
         ),
         "" => return Err(format!("bad timeout `{text}`: missing unit (ms, s or m)")),
-        other => return Err(format!("bad timeout `{text}`: unknown unit `{other}`; use ms, s or m")),
+        other => {
+            return Err(format!(
+                "bad timeout `{text}`: unknown unit `{other}`; use ms, s or m"
+            ))
+        }
     };
     if secs == 0 && nanos == 0 {
-        return Err(format!("bad timeout `{text}`: a timeout must be greater than zero"));
+        return Err(format!(
+            "bad timeout `{text}`: a timeout must be greater than zero"
+        ));
     }
     Ok((secs, nanos))
 }
