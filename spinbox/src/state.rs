@@ -62,8 +62,20 @@ pub struct ShimStateMachine {
 
 impl ShimStateMachine {
     /// A machine in [`ShimState::Idle`], flag unset.
+    #[cfg(not(loom))]
     #[must_use]
     pub const fn new() -> Self {
+        Self {
+            state: AtomicShimState::new(),
+            intentional_shutdown: AtomicBool::new(false),
+        }
+    }
+
+    /// A machine in [`ShimState::Idle`], flag unset (not `const` under loom, whose atomics
+    /// have no `const` constructors).
+    #[cfg(loom)]
+    #[must_use]
+    pub fn new() -> Self {
         Self {
             state: AtomicShimState::new(),
             intentional_shutdown: AtomicBool::new(false),

@@ -1,0 +1,155 @@
+//! loom models of the generated state machines: every interleaving (within loom's default
+//! bounds) of the racing operations is explored. Run with
+//! `RUSTFLAGS="--cfg loom" cargo test --release -p tests --test loom_state_machine`
+//! (scripts/test-all does); without `--cfg loom` this file is empty.
+#![cfg(loom)]
+
+use loom::cell::UnsafeCell;
+use loom::sync::Arc;
+use loom::thread;
+use spinbox::state::{AtomicShimState, ShimState};
+use tests::firecracker::{FirecrackerVm, VmState};
+
+/// Model 1: N threads race the same single-source transition. Exactly one wins; every loser
+/// reports the state it observed (the winner's target); the final state is the target.
+fn race_same_transition(threads: usize) {
+    loom::model(move || {
+        let sm = Arc::new(AtomicShimState::new());
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let sm = sm.clone();
+                thread::spawn(move || sm.try_start_creating())
+            })
+            .collect();
+        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1);
+        for r in &results {
+            match r {
+                Ok(from) => assert_eq!(*from, ShimState::Idle),
+                Err(e) => assert_eq!(e.observed(), ShimState::Creating),
+            }
+        }
+        assert_eq!(sm.state(), ShimState::Creating);
+    });
+}
+
+#[test]
+fn two_threads_race_one_transition() {
+    race_same_transition(2);
+}
+
+#[test]
+fn three_threads_race_one_transition() {
+    race_same_transition(3);
+}
+
+/// Model 2: `start_deleting` and `shut_down` race out of Running. The outcome must be one a
+/// sequential order produces: deleting first (both succeed, via Deleting), or shut_down first
+/// (start_deleting refused, observing ShuttingDown).
+#[test]
+fn different_transitions_from_the_same_state() {
+    loom::model(|| {
+        let sm = Arc::new(AtomicShimState::new());
+        let _ = sm.force(ShimState::Running);
+        let deleter = {
+            let sm = sm.clone();
+            thread::spawn(move || sm.try_start_deleting())
+        };
+        let stopper = {
+            let sm = sm.clone();
+            thread::spawn(move || sm.try_shut_down())
+        };
+        let deleting = deleter.join().unwrap();
+        let shut_down = stopper.join().unwrap();
+        match (deleting, shut_down) {
+            // start_deleting, then shut_down from Deleting.
+            (Ok(ShimState::Running), Ok(ShimState::Deleting)) => {}
+            // shut_down first; start_deleting then sees ShuttingDown.
+            (Err(e), Ok(ShimState::Running)) => assert_eq!(e.observed(), ShimState::ShuttingDown),
+            other => panic!("no sequential order produces {other:?}"),
+        }
+        assert_eq!(sm.state(), ShimState::ShuttingDown);
+    });
+}
+
+/// Model 3: the multi-source `stop` (Running | Paused → Stopped) races a thread flipping the
+/// machine between those two sources. `stop` always succeeds exactly once from a state the
+/// machine really was in, the flipper's operations fail only because the VM stopped, and the
+/// machine never leaves the declared graph or loses an update.
+#[test]
+fn multi_source_transition_racing_moves_between_sources() {
+    loom::model(|| {
+        let vm = Arc::new(FirecrackerVm::new());
+        vm.try_start().unwrap();
+        let flipper = {
+            let vm = vm.clone();
+            thread::spawn(move || (vm.try_pause(), vm.try_resume()))
+        };
+        let stopped_from = vm.try_stop().expect("stop is allowed from both live states");
+        let (pause, resume) = flipper.join().unwrap();
+        match (stopped_from, pause, resume) {
+            // stop first: both flips refused, observing Stopped.
+            (VmState::Running, Err(p), Err(r)) => {
+                assert_eq!(p.observed(), VmState::Stopped);
+                assert_eq!(r.observed(), VmState::Stopped);
+            }
+            // pause, then stop from Paused; resume refused.
+            (VmState::Paused, Ok(VmState::Running), Err(r)) => {
+                assert_eq!(r.observed(), VmState::Stopped);
+            }
+            // pause, resume, then stop from Running.
+            (VmState::Running, Ok(VmState::Running), Ok(VmState::Paused)) => {}
+            other => panic!("no sequential order produces {other:?}"),
+        }
+        assert_eq!(vm.state(), VmState::Stopped);
+    });
+}
+
+/// Model 4: `force` races a `try_*`; whichever wins, force returns the state it replaced and
+/// the machine ends in the forced state.
+#[test]
+fn force_racing_a_transition() {
+    loom::model(|| {
+        let sm = Arc::new(AtomicShimState::new());
+        let forcer = {
+            let sm = sm.clone();
+            thread::spawn(move || sm.force(ShimState::ShuttingDown))
+        };
+        let tried = sm.try_start_creating();
+        let replaced = forcer.join().unwrap();
+        match (tried, replaced) {
+            (Ok(ShimState::Idle), ShimState::Creating) => {}
+            (Err(e), ShimState::Idle) => assert_eq!(e.observed(), ShimState::ShuttingDown),
+            other => panic!("no sequential order produces {other:?}"),
+        }
+        assert_eq!(sm.state(), ShimState::ShuttingDown);
+    });
+}
+
+/// Model 5: publication. Data written (non-atomically) before a successful transition is
+/// visible to a thread that observes the target state; loom reports a data race otherwise.
+#[test]
+fn writes_before_a_transition_are_visible_to_observers_of_its_target() {
+    loom::model(|| {
+        let sm = Arc::new(AtomicShimState::new());
+        let data = Arc::new(UnsafeCell::new(0_u32));
+        sm.try_start_creating().unwrap();
+        let writer = {
+            let (sm, data) = (sm.clone(), data.clone());
+            thread::spawn(move || {
+                // SAFETY: no reader touches `data` before it observes Running, which this
+                // thread publishes only after the write.
+                data.with_mut(|p| unsafe { *p = 42 });
+                sm.try_mark_created().unwrap();
+            })
+        };
+        let via_state = sm.is_running();
+        let via_transition = sm.try_start_deleting().is_ok();
+        if via_state || via_transition {
+            // SAFETY: Running was observed, so the write happened-before this read.
+            let seen = data.with(|p| unsafe { *p });
+            assert_eq!(seen, 42);
+        }
+        writer.join().unwrap();
+    });
+}
