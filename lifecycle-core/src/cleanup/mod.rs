@@ -29,7 +29,7 @@ pub use report::{
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// A hand-written 7-phase [`PhaseId`] enum shared by the unit tests of this module.
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 pub(crate) mod test_phases {
     use super::PhaseId;
     use core::fmt;
