@@ -12,10 +12,9 @@ pub mod cleanup;
 pub mod state;
 pub mod sync;
 
-#[cfg(any())]
 pub use cleanup::{
-    CleanupEngine, CleanupError, CleanupReport, Phase, PhaseFailure, PhaseId, PhaseOutcome,
-    PhaseReport,
+    BoxError, CleanupEngine, CleanupError, CleanupReport, Phase, PhaseError, PhaseFailure, PhaseId,
+    PhaseOutcome, PhaseReport,
 };
 pub use lifecycle_macros::{cleanup_phases, state_machine};
 pub use state::{LifecycleState, StateMachine, Transition, TransitionError, UnknownStateError};
