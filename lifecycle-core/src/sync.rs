@@ -21,16 +21,8 @@ pub use loom::sync::{Mutex, MutexGuard};
 /// The framework only keeps plain bookkeeping behind its locks (wakers, recorded outcomes),
 /// which stays consistent even when a holder unwinds, so poisoning carries no information.
 pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    #[cfg(not(loom))]
-    {
-        mutex
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-    #[cfg(loom)]
-    {
-        mutex
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
+    // loom's `lock` returns std's `LockResult` too, so one body serves both.
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

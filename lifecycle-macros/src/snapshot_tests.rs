@@ -82,3 +82,42 @@ fn wide_repr_and_renamed_crate() {
         },
     ));
 }
+
+fn cleanup_phases(args: TokenStream, item: TokenStream) -> String {
+    pretty(crate::cleanup_phases::expand(args, item))
+}
+
+#[test]
+fn spinbox_cleanup_phases() {
+    insta::assert_snapshot!(cleanup_phases(
+        quote! {},
+        quote! {
+            pub struct CleanupPhases {
+                /// Stop CPU and memory hotplug controllers.
+                pub hotplug_stop: Phase,
+                pub io_shutdown: Phase,
+                pub conn_close: Phase,
+                pub vm_shutdown: Phase,
+                pub network_cleanup: Phase,
+                pub mount_cleanup: Phase,
+                pub event_close: Phase,
+            }
+        },
+    ));
+}
+
+#[test]
+fn renamed_types_and_timeouts() {
+    insta::assert_snapshot!(cleanup_phases(
+        quote! { phase = Step, orchestrator = Teardown, crate = ::rt::lifecycle },
+        quote! {
+            struct Sandbox {
+                #[phase(timeout = "1500ms")]
+                drain: Phase,
+                #[phase(timeout = "2m")]
+                stop_vmm: Phase,
+                release: Phase,
+            }
+        },
+    ));
+}

@@ -85,7 +85,9 @@ fn multi_source_transition_racing_moves_between_sources() {
             let vm = vm.clone();
             thread::spawn(move || (vm.try_pause(), vm.try_resume()))
         };
-        let stopped_from = vm.try_stop().expect("stop is allowed from both live states");
+        let stopped_from = vm
+            .try_stop()
+            .expect("stop is allowed from both live states");
         let (pause, resume) = flipper.join().unwrap();
         match (stopped_from, pause, resume) {
             // stop first: both flips refused, observing Stopped.

@@ -7,3 +7,9 @@ fn state_machine_errors() {
     let t = trybuild::TestCases::new();
     t.compile_fail("ui/state_machine/*.rs");
 }
+
+#[test]
+fn cleanup_phases_errors() {
+    let t = trybuild::TestCases::new();
+    t.compile_fail("ui/cleanup_phases/*.rs");
+}

@@ -84,6 +84,7 @@ fn parse_duration(text: &str) -> Result<(u64, u32), String> {
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
+    let unit = unit.trim();
     let value: u64 = digits
         .parse()
         .map_err(|_| format!("bad timeout `{text}`: expected an integer and a unit, like \"500ms\", \"5s\" or \"2m\""))?;
