@@ -1,1 +1,5 @@
-//! Placeholder: the QEMU VM manager is being written (issue 5).
+//! The QEMU VM manager (SPEC §4.1–4.3, §4.6). So far: the QMP client.
+
+pub mod qmp;
+
+pub use qmp::{QmpClient, QmpError, QmpEvent, QmpEventKind};
