@@ -16,9 +16,11 @@ pub const KVM_API_VERSION: i32 = 12;
 pub const KVM_DEVICE: &str = "/dev/kvm";
 
 mod ioctl {
-    // KVM_GET_API_VERSION is `_IO(KVMIO, 0x00)` with KVMIO = 0xAE: no argument, and the
-    // version is the ioctl's return value, hence `ioctl_none!`.
-    nix::ioctl_none!(kvm_get_api_version, 0xAE, 0x00);
+    // KVM_GET_API_VERSION is `_IO(KVMIO, 0x00)` with KVMIO = 0xAE and returns the version.
+    // Not `ioctl_none!`: that calls the variadic ioctl(2) with no third argument, so the
+    // kernel sees whatever is left in the argument register, and KVM answers EINVAL to
+    // any non-zero argument. `ioctl_write_int_bad!` lets us pass an explicit 0.
+    nix::ioctl_write_int_bad!(kvm_get_api_version, nix::request_code_none!(0xAE, 0x00));
 }
 
 /// Why KVM cannot be used on this host.
@@ -102,9 +104,9 @@ pub fn check_kvm_at(path: &Path) -> Result<i32, KvmError> {
             },
         })?;
     // SAFETY: the fd is valid and open for the whole call (`file` outlives it), and
-    // KVM_GET_API_VERSION takes no argument and writes no memory; on a non-KVM file the
-    // kernel answers ENOTTY rather than touching anything.
-    let version = unsafe { ioctl::kvm_get_api_version(file.as_raw_fd()) }.map_err(|source| {
+    // KVM_GET_API_VERSION takes an integer argument that must be 0, is passed no pointer
+    // and writes no memory; on a non-KVM file the kernel answers ENOTTY.
+    let version = unsafe { ioctl::kvm_get_api_version(file.as_raw_fd(), 0) }.map_err(|source| {
         KvmError::NotKvm {
             path: path.to_owned(),
             source,
@@ -140,9 +142,13 @@ mod tests {
 
     #[test]
     fn real_device_answers_twelve_when_usable() {
-        // Hosts without a usable /dev/kvm must produce a typed error, never a panic.
+        // Hosts without a usable /dev/kvm must produce a typed error, never a panic; where
+        // the device opens, the version must come back (not EINVAL from a stray argument).
         match check_kvm() {
             Ok(v) => assert_eq!(v, KVM_API_VERSION),
+            Err(e @ KvmError::NotKvm { .. }) if Path::new(KVM_DEVICE).exists() => {
+                panic!("{KVM_DEVICE} exists but the ioctl failed: {e:?}")
+            }
             Err(e) => assert!(!e.to_string().is_empty()),
         }
     }
