@@ -11,7 +11,7 @@ use spinbox::vm::{
 };
 
 /// Hang guard for anything that should finish in milliseconds.
-pub const HANG_GUARD: Duration = Duration::from_secs(60);
+pub const HANG_GUARD: Duration = Duration::from_mins(1);
 
 pub struct Fixture {
     pub tmp: tempfile::TempDir,
@@ -35,18 +35,10 @@ impl Fixture {
         }
     }
 
-    /// `-machine none`: starts in milliseconds, serves QMP fully, runs no guest.
-    pub fn none_config(&self, id: &str) -> QemuConfig {
-        let mut c = QemuConfig::new(VmId::new(id).expect("valid id"));
-        c.machine = Machine::None;
-        c.accel = AccelChoice::Fixed(Accelerator::Tcg);
-        c
-    }
-
     pub async fn start_none(&self, id: &str) -> QemuInstance {
         tokio::time::timeout(
             HANG_GUARD,
-            QemuInstance::start(&self.none_config(id), &self.opts()),
+            QemuInstance::start(&none_config(id), &self.opts()),
         )
         .await
         .expect("start hung")
@@ -64,6 +56,14 @@ impl Fixture {
             assert!(left.is_empty(), "left behind in the state root: {left:?}");
         }
     }
+}
+
+/// `-machine none`: starts in milliseconds, serves QMP fully, runs no guest.
+pub fn none_config(id: &str) -> QemuConfig {
+    let mut c = QemuConfig::new(VmId::new(id).expect("valid id"));
+    c.machine = Machine::None;
+    c.accel = AccelChoice::Fixed(Accelerator::Tcg);
+    c
 }
 
 /// Pids of this test process's children (all threads), from /proc.
@@ -91,12 +91,16 @@ pub fn assert_vm_gone(pid: u32, state_dir: &Path) {
         let after = stat.rsplit(')').next().unwrap_or_default();
         let mut f = after.split_whitespace();
         let state = f.next().unwrap_or_default();
-        let ppid: u32 = f.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        let parent_pid: u32 = f.next().and_then(|p| p.parse().ok()).unwrap_or(0);
         assert!(
-            ppid != std::process::id() || state != "Z",
+            parent_pid != std::process::id() || state != "Z",
             "pid {pid} is our zombie"
         );
-        assert_ne!(ppid, std::process::id(), "pid {pid} is still our child");
+        assert_ne!(
+            parent_pid,
+            std::process::id(),
+            "pid {pid} is still our child"
+        );
     }
     assert!(
         !state_dir.exists(),
