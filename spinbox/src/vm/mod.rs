@@ -1,1 +1,29 @@
-//! Placeholder: the QEMU VM manager is being written (issue 5).
+//! The QEMU VM manager (SPEC §4.1–4.3, §4.6): host checks, typed configuration → argv,
+//! per-VM state directories, the QEMU process, the QMP client and shutdown escalation.
+//!
+//! | file | what is inside |
+//! |---|---|
+//! | [`kvm`] | `check_kvm()`: `/dev/kvm` and `KVM_GET_API_VERSION` |
+//! | [`host_probe`] | which accelerator really works here; `-sandbox` support |
+//! | [`config`] | [`QemuConfig`] and its escaped argument vector; VM ID rules |
+//! | [`state_dir`] | the private per-VM directory for sockets and logs |
+//! | [`process`] | spawning QEMU in its own process group; the reaper and exit watch |
+//! | [`qmp`] | the QMP wire decoder and async client |
+//! | [`escalation`] | graceful → guest request → quit → SIGTERM → SIGKILL |
+//! | [`instance`] | [`QemuInstance`]: start, exit notification, shutdown |
+
+pub mod config;
+pub mod escalation;
+pub mod host_probe;
+pub mod instance;
+pub mod kvm;
+pub mod process;
+pub mod qmp;
+pub mod state_dir;
+
+pub use config::{AgentChannel, Disk, DiskFormat, Machine, QemuConfig, SandboxMode, VmId};
+pub use escalation::{EscalationPolicy, GracefulHook, GuestRequest, ShutdownStep};
+pub use host_probe::{AccelChoice, Accelerator};
+pub use instance::{QemuInstance, ShutdownOutcome, StartError, StartOptions, StartPhase};
+pub use kvm::{check_kvm, KvmError};
+pub use qmp::{QmpClient, QmpError, QmpEvent, QmpEventKind};

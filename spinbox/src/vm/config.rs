@@ -1,0 +1,927 @@
+//! The typed QEMU configuration and its translation into an argument vector.
+//!
+//! No shell is involved: every argument is one `OsString`. Values placed inside QEMU's
+//! `key=value,key=value` option lists have their commas doubled (QEMU's escape), keys
+//! are always written explicitly (so a value containing `=` cannot become a key), and
+//! values that QEMU would reinterpret anyway (NUL bytes, commas in `-initrd`) are refused.
+
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use super::host_probe::{AccelChoice, Accelerator};
+
+/// Longest VM ID accepted, as in containerd's identifier rules.
+pub const MAX_ID_LEN: usize = 76;
+
+/// Longest unix socket path in bytes (`sun_path` is 108 bytes including the NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
+
+/// Errors in a [`QemuConfig`] or in the paths it is combined with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The VM ID breaks containerd's identifier rules.
+    #[error(
+        "invalid VM id {id:?}: {why} (allowed: letters, digits and `_ . -` between them, \
+         starting with a letter or digit, at most {MAX_ID_LEN} characters)"
+    )]
+    InvalidId {
+        /// The rejected ID (as given).
+        id: String,
+        /// Which rule it breaks.
+        why: &'static str,
+    },
+    /// A QEMU object ID (disk, chardev name) is not `[A-Za-z][A-Za-z0-9_-]*`.
+    #[error("invalid {what} {value:?}: must start with a letter and hold only letters, digits, `_` and `-`")]
+    InvalidName {
+        /// What the name is for.
+        what: &'static str,
+        /// The rejected value.
+        value: String,
+    },
+    /// A value contains a NUL byte, which no argv element can carry.
+    #[error("{what} contains a NUL byte")]
+    NulByte {
+        /// Which value.
+        what: &'static str,
+    },
+    /// A value contains a comma where QEMU offers no escape for it.
+    #[error("{what} {value:?} contains a comma, which QEMU would split on")]
+    Comma {
+        /// Which value.
+        what: &'static str,
+        /// The rejected value.
+        value: String,
+    },
+    /// A unix socket path is longer than `sun_path` allows.
+    #[error(
+        "unix socket path {} is {len} bytes, longer than the {MAX_SOCKET_PATH}-byte limit: \
+         choose a shorter state root",
+        path.display()
+    )]
+    SocketPathTooLong {
+        /// The socket path.
+        path: PathBuf,
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// The vCPU count or memory size is zero or out of range.
+    #[error("{what} must be between {min} and {max}, got {got}")]
+    OutOfRange {
+        /// Which setting.
+        what: &'static str,
+        /// Smallest allowed.
+        min: u64,
+        /// Largest allowed.
+        max: u64,
+        /// The value given.
+        got: u64,
+    },
+    /// An initrd or kernel command line was given without a kernel.
+    #[error("{what} given without a kernel")]
+    NeedsKernel {
+        /// `initrd` or `kernel command line`.
+        what: &'static str,
+    },
+    /// The accelerator named in `SPINBOX_ACCEL` or a config is not `kvm` or `tcg`.
+    #[error("unknown accelerator {0:?}: expected `kvm` or `tcg`")]
+    UnknownAccelerator(String),
+}
+
+/// A VM identifier, valid under containerd's identifier rules: `[A-Za-z0-9]+` groups
+/// joined by single `.`, `_` or `-`, at most 76 characters. It never contains a path
+/// separator or `..`, so it is safe as a directory name and as a QEMU value.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct VmId(String);
+
+impl VmId {
+    /// Validates `id`.
+    pub fn new(id: impl Into<String>) -> Result<Self, ConfigError> {
+        let id = id.into();
+        let bad = |why| ConfigError::InvalidId {
+            id: id.chars().take(100).collect(),
+            why,
+        };
+        if id.is_empty() {
+            return Err(bad("empty"));
+        }
+        if id.len() > MAX_ID_LEN {
+            return Err(bad("too long"));
+        }
+        let mut prev_sep = true; // the first character must not be a separator
+        for c in id.chars() {
+            if c.is_ascii_alphanumeric() {
+                prev_sep = false;
+            } else if matches!(c, '.' | '_' | '-') {
+                if prev_sep {
+                    return Err(bad("a separator must sit between letters or digits"));
+                }
+                prev_sep = true;
+            } else {
+                return Err(bad("contains a character outside [A-Za-z0-9._-]"));
+            }
+        }
+        if prev_sep {
+            return Err(bad("ends with a separator"));
+        }
+        Ok(Self(id))
+    }
+
+    /// The ID as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for VmId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for VmId {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s)
+    }
+}
+
+/// The QEMU machine type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Machine {
+    /// `q35`: PCI Express, ACPI. Devices are attached over PCI.
+    Q35,
+    /// `microvm`: minimal, virtio-mmio devices, fastest boot.
+    Microvm,
+    /// `none`: no board, no CPUs, no devices. Starts in milliseconds and serves QMP fully,
+    /// which makes it the fixture for QMP and process-lifecycle tests.
+    None,
+}
+
+impl Machine {
+    fn name(&self) -> &'static str {
+        match self {
+            Machine::Q35 => "q35",
+            Machine::Microvm => "microvm",
+            Machine::None => "none",
+        }
+    }
+
+    /// Suffix of virtio device models: `-device` on virtio-mmio boards, `-pci` otherwise.
+    fn virtio_suffix(&self) -> &'static str {
+        match self {
+            Machine::Microvm => "device",
+            Machine::Q35 | Machine::None => "pci",
+        }
+    }
+}
+
+/// A disk image's format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskFormat {
+    /// A raw image.
+    Raw,
+    /// A qcow2 image.
+    Qcow2,
+}
+
+/// A virtio block disk.
+///
+/// It is attached with `-blockdev driver=file,filename=…`, never `-drive file=…`, because
+/// `-drive` treats prefixes such as `nbd:` or `json:` in the file name as protocols.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disk {
+    /// QEMU node name: `[A-Za-z][A-Za-z0-9_-]*`.
+    pub id: String,
+    /// Image path (commas are escaped).
+    pub path: PathBuf,
+    /// Image format.
+    pub format: DiskFormat,
+    /// Attach read-only.
+    pub read_only: bool,
+}
+
+/// How the host reaches the agent inside the guest.
+///
+/// Relative socket paths are resolved inside the VM's state directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentChannel {
+    /// A vhost-user-vsock device whose backend (e.g. `vhost-device-vsock`) listens on
+    /// `backend_socket`. Guest memory is made shareable (`memory-backend-memfd,share=on`).
+    VhostUserVsock {
+        /// The backend's vhost-user socket (the backend must be started before QEMU).
+        backend_socket: PathBuf,
+    },
+    /// A virtio-serial port; QEMU listens on `socket` and the guest sees port `name`.
+    VirtioSerial {
+        /// Unix socket QEMU serves (server, no wait).
+        socket: PathBuf,
+        /// The port name seen by the guest (`/dev/virtio-ports/<name>`).
+        name: String,
+    },
+}
+
+/// Whether to pass `-sandbox on` (QEMU's seccomp filter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SandboxMode {
+    /// Enable it when the binary supports it (detected once per binary).
+    #[default]
+    Auto,
+    /// Always enable it (QEMU refuses to start if unsupported).
+    On,
+    /// Never enable it.
+    Off,
+}
+
+/// A QEMU virtual machine's configuration.
+#[derive(Debug, Clone)]
+pub struct QemuConfig {
+    /// The VM's identifier (names its state directory).
+    pub id: VmId,
+    /// The QEMU binary (a path or a name looked up in `PATH`).
+    pub binary: PathBuf,
+    /// The machine type.
+    pub machine: Machine,
+    /// Accelerator choice; [`AccelChoice::Auto`] probes (see [`super::host_probe`]).
+    pub accel: AccelChoice,
+    /// Number of vCPUs (1–255). Not passed for [`Machine::None`].
+    pub cpus: u16,
+    /// Guest memory in MiB (16–1048576). Not passed for [`Machine::None`].
+    pub memory_mib: u32,
+    /// Kernel image for direct boot.
+    pub kernel: Option<PathBuf>,
+    /// Initial ramdisk.
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line (one argv element; any text but NUL).
+    pub cmdline: Option<String>,
+    /// Disks.
+    pub disks: Vec<Disk>,
+    /// Agent channel.
+    pub agent: Option<AgentChannel>,
+    /// Seccomp sandbox.
+    pub sandbox: SandboxMode,
+}
+
+impl QemuConfig {
+    /// A configuration with defaults: `qemu-system-x86_64`, q35, automatic accelerator,
+    /// 1 vCPU, 256 MiB, no kernel, no disks, no agent, sandbox when supported.
+    pub fn new(id: VmId) -> Self {
+        Self {
+            id,
+            binary: PathBuf::from("qemu-system-x86_64"),
+            machine: Machine::Q35,
+            accel: AccelChoice::Auto,
+            cpus: 1,
+            memory_mib: 256,
+            kernel: None,
+            initrd: None,
+            cmdline: None,
+            disks: Vec::new(),
+            agent: None,
+            sandbox: SandboxMode::Auto,
+        }
+    }
+
+    /// Checks everything that does not depend on the host or the state directory.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.machine != Machine::None {
+            range("vCPU count", u64::from(self.cpus), 1, 255)?;
+            range("memory (MiB)", u64::from(self.memory_mib), 16, 1 << 20)?;
+        }
+        no_nul("QEMU binary", self.binary.as_os_str())?;
+        if let Some(k) = &self.kernel {
+            no_nul("kernel path", k.as_os_str())?;
+        }
+        if let Some(i) = &self.initrd {
+            if self.kernel.is_none() {
+                return Err(ConfigError::NeedsKernel { what: "initrd" });
+            }
+            no_nul("initrd path", i.as_os_str())?;
+            // `-initrd` splits on commas for multiboot modules and has no escape.
+            if i.as_os_str().as_bytes().contains(&b',') {
+                return Err(ConfigError::Comma {
+                    what: "initrd path",
+                    value: i.display().to_string(),
+                });
+            }
+        }
+        if let Some(c) = &self.cmdline {
+            if self.kernel.is_none() {
+                return Err(ConfigError::NeedsKernel {
+                    what: "kernel command line",
+                });
+            }
+            no_nul("kernel command line", OsStr::new(c))?;
+        }
+        for d in &self.disks {
+            qemu_name("disk id", &d.id)?;
+            no_nul("disk path", d.path.as_os_str())?;
+        }
+        match &self.agent {
+            Some(AgentChannel::VirtioSerial { socket, name }) => {
+                no_nul("agent socket", socket.as_os_str())?;
+                // Port names are free text to QEMU, but keep them to plain names.
+                if name.is_empty()
+                    || !name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+                {
+                    return Err(ConfigError::InvalidName {
+                        what: "virtio-serial port name",
+                        value: name.clone(),
+                    });
+                }
+            }
+            Some(AgentChannel::VhostUserVsock { backend_socket }) => {
+                no_nul("vhost-user socket", backend_socket.as_os_str())?;
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// Builds QEMU's argument vector (without the binary itself).
+    ///
+    /// `paths` says where the state directory's files are; `host` carries the resolved
+    /// accelerator and sandbox support. Pure: no I/O, so it is unit- and property-tested.
+    pub fn to_argv(
+        &self,
+        paths: &RuntimePaths,
+        host: &HostFeatures,
+    ) -> Result<Vec<OsString>, ConfigError> {
+        self.validate()?;
+        let mut a = Argv::default();
+        a.flag("-nodefaults");
+        a.flag("-no-user-config");
+        a.flag("-no-reboot");
+        a.opt("-display", "none");
+        a.opt("-name", KeyVal::new().kv("guest", self.id.as_str()).build());
+
+        let mut machine = KeyVal::new().kv("type", self.machine.name());
+        let vsock_memory = matches!(self.agent, Some(AgentChannel::VhostUserVsock { .. }));
+        if vsock_memory {
+            machine = machine.kv("memory-backend", "mem");
+        }
+        a.opt("-machine", machine.build());
+        a.opt(
+            "-accel",
+            KeyVal::new()
+                .kv("accel", host.accelerator.qemu_name())
+                .build(),
+        );
+        if self.machine != Machine::None {
+            a.opt("-cpu", host.accelerator.cpu_model());
+            a.opt(
+                "-smp",
+                KeyVal::new().kv("cpus", &self.cpus.to_string()).build(),
+            );
+            a.opt(
+                "-m",
+                KeyVal::new()
+                    .kv("size", &format!("{}M", self.memory_mib))
+                    .build(),
+            );
+        }
+        if vsock_memory {
+            a.opt(
+                "-object",
+                KeyVal::with_head("memory-backend-memfd")
+                    .kv("id", "mem")
+                    .kv("size", &format!("{}M", self.memory_mib))
+                    .kv("share", "on")
+                    .build(),
+            );
+        }
+        if host.sandbox {
+            a.opt(
+                "-sandbox",
+                "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+            );
+        }
+        if let Some(k) = &self.kernel {
+            a.opt("-kernel", k.as_os_str());
+        }
+        if let Some(i) = &self.initrd {
+            a.opt("-initrd", i.as_os_str());
+        }
+        if let Some(c) = &self.cmdline {
+            a.opt("-append", c.as_str());
+        }
+
+        // Serial console → log file.
+        a.opt(
+            "-chardev",
+            KeyVal::with_head("file")
+                .kv("id", "serial0")
+                .kv_os("path", paths.serial_log.as_os_str())
+                .build(),
+        );
+        a.opt("-serial", "chardev:serial0");
+
+        // QMP: QEMU connects to a socket the host already listens on, so the host never
+        // polls for a socket to appear and an early exit is seen as an exit, not a timeout.
+        check_socket(&paths.qmp_socket)?;
+        a.opt(
+            "-chardev",
+            KeyVal::with_head("socket")
+                .kv("id", "qmp")
+                .kv_os("path", paths.qmp_socket.as_os_str())
+                .build(),
+        );
+        a.opt(
+            "-mon",
+            KeyVal::new()
+                .kv("chardev", "qmp")
+                .kv("mode", "control")
+                .build(),
+        );
+
+        self.push_disks(&mut a);
+        self.push_agent(&mut a, paths)?;
+        Ok(a.0)
+    }
+
+    fn push_disks(&self, a: &mut Argv) {
+        let suffix = self.machine.virtio_suffix();
+        for d in &self.disks {
+            let file_node = format!("{}-file", d.id);
+            let ro = if d.read_only { "on" } else { "off" };
+            a.opt(
+                "-blockdev",
+                KeyVal::new()
+                    .kv("driver", "file")
+                    .kv("node-name", &file_node)
+                    .kv_os("filename", d.path.as_os_str())
+                    .kv("read-only", ro)
+                    .build(),
+            );
+            let fmt = match d.format {
+                DiskFormat::Raw => "raw",
+                DiskFormat::Qcow2 => "qcow2",
+            };
+            a.opt(
+                "-blockdev",
+                KeyVal::new()
+                    .kv("driver", fmt)
+                    .kv("node-name", &d.id)
+                    .kv("file", &file_node)
+                    .kv("read-only", ro)
+                    .build(),
+            );
+            a.opt(
+                "-device",
+                KeyVal::new()
+                    .kv("driver", &format!("virtio-blk-{suffix}"))
+                    .kv("drive", &d.id)
+                    .build(),
+            );
+        }
+    }
+
+    fn push_agent(&self, a: &mut Argv, paths: &RuntimePaths) -> Result<(), ConfigError> {
+        let suffix = self.machine.virtio_suffix();
+        match &self.agent {
+            Some(AgentChannel::VhostUserVsock { backend_socket }) => {
+                let p = paths.resolve(backend_socket);
+                check_socket(&p)?;
+                a.opt(
+                    "-chardev",
+                    KeyVal::with_head("socket")
+                        .kv("id", "agent")
+                        .kv_os("path", p.as_os_str())
+                        .build(),
+                );
+                a.opt(
+                    "-device",
+                    KeyVal::new()
+                        .kv("driver", &format!("vhost-user-vsock-{suffix}"))
+                        .kv("chardev", "agent")
+                        .build(),
+                );
+            }
+            Some(AgentChannel::VirtioSerial { socket, name }) => {
+                let p = paths.resolve(socket);
+                check_socket(&p)?;
+                a.opt(
+                    "-device",
+                    KeyVal::new()
+                        .kv("driver", &format!("virtio-serial-{suffix}"))
+                        .kv("id", "agent-serial")
+                        .build(),
+                );
+                a.opt(
+                    "-chardev",
+                    KeyVal::with_head("socket")
+                        .kv("id", "agent")
+                        .kv_os("path", p.as_os_str())
+                        .kv("server", "on")
+                        .kv("wait", "off")
+                        .build(),
+                );
+                a.opt(
+                    "-device",
+                    KeyVal::new()
+                        .kv("driver", "virtserialport")
+                        .kv("chardev", "agent")
+                        .kv("name", name)
+                        .build(),
+                );
+            }
+            None => {}
+        }
+        Ok(())
+    }
+}
+
+/// Where the VM's runtime files live (normally taken from its state directory).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimePaths {
+    /// The state directory (relative agent socket paths resolve against it).
+    pub dir: PathBuf,
+    /// The QMP socket the host listens on.
+    pub qmp_socket: PathBuf,
+    /// The serial console log.
+    pub serial_log: PathBuf,
+}
+
+impl RuntimePaths {
+    fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_owned()
+        } else {
+            self.dir.join(p)
+        }
+    }
+}
+
+/// Facts about the host and binary that shape the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostFeatures {
+    /// The accelerator to use.
+    pub accelerator: Accelerator,
+    /// Whether to pass `-sandbox on`.
+    pub sandbox: bool,
+}
+
+/// Checks a unix socket path's length against `sun_path`.
+pub fn check_socket(path: &Path) -> Result<(), ConfigError> {
+    let len = path.as_os_str().as_bytes().len();
+    no_nul("socket path", path.as_os_str())?;
+    if len > MAX_SOCKET_PATH {
+        return Err(ConfigError::SocketPathTooLong {
+            path: path.to_owned(),
+            len,
+        });
+    }
+    Ok(())
+}
+
+fn range(what: &'static str, got: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+    if (min..=max).contains(&got) {
+        Ok(())
+    } else {
+        Err(ConfigError::OutOfRange {
+            what,
+            min,
+            max,
+            got,
+        })
+    }
+}
+
+fn no_nul(what: &'static str, v: &OsStr) -> Result<(), ConfigError> {
+    if v.as_bytes().contains(&0) {
+        Err(ConfigError::NulByte { what })
+    } else {
+        Ok(())
+    }
+}
+
+fn qemu_name(what: &'static str, v: &str) -> Result<(), ConfigError> {
+    let mut chars = v.chars();
+    let ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        && v.len() <= 64;
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::InvalidName {
+            what,
+            value: v.to_owned(),
+        })
+    }
+}
+
+/// Escapes a value for a QEMU option list: every `,` becomes `,,`.
+pub fn escape_value(v: &OsStr) -> OsString {
+    let bytes = v.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len() + 4);
+    for &b in bytes {
+        out.push(b);
+        if b == b',' {
+            out.push(b',');
+        }
+    }
+    OsString::from_vec(out)
+}
+
+/// Builds a `key=value,…` option list with escaped values.
+struct KeyVal(OsString);
+
+impl KeyVal {
+    fn new() -> Self {
+        Self(OsString::new())
+    }
+
+    /// Starts with a constant implied value (a backend or object type chosen by this code).
+    fn with_head(head: &'static str) -> Self {
+        Self(OsString::from(head))
+    }
+
+    fn kv(self, key: &'static str, value: &str) -> Self {
+        self.kv_os(key, OsStr::new(value))
+    }
+
+    fn kv_os(mut self, key: &'static str, value: &OsStr) -> Self {
+        if !self.0.is_empty() {
+            self.0.push(",");
+        }
+        self.0.push(key);
+        self.0.push("=");
+        self.0.push(escape_value(value));
+        self
+    }
+
+    fn build(self) -> OsString {
+        self.0
+    }
+}
+
+#[derive(Default)]
+struct Argv(Vec<OsString>);
+
+impl Argv {
+    fn flag(&mut self, f: &'static str) {
+        self.0.push(f.into());
+    }
+    fn opt(&mut self, o: &'static str, v: impl Into<OsString>) {
+        self.0.push(o.into());
+        self.0.push(v.into());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn paths() -> RuntimePaths {
+        RuntimePaths {
+            dir: "/run/spinbox/vm".into(),
+            qmp_socket: "/run/spinbox/vm/qmp.sock".into(),
+            serial_log: "/run/spinbox/vm/console.log".into(),
+        }
+    }
+
+    fn host() -> HostFeatures {
+        HostFeatures {
+            accelerator: Accelerator::Tcg,
+            sandbox: true,
+        }
+    }
+
+    /// Splits a QEMU option list the way QEMU does: `,,` is a literal comma, a single `,`
+    /// ends a pair, the first `=` separates key from value.
+    fn parse_keyval(s: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut pairs = Vec::new();
+        let mut cur = Vec::new();
+        let mut i = 0;
+        let mut items = Vec::new();
+        while i < s.len() {
+            if s[i] == b',' {
+                if s.get(i + 1) == Some(&b',') {
+                    cur.push(b',');
+                    i += 2;
+                    continue;
+                }
+                items.push(std::mem::take(&mut cur));
+            } else {
+                cur.push(s[i]);
+            }
+            i += 1;
+        }
+        items.push(cur);
+        for it in items {
+            // QEMU splits the key at the first `=` of the *raw* text; escaped commas
+            // never occur in keys here, so splitting the unescaped item is equivalent.
+            match it.iter().position(|&b| b == b'=') {
+                Some(p) => pairs.push((it[..p].to_vec(), it[p + 1..].to_vec())),
+                None => pairs.push((Vec::new(), it)),
+            }
+        }
+        pairs
+    }
+
+    fn config_with(path: &Path, text: String, id: &str) -> QemuConfig {
+        let mut c = QemuConfig::new(VmId::new(id).unwrap());
+        c.kernel = Some(path.to_owned());
+        c.cmdline = Some(text);
+        c.disks.push(Disk {
+            id: "root".into(),
+            path: path.to_owned(),
+            format: DiskFormat::Raw,
+            read_only: true,
+        });
+        c.agent = Some(AgentChannel::VirtioSerial {
+            socket: "agent.sock".into(),
+            name: "agent".into(),
+        });
+        c
+    }
+
+    #[test]
+    fn argv_has_the_safety_flags_and_no_shell() {
+        let c = config_with(Path::new("/img/root.raw"), "console=ttyS0".into(), "vm1");
+        let argv = c.to_argv(&paths(), &host()).unwrap();
+        let s: Vec<String> = argv
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        for f in ["-nodefaults", "-no-user-config", "-no-reboot"] {
+            assert!(s.iter().any(|a| a == f), "{f} missing in {s:?}");
+        }
+        assert!(s
+            .windows(2)
+            .any(|w| w[0] == "-accel" && w[1] == "accel=tcg"));
+        assert!(s.windows(2).any(|w| w[0] == "-cpu" && w[1] == "max"));
+        assert!(s.iter().any(|a| a.starts_with("on,")));
+        assert!(s
+            .iter()
+            .any(|a| a == "socket,id=qmp,path=/run/spinbox/vm/qmp.sock"));
+        assert!(s
+            .iter()
+            .any(|a| a == "socket,id=agent,path=/run/spinbox/vm/agent.sock,server=on,wait=off"));
+    }
+
+    #[test]
+    fn kvm_uses_host_cpu_and_sandbox_is_optional() {
+        let c = QemuConfig::new(VmId::new("a").unwrap());
+        let argv = c
+            .to_argv(
+                &paths(),
+                &HostFeatures {
+                    accelerator: Accelerator::Kvm,
+                    sandbox: false,
+                },
+            )
+            .unwrap();
+        assert!(argv.windows(2).any(|w| w[0] == "-cpu" && w[1] == "host"));
+        assert!(!argv.iter().any(|a| a == "-sandbox"));
+    }
+
+    #[test]
+    fn commas_in_paths_are_doubled() {
+        let c = config_with(Path::new("/img/a,b,driver=nbd"), "x".into(), "vm1");
+        let argv = c.to_argv(&paths(), &host()).unwrap();
+        let bd = argv
+            .iter()
+            .find(|a| a.to_string_lossy().contains("filename="))
+            .unwrap();
+        assert_eq!(
+            bd.to_string_lossy(),
+            "driver=file,node-name=root-file,filename=/img/a,,b,,driver=nbd,read-only=on"
+        );
+        let pairs = parse_keyval(bd.as_bytes());
+        assert_eq!(pairs.len(), 4);
+        assert_eq!(pairs[2].1, b"/img/a,b,driver=nbd");
+    }
+
+    #[test]
+    fn hostile_ids_are_refused() {
+        let long = "a".repeat(MAX_ID_LEN + 1);
+        for id in [
+            "", "../x", "a/b", "..", ".a", "a.", "a..b", "a,b", "a=b", "a\nb", "a b", "-a", "é",
+            &long,
+        ] {
+            assert!(VmId::new(id).is_err(), "{id:?} accepted");
+        }
+        for id in ["a", "A1", "a.b-c_d", &"b".repeat(MAX_ID_LEN)] {
+            assert!(VmId::new(id).is_ok(), "{id:?} refused");
+        }
+    }
+
+    #[test]
+    fn refusals() {
+        let mut c = QemuConfig::new(VmId::new("a").unwrap());
+        c.initrd = Some("/x".into());
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::NeedsKernel { what: "initrd" })
+        );
+        c.kernel = Some("/k".into());
+        c.initrd = Some("/x,y".into());
+        assert!(matches!(c.validate(), Err(ConfigError::Comma { .. })));
+        c.initrd = None;
+        c.cmdline = Some("a\0b".into());
+        assert!(matches!(c.validate(), Err(ConfigError::NulByte { .. })));
+        c.cmdline = None;
+        c.kernel = Some(PathBuf::from(OsString::from_vec(b"/k\0".to_vec())));
+        assert!(matches!(c.validate(), Err(ConfigError::NulByte { .. })));
+        c.kernel = None;
+        c.disks.push(Disk {
+            id: "bad,id".into(),
+            path: "/d".into(),
+            format: DiskFormat::Qcow2,
+            read_only: false,
+        });
+        assert!(matches!(c.validate(), Err(ConfigError::InvalidName { .. })));
+        c.disks.clear();
+        c.cpus = 0;
+        assert!(matches!(c.validate(), Err(ConfigError::OutOfRange { .. })));
+        c.cpus = 1;
+        c.agent = Some(AgentChannel::VirtioSerial {
+            socket: "s".into(),
+            name: "x,y=z".into(),
+        });
+        assert!(matches!(c.validate(), Err(ConfigError::InvalidName { .. })));
+    }
+
+    #[test]
+    fn long_socket_paths_are_a_clear_error() {
+        let c = QemuConfig::new(VmId::new("a").unwrap());
+        let dir = PathBuf::from(format!("/{}", "d".repeat(120)));
+        let p = RuntimePaths {
+            qmp_socket: dir.join("qmp.sock"),
+            serial_log: dir.join("console.log"),
+            dir,
+        };
+        let err = c.to_argv(&p, &host()).unwrap_err();
+        assert!(matches!(err, ConfigError::SocketPathTooLong { .. }));
+        assert!(err.to_string().contains("107"));
+        let ok = PathBuf::from(format!("/{}", "s".repeat(106)));
+        assert!(check_socket(&ok).is_ok());
+        assert!(check_socket(&PathBuf::from(format!("/{}", "s".repeat(107)))).is_err());
+    }
+
+    /// Option names whose values are option lists, with the keys each may carry.
+    fn expected_keys(opt: &str, value: &[u8]) -> Option<&'static [&'static str]> {
+        Some(match opt {
+            "-name" => &["guest"],
+            "-machine" => &["type", "memory-backend"],
+            "-accel" => &["accel"],
+            "-smp" => &["cpus"],
+            "-m" => &["size"],
+            "-mon" => &["chardev", "mode"],
+            "-blockdev" => &["driver", "node-name", "filename", "file", "read-only"],
+            "-device" => &["driver", "drive", "chardev", "id", "name"],
+            "-chardev" if value.starts_with(b"file,") => &["", "id", "path"],
+            "-chardev" => &["", "id", "path", "server", "wait"],
+            "-object" => &["", "id", "size", "share"],
+            _ => return None,
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Whatever bytes a caller puts in paths, command lines and names, every option
+        /// list in the argv carries only the keys this module writes, and each escaped
+        /// value reads back exactly as given.
+        #[test]
+        fn no_input_introduces_an_option_key(
+            path in proptest::collection::vec(any::<u8>(), 1..80),
+            text in ".{0,80}",
+            id in ".{0,90}",
+            name in ".{0,20}",
+        ) {
+            let path = PathBuf::from(OsString::from_vec(path));
+            let id = VmId::new(id).unwrap_or_else(|_| VmId::new("fallback").unwrap());
+            let mut c = config_with(&path, text, id.as_str());
+            c.agent = Some(AgentChannel::VirtioSerial { socket: path.clone(), name });
+            let Ok(argv) = c.to_argv(&paths(), &host()) else { return Ok(()); };
+            let mut i = 0;
+            while i < argv.len() {
+                let opt = argv[i].to_string_lossy().into_owned();
+                prop_assert!(opt.starts_with('-'), "value where an option belongs: {opt}");
+                let takes_value = !matches!(opt.as_str(), "-nodefaults" | "-no-user-config" | "-no-reboot");
+                if takes_value {
+                    let v = argv[i + 1].as_bytes();
+                    if let Some(keys) = expected_keys(&opt, v) {
+                        for (k, val) in parse_keyval(v) {
+                            let k = String::from_utf8_lossy(&k).into_owned();
+                            prop_assert!(keys.contains(&k.as_str()), "{opt}: unexpected key {k:?} in {:?}", argv[i + 1]);
+                            if k == "filename" {
+                                prop_assert_eq!(&val[..], path.as_os_str().as_bytes());
+                            }
+                        }
+                    }
+                    i += 2;
+                } else {
+                    i += 1;
+                }
+            }
+        }
+    }
+}

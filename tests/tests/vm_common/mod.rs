@@ -1,0 +1,110 @@
+//! Fixtures shared by the `vm_*` suites: a `-machine none` QEMU under TCG, a private
+//! state root, and checks that nothing was left behind.
+
+#![allow(dead_code)] // each suite uses a different subset
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use spinbox::vm::{
+    AccelChoice, Accelerator, Machine, QemuConfig, QemuInstance, StartOptions, VmId,
+};
+
+/// Hang guard for anything that should finish in milliseconds.
+pub const HANG_GUARD: Duration = Duration::from_mins(1);
+
+pub struct Fixture {
+    pub tmp: tempfile::TempDir,
+}
+
+impl Fixture {
+    pub fn new() -> Self {
+        Self {
+            tmp: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    pub fn root(&self) -> PathBuf {
+        self.tmp.path().join("run")
+    }
+
+    pub fn opts(&self) -> StartOptions {
+        StartOptions {
+            state_root: self.root(),
+            ..StartOptions::default()
+        }
+    }
+
+    pub async fn start_none(&self, id: &str) -> QemuInstance {
+        tokio::time::timeout(
+            HANG_GUARD,
+            QemuInstance::start(&none_config(id), &self.opts()),
+        )
+        .await
+        .expect("start hung")
+        .expect("start failed")
+    }
+
+    /// The state root holds no VM directory.
+    pub fn assert_root_empty(&self) {
+        let root = self.root();
+        if root.exists() {
+            let left: Vec<_> = std::fs::read_dir(&root)
+                .expect("read root")
+                .map(|e| e.expect("entry").path())
+                .collect();
+            assert!(left.is_empty(), "left behind in the state root: {left:?}");
+        }
+    }
+}
+
+/// `-machine none`: starts in milliseconds, serves QMP fully, runs no guest.
+pub fn none_config(id: &str) -> QemuConfig {
+    let mut c = QemuConfig::new(VmId::new(id).expect("valid id"));
+    c.machine = Machine::None;
+    c.accel = AccelChoice::Fixed(Accelerator::Tcg);
+    c
+}
+
+/// Pids of this test process's children (all threads), from /proc.
+pub fn children() -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
+            out.extend(s.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+        }
+    }
+    out
+}
+
+/// QEMU `pid` is gone: not our child (not even a zombie), and no state dir or socket.
+pub fn assert_vm_gone(pid: u32, state_dir: &Path) {
+    assert!(
+        !children().contains(&pid),
+        "pid {pid} is still a child of the test process"
+    );
+    if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The pid may have been reused by an unrelated process; it must not be ours.
+        let after = stat.rsplit(')').next().unwrap_or_default();
+        let mut f = after.split_whitespace();
+        let state = f.next().unwrap_or_default();
+        let parent_pid: u32 = f.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        assert!(
+            parent_pid != std::process::id() || state != "Z",
+            "pid {pid} is our zombie"
+        );
+        assert_ne!(
+            parent_pid,
+            std::process::id(),
+            "pid {pid} is still our child"
+        );
+    }
+    assert!(
+        !state_dir.exists(),
+        "state dir {} remains",
+        state_dir.display()
+    );
+}
