@@ -261,26 +261,38 @@ pub fn expand(model: &Model, krate: Path) -> TokenStream {
             }
         }
     }
-    let can_transition_body = if pairs.is_empty() {
+    // `match from { sources => matches!(to, targets) }`, sources sharing a target set merged
+    // into one arm: the shape clippy accepts (no unnested or-patterns, no identical arms).
+    let mut arms: Vec<(Vec<usize>, Vec<usize>)> = Vec::new();
+    for source in 0..n {
+        let mut targets: Vec<usize> = pairs
+            .iter()
+            .filter(|&&(s, _)| s == source)
+            .map(|&(_, t)| t)
+            .collect();
+        if targets.is_empty() {
+            continue;
+        }
+        targets.sort_unstable();
+        match arms.iter_mut().find(|(_, t)| *t == targets) {
+            Some((sources, _)) => sources.push(source),
+            None => arms.push((vec![source], targets)),
+        }
+    }
+    let can_transition_body = if arms.is_empty() {
         quote!({
             let _ = (from, to);
             false
         })
     } else {
-        // Grouped by source (`(A, B | C)`), the shape clippy's `unnested_or_patterns` wants.
-        let mut by_source: Vec<(usize, Vec<usize>)> = Vec::new();
-        for &(s, t) in &pairs {
-            match by_source.iter_mut().find(|(src, _)| *src == s) {
-                Some((_, targets)) => targets.push(t),
-                None => by_source.push((s, vec![t])),
-            }
-        }
-        let pats = by_source.iter().map(|(s, targets)| {
-            let s = cx.variant(*s);
+        let covered: usize = arms.iter().map(|(sources, _)| sources.len()).sum();
+        let arms = arms.iter().map(|(sources, targets)| {
+            let sources = sources.iter().map(|&s| cx.variant(s));
             let targets = targets.iter().map(|&t| cx.variant(t));
-            quote!((#s, #(#targets)|*))
+            quote!(#(#sources)|* => ::core::matches!(to, #(#targets)|*),)
         });
-        quote!(::core::matches!((from, to), #(#pats)|*))
+        let wildcard = (covered < n).then(|| quote!(_ => false,));
+        quote!(match from { #(#arms)* #wildcard })
     };
     let table = model.transitions.iter().map(|t| cx.table_entry(t));
     let try_methods = model
