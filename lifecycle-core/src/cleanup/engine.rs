@@ -2,13 +2,14 @@
 //!
 //! # Design
 //!
-//! Each phase has a slot: an atomic state, the recorded outcome behind a mutex, and the
-//! wakers of callers waiting for it behind another mutex (all from [`crate::sync`], so
-//! `--cfg loom` model-checks them).
+//! Each phase has a slot: an atomic state, the recorded outcome, and the wakers of callers
+//! waiting for it behind a mutex (all from [`crate::sync`], so `--cfg loom` model-checks
+//! them).
 //!
 //! ```text
-//! PENDING ──CAS──▶ RUNNING ──store(Release)──▶ DONE      (outcome recorded first)
-//!    └──────────────CAS──────────────────────▶ SKIPPED   (outcome is always `Skipped`)
+//! PENDING ──CAS──▶ RUNNING ──swap(AcqRel)──▶ DONE      (outcome written first)
+//!    │               └─CAS─▶ RUNNING|WAITING ─swap─▶ DONE, then wake the waiters
+//!    └──────────────CAS──────────────────────────▶ SKIPPED   (outcome is always `Skipped`)
 //! ```
 //!
 //! Every call walks the phases in order and leaves phase `i` only once it is final
@@ -21,16 +22,24 @@
 //! The compare-and-swap makes exactly one caller the claimer of each phase, so each phase
 //! runs (or is skipped) exactly once, and never before its predecessors are finished.
 //!
-//! A caller that finds a phase `RUNNING` waits for it without any runtime primitive: it
-//! checks the state, locks the waker list, checks again and only then registers its waker.
-//! The runner records the outcome, stores the final state (Release), then locks the list and
-//! wakes everyone. Whichever takes the lock second sees the other's write, so no wake-up is
-//! lost. If the runner's future is dropped mid-phase, a drop guard records
-//! [`PhaseOutcome::Cancelled`] and does the same, so nobody waits forever.
+//! The outcome needs no lock: only the claimer writes it, before it publishes `DONE` with a
+//! release swap, and readers read it only after observing `DONE` with an acquire load; no one
+//! writes it again until `reset(&mut self)`.
+//!
+//! A caller that finds a phase `RUNNING` waits for it without any runtime primitive: under
+//! the waker-list lock it registers its waker, then sets the `WAITING` bit with a CAS that
+//! fails if the phase has become final meanwhile (then it is ready at once). The runner
+//! publishes `DONE` with a swap; if the value it replaced had `WAITING`, it takes the lock —
+//! which the waiter held while registering — and wakes everyone. Both sides are
+//! read-modify-writes of one atomic, so one is ordered first: either the runner sees
+//! `WAITING` and wakes the registered waker, or the waiter's CAS sees `DONE`. No wake-up is
+//! lost, and a phase nobody waits for never touches the lock. If the runner's future is
+//! dropped mid-phase, a drop guard records [`PhaseOutcome::Cancelled`] the same way, so
+//! nobody waits forever.
 
 use super::phase::{Action, PhaseFuture};
 use super::{CleanupReport, Phase, PhaseId, PhaseOutcome, PhaseReport};
-use crate::sync::{lock, AtomicU8, Mutex, Ordering};
+use crate::sync::{lock, AtomicU8, Mutex, Ordering, UnsafeCell};
 use core::fmt;
 use core::future::Future;
 use core::marker::PhantomData;
@@ -49,6 +58,8 @@ const RUNNING: u8 = 1;
 const DONE: u8 = 2;
 /// Final: skipped by an `execute_from` that started after it.
 const SKIPPED: u8 = 3;
+/// Set on `RUNNING` once a caller waits for the phase: the runner must wake it.
+const WAITING: u8 = 4;
 
 fn is_final(state: u8) -> bool {
     state == DONE || state == SKIPPED
@@ -56,26 +67,35 @@ fn is_final(state: u8) -> bool {
 
 /// The bookkeeping of one phase.
 struct Slot {
-    /// `PENDING`, `RUNNING`, `DONE` or `SKIPPED`.
+    /// `PENDING`, `RUNNING` (possibly with `WAITING`), `DONE` or `SKIPPED`.
     state: AtomicU8,
-    /// The outcome and duration of the run that ran the phase; written before `DONE` is
-    /// stored, read only after `DONE` is observed.
-    outcome: Mutex<Option<(PhaseOutcome, Duration)>>,
+    /// The outcome and duration of the run that ran the phase; written by its claimer before
+    /// `DONE` is published, read only after `DONE` is observed.
+    outcome: UnsafeCell<Option<(PhaseOutcome, Duration)>>,
     /// Wakers of callers waiting for the phase to become final.
     waiters: Mutex<Vec<Waker>>,
 }
+
+// SAFETY: `outcome` is the only field that is not `Sync` by itself. It is written only by the
+// one caller whose compare-and-swap claimed the phase (`PENDING → RUNNING`), before that
+// caller publishes `DONE` with a release swap; it is read only after an acquire load has
+// observed `DONE`; and it is written again only by `reset(&mut self)`, which excludes all
+// other access. So no write is ever concurrent with another access. `PhaseOutcome` itself is
+// `Send + Sync`.
+unsafe impl Sync for Slot {}
 
 impl Slot {
     fn new() -> Self {
         Self {
             state: AtomicU8::new(PENDING),
-            outcome: Mutex::new(None),
+            outcome: UnsafeCell::new(None),
             waiters: Mutex::new(Vec::new()),
         }
     }
 
+    /// The state, without the `WAITING` bit.
     fn load(&self) -> u8 {
-        self.state.load(Ordering::Acquire)
+        self.state.load(Ordering::Acquire) & !WAITING
     }
 
     fn claim(&self, to: u8) -> bool {
@@ -86,19 +106,29 @@ impl Slot {
 
     /// The outcome recorded by the run that ran the phase. Call only after observing `DONE`.
     fn recorded(&self) -> (PhaseOutcome, Duration) {
-        let recorded = lock(&self.outcome).clone();
+        // SAFETY: the caller observed `DONE` (acquire), so the claimer's write happened
+        // before this read, and nothing writes the cell again until `reset(&mut self)`.
+        let recorded = self.outcome.with(|p| unsafe { (*p).clone() });
         debug_assert!(recorded.is_some(), "a DONE phase has a recorded outcome");
         // Unreachable fallback: the outcome is always written before DONE is published.
         recorded.unwrap_or((PhaseOutcome::Cancelled, Duration::ZERO))
     }
 
-    /// Records the outcome, publishes `DONE` and wakes every waiter.
+    /// Records the outcome, publishes `DONE` and wakes the waiters, if any. Called once, by
+    /// the phase's claimer.
     fn finish(&self, outcome: PhaseOutcome, duration: Duration) {
-        *lock(&self.outcome) = Some((outcome, duration));
-        self.state.store(DONE, Ordering::Release);
-        let waiters = core::mem::take(&mut *lock(&self.waiters));
-        for waker in waiters {
-            waker.wake();
+        // SAFETY: only the claimer calls `finish`, once, while the phase is RUNNING; no one
+        // reads the cell before observing the DONE published below.
+        self.outcome
+            .with_mut(|p| unsafe { *p = Some((outcome, duration)) });
+        // Release publishes the outcome; Acquire pairs with the waiter's CAS that set
+        // WAITING, so its registered waker is in the list we lock below.
+        let previous = self.state.swap(DONE, Ordering::AcqRel);
+        if previous & WAITING != 0 {
+            let waiters = core::mem::take(&mut *lock(&self.waiters));
+            for waker in waiters {
+                waker.wake();
+            }
         }
     }
 
@@ -109,15 +139,30 @@ impl Slot {
                 return Poll::Ready(());
             }
             let mut waiters = lock(&self.waiters);
-            // Re-check under the lock: the runner stores the final state before it takes
-            // this lock to wake, so either we see the state now or it sees our waker.
-            if is_final(self.load()) {
-                return Poll::Ready(());
-            }
             if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
                 waiters.push(cx.waker().clone());
             }
-            Poll::Pending
+            // Announce the waker: set WAITING unless the phase became final meanwhile. The
+            // runner's swap and this CAS are ordered on one atomic: either it sees WAITING
+            // (and wakes us after taking the lock we hold), or this CAS sees the final state.
+            let mut current = self.state.load(Ordering::Acquire);
+            loop {
+                if is_final(current) {
+                    return Poll::Ready(());
+                }
+                if current & WAITING != 0 {
+                    return Poll::Pending;
+                }
+                match self.state.compare_exchange_weak(
+                    current,
+                    current | WAITING,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => return Poll::Pending,
+                    Err(actual) => current = actual,
+                }
+            }
         })
     }
 }
@@ -130,12 +175,14 @@ struct RunGuard<'a> {
 }
 
 impl RunGuard<'_> {
-    /// Records the phase's outcome and disarms the guard.
-    fn complete(mut self, outcome: PhaseOutcome) -> (PhaseOutcome, Duration) {
+    /// Records the phase's outcome and disarms the guard; returns it with its duration and
+    /// the instant it ended.
+    fn complete(mut self, outcome: PhaseOutcome) -> (PhaseOutcome, Duration, Instant) {
         self.armed = false;
-        let duration = self.start.elapsed();
+        let end = Instant::now();
+        let duration = end.duration_since(self.start);
         self.slot.finish(outcome.clone(), duration);
-        (outcome, duration)
+        (outcome, duration, end)
     }
 }
 
@@ -357,15 +404,15 @@ impl<P: PhaseId> CleanupEngine<P> {
     /// Forgets every phase's state and outcome, so the next run runs them all again.
     /// Timeouts are kept.
     pub fn reset(&mut self) {
-        for slot in &self.slots {
-            slot.state.store(PENDING, Ordering::Relaxed);
-            *lock(&slot.outcome) = None;
-            lock(&slot.waiters).clear();
-        }
+        // Fresh slots: `&mut self` means no run can be looking at the old ones.
+        self.slots = P::ALL.iter().map(|_| Slot::new()).collect();
     }
 
     async fn run_from(&self, from: usize) -> CleanupReport<P> {
         let started = Instant::now();
+        // When this call last saw the clock: a phase it runs starts when the previous one
+        // ended, so each phase costs one clock read, not two.
+        let mut mark = started;
         let mut reports = Vec::with_capacity(P::ALL.len());
         for (i, (&phase, slot)) in P::ALL.iter().zip(self.slots.iter()).enumerate() {
             let (outcome, duration) = loop {
@@ -380,7 +427,10 @@ impl<P: PhaseId> CleanupEngine<P> {
                             Duration::ZERO,
                         );
                     }
-                    RUNNING => slot.wait_final().await,
+                    RUNNING => {
+                        slot.wait_final().await;
+                        mark = Instant::now();
+                    }
                     _ => {
                         // PENDING. Every earlier phase is final: this loop left each of them
                         // only once it was, and final states last until `reset(&mut self)`.
@@ -391,7 +441,10 @@ impl<P: PhaseId> CleanupEngine<P> {
                                 break (PhaseOutcome::Skipped, Duration::ZERO);
                             }
                         } else if slot.claim(RUNNING) {
-                            break self.run_claimed(i, phase, slot).await;
+                            let (outcome, duration, end) =
+                                self.run_claimed(i, phase, slot, mark).await;
+                            mark = end;
+                            break (outcome, duration);
                         }
                         // Another call claimed it first: look again.
                     }
@@ -403,7 +456,7 @@ impl<P: PhaseId> CleanupEngine<P> {
                 duration,
             });
         }
-        let report = CleanupReport::new(reports, started.elapsed());
+        let report = CleanupReport::new(reports, mark.duration_since(started));
         #[cfg(feature = "tracing")]
         if report.has_errors() {
             let failed: Vec<&str> = report.failed_phases().iter().map(|p| p.name()).collect();
@@ -416,16 +469,23 @@ impl<P: PhaseId> CleanupEngine<P> {
         report
     }
 
-    /// Runs phase `i`, which this call has claimed (`RUNNING`), and publishes its outcome.
-    async fn run_claimed(&self, i: usize, phase: P, slot: &Slot) -> (PhaseOutcome, Duration) {
+    /// Runs phase `i`, which this call has claimed (`RUNNING`) at `start`, and publishes its
+    /// outcome. Returns the outcome, the duration and when it ended.
+    async fn run_claimed(
+        &self,
+        i: usize,
+        phase: P,
+        slot: &Slot,
+        start: Instant,
+    ) -> (PhaseOutcome, Duration, Instant) {
         if self.actions[i].is_noop() {
             // Nothing runs: no clock, no span.
             slot.finish(PhaseOutcome::Ok, Duration::ZERO);
-            return (PhaseOutcome::Ok, Duration::ZERO);
+            return (PhaseOutcome::Ok, Duration::ZERO, start);
         }
         let guard = RunGuard {
             slot,
-            start: Instant::now(),
+            start,
             armed: true,
         };
         #[cfg(feature = "tracing")]
@@ -439,10 +499,10 @@ impl<P: PhaseId> CleanupEngine<P> {
             let _ = phase;
             self.run_action(i).await
         };
-        let (outcome, duration) = guard.complete(outcome);
+        let (outcome, duration, end) = guard.complete(outcome);
         #[cfg(feature = "tracing")]
         tracing::debug!(phase = phase.name(), %outcome, ?duration, "cleanup phase finished");
-        (outcome, duration)
+        (outcome, duration, end)
     }
 
     /// Runs phase `i`'s action, turning errors, panics and timeouts into its outcome.
