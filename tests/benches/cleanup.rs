@@ -65,6 +65,23 @@ fn cleanup(c: &mut Criterion) {
             black_box(report.has_errors())
         });
     });
+    // The explicit no-op (`Phase::noop()`), for phases that do not apply: nothing to call.
+    let mut noops = CleanupOrchestrator::new(CleanupPhases {
+        hotplug_stop: Phase::noop(),
+        io_shutdown: Phase::noop(),
+        conn_close: Phase::noop(),
+        vm_shutdown: Phase::noop(),
+        network_cleanup: Phase::noop(),
+        mount_cleanup: Phase::noop(),
+        event_close: Phase::noop(),
+    });
+    g.bench_function("generated_orchestrator_noop_phases", |b| {
+        b.iter(|| {
+            noops.reset();
+            let report = rt.block_on(noops.execute());
+            black_box(report.has_errors())
+        });
+    });
     g.finish();
 }
 
