@@ -1,0 +1,215 @@
+//! [`ShimConfig`]: every timeout of the shim's lifecycle in one place, with defaults that work
+//! under software emulation (TCG), loadable from a JSON file.
+
+use crate::vm::agent::RetryPolicy;
+use crate::vm::assets::Assets;
+use crate::vm::escalation::EscalationPolicy;
+use crate::vm::host_probe::AccelChoice;
+use crate::vm::manager::KernelImage;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The shim's settings. [`Default`] gives values that work under TCG on a 2-core host.
+#[derive(Debug, Clone)]
+pub struct ShimConfig {
+    /// Bound on QEMU start → the agent's readiness notice (default 60 s; a TCG boot takes
+    /// about 2 s, so this only ends a wedged guest).
+    pub start_timeout: Duration,
+    /// Bound on each agent RPC (default 10 s).
+    pub rpc_timeout: Duration,
+    /// Bound on each QMP command and on the QMP handshake (default 5 s).
+    pub qmp_timeout: Duration,
+    /// Backoff of agent dials: 20 ms doubling to 500 ms, bounded by 10 s in all.
+    pub dial_retry: RetryPolicy,
+    /// The shutdown escalation: graceful (agent) 10 s, guest power request 5 s, QMP quit
+    /// 3 s, SIGTERM 3 s, SIGKILL 5 s.
+    pub shutdown: EscalationPolicy,
+    /// Where per-VM state directories go (default: `SPINBOX_STATE_ROOT`, else
+    /// `$XDG_RUNTIME_DIR/spinbox`, else `/run/spinbox`).
+    pub state_root: Option<PathBuf>,
+    /// vCPUs (default 1).
+    pub cpus: u16,
+    /// Guest memory in MiB (default 256).
+    pub memory_mib: u32,
+    /// Accelerator (default: probe; `SPINBOX_ACCEL` overrides).
+    pub accel: AccelChoice,
+    /// Kernel image (default: the uncompressed `vmlinux`).
+    pub kernel: KernelImage,
+    /// The assets to boot (default: located with `Assets::locate`).
+    pub assets: Option<Assets>,
+}
+
+impl Default for ShimConfig {
+    fn default() -> Self {
+        Self {
+            start_timeout: Duration::from_secs(60),
+            rpc_timeout: Duration::from_secs(10),
+            qmp_timeout: Duration::from_secs(5),
+            dial_retry: RetryPolicy::default(),
+            shutdown: EscalationPolicy::default(),
+            state_root: None,
+            cpus: 1,
+            memory_mib: 256,
+            accel: AccelChoice::Auto,
+            kernel: KernelImage::Vmlinux,
+            assets: None,
+        }
+    }
+}
+
+/// Errors loading a config file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid config JSON.
+    #[error("invalid config file {}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parse error (with line and column).
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A value is out of range.
+    #[error("invalid config value: {0}")]
+    Invalid(String),
+}
+
+/// The file form: every field optional, durations in milliseconds; unknown keys are errors.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    start_timeout_ms: Option<u64>,
+    rpc_timeout_ms: Option<u64>,
+    qmp_timeout_ms: Option<u64>,
+    dial_initial_ms: Option<u64>,
+    dial_max_delay_ms: Option<u64>,
+    dial_total_ms: Option<u64>,
+    shutdown_graceful_ms: Option<u64>,
+    shutdown_guest_request_ms: Option<u64>,
+    shutdown_quit_ms: Option<u64>,
+    shutdown_sigterm_ms: Option<u64>,
+    shutdown_sigkill_ms: Option<u64>,
+    state_root: Option<PathBuf>,
+    cpus: Option<u16>,
+    memory_mib: Option<u32>,
+}
+
+impl ShimConfig {
+    /// Reads a JSON file of overrides, e.g. `{"start_timeout_ms": 30000, "cpus": 2}`; what
+    /// it leaves out keeps its default. Unknown keys are rejected, so a typo is not silently
+    /// ignored.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_json(&text).map_err(|e| match e {
+            ConfigError::Parse { source, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                source,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses JSON overrides (see [`from_file`](Self::from_file)).
+    pub fn from_json(text: &str) -> Result<Self, ConfigError> {
+        let file: ConfigFile = serde_json::from_str(text).map_err(|source| ConfigError::Parse {
+            path: PathBuf::new(),
+            source,
+        })?;
+        let mut config = Self::default();
+        let ms = Duration::from_millis;
+        let set = |target: &mut Duration, value: Option<u64>, name: &str| {
+            match value {
+                Some(0) => Err(ConfigError::Invalid(format!("{name} must be greater than 0"))),
+                Some(v) => {
+                    *target = ms(v);
+                    Ok(())
+                }
+                None => Ok(()),
+            }
+        };
+        set(&mut config.start_timeout, file.start_timeout_ms, "start_timeout_ms")?;
+        set(&mut config.rpc_timeout, file.rpc_timeout_ms, "rpc_timeout_ms")?;
+        set(&mut config.qmp_timeout, file.qmp_timeout_ms, "qmp_timeout_ms")?;
+        set(&mut config.dial_retry.initial, file.dial_initial_ms, "dial_initial_ms")?;
+        set(&mut config.dial_retry.max_delay, file.dial_max_delay_ms, "dial_max_delay_ms")?;
+        set(&mut config.dial_retry.total, file.dial_total_ms, "dial_total_ms")?;
+        set(&mut config.shutdown.graceful, file.shutdown_graceful_ms, "shutdown_graceful_ms")?;
+        set(
+            &mut config.shutdown.guest_request_wait,
+            file.shutdown_guest_request_ms,
+            "shutdown_guest_request_ms",
+        )?;
+        set(&mut config.shutdown.quit, file.shutdown_quit_ms, "shutdown_quit_ms")?;
+        set(&mut config.shutdown.sigterm, file.shutdown_sigterm_ms, "shutdown_sigterm_ms")?;
+        set(&mut config.shutdown.sigkill, file.shutdown_sigkill_ms, "shutdown_sigkill_ms")?;
+        if config.dial_retry.initial > config.dial_retry.max_delay {
+            return Err(ConfigError::Invalid(
+                "dial_initial_ms must not exceed dial_max_delay_ms".to_owned(),
+            ));
+        }
+        if let Some(root) = file.state_root {
+            config.state_root = Some(root);
+        }
+        match file.cpus {
+            Some(0) => return Err(ConfigError::Invalid("cpus must be at least 1".to_owned())),
+            Some(n) => config.cpus = n,
+            None => {}
+        }
+        match file.memory_mib {
+            Some(m) if m < 64 => {
+                return Err(ConfigError::Invalid(format!(
+                    "memory_mib {m} is too small for the guest (at least 64)"
+                )))
+            }
+            Some(m) => config.memory_mib = m,
+            None => {}
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_overrides() {
+        let c = ShimConfig::from_json("{}").unwrap();
+        assert_eq!(c.start_timeout, Duration::from_secs(60));
+        assert_eq!(c.dial_retry.initial, Duration::from_millis(20));
+        assert_eq!(c.dial_retry.max_delay, Duration::from_millis(500));
+        let c = ShimConfig::from_json(r#"{"start_timeout_ms": 1500, "cpus": 2, "shutdown_quit_ms": 100}"#)
+            .unwrap();
+        assert_eq!(c.start_timeout, Duration::from_millis(1500));
+        assert_eq!(c.cpus, 2);
+        assert_eq!(c.shutdown.quit, Duration::from_millis(100));
+    }
+
+    #[test]
+    fn bad_input_is_a_clear_error() {
+        let typo = ShimConfig::from_json(r#"{"start_timeout": 5}"#).unwrap_err();
+        assert!(typo.to_string().contains("invalid config"), "{typo}");
+        let e = ShimConfig::from_json(r#"{"rpc_timeout_ms": 0}"#).unwrap_err();
+        assert_eq!(e.to_string(), "invalid config value: rpc_timeout_ms must be greater than 0");
+        assert!(ShimConfig::from_json(r#"{"cpus": 0}"#).is_err());
+        assert!(ShimConfig::from_json(r#"{"memory_mib": 8}"#).is_err());
+        assert!(ShimConfig::from_json(r#"{"dial_initial_ms": 900}"#).is_err());
+        assert!(ShimConfig::from_json("not json").is_err());
+        assert!(ShimConfig::from_json(r#"{"cpus": -1}"#).is_err());
+        let missing = ShimConfig::from_file(Path::new("/nonexistent/spinbox.json")).unwrap_err();
+        assert!(missing.to_string().contains("/nonexistent/spinbox.json"));
+    }
+}
