@@ -33,7 +33,8 @@ fn orchestrator(counters: &Arc<Counters>, failing: usize) -> ModelOrchestrator {
             let counters = counters.clone();
             async move {
                 counters.runs[i].fetch_add(1, Ordering::SeqCst);
-                counters.started_after[i].store(counters.finished.load(Ordering::SeqCst), Ordering::SeqCst);
+                counters.started_after[i]
+                    .store(counters.finished.load(Ordering::SeqCst), Ordering::SeqCst);
                 loom::thread::yield_now();
                 counters.finished.fetch_add(1, Ordering::SeqCst);
                 if i == failing {
@@ -64,8 +65,16 @@ fn two_concurrent_executes() {
         let mine = loom::future::block_on(orch.execute());
         let theirs = other.join().unwrap();
         for i in 0..2 {
-            assert_eq!(counters.runs[i].load(Ordering::SeqCst), 1, "phase {i} ran once");
-            assert_eq!(counters.started_after[i].load(Ordering::SeqCst), i, "phase {i} in order");
+            assert_eq!(
+                counters.runs[i].load(Ordering::SeqCst),
+                1,
+                "phase {i} ran once"
+            );
+            assert_eq!(
+                counters.started_after[i].load(Ordering::SeqCst),
+                i,
+                "phase {i} in order"
+            );
         }
         for report in [&mine, &theirs] {
             assert_eq!(report.failed_phases(), [ModelPhase::VmShutdown]);

@@ -71,7 +71,8 @@ async fn sixteen_callers_each_phase_once_in_order() {
         let ran: Vec<usize> = (0..7).filter(|&i| runs[i] == 1).collect();
         assert!(!ran.is_empty());
         let log = log.lock().unwrap();
-        let expected: Vec<(usize, bool)> = ran.iter().flat_map(|&i| [(i, true), (i, false)]).collect();
+        let expected: Vec<(usize, bool)> =
+            ran.iter().flat_map(|&i| [(i, true), (i, false)]).collect();
         assert_eq!(*log, expected, "round {round}: in order, never overlapping");
         assert!(orch.is_complete());
     }

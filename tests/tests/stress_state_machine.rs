@@ -78,7 +78,8 @@ fn threads_racing_every_transition_only_follow_declared_edges() {
                 std::thread::spawn(move || {
                     let mut edges = Vec::new();
                     for i in 0..200 {
-                        let transition = &ShimState::TRANSITIONS[(t + i) % ShimState::TRANSITIONS.len()];
+                        let transition =
+                            &ShimState::TRANSITIONS[(t + i) % ShimState::TRANSITIONS.len()];
                         // shut_down is terminal; keep the machine busy before taking it.
                         if transition.name == "shut_down" && i < 190 {
                             continue;

@@ -3,6 +3,7 @@
 //!
 //! | file | what is inside |
 //! |---|---|
+//! | [`assets`] | where the provisioned QEMU, kernel, initramfs and vsock backend are |
 //! | [`kvm`] | `check_kvm()`: `/dev/kvm` and `KVM_GET_API_VERSION` |
 //! | [`host_probe`] | which accelerator really works here; `-sandbox` support |
 //! | [`config`] | [`QemuConfig`] and its escaped argument vector; VM ID rules |
@@ -12,6 +13,7 @@
 //! | [`escalation`] | graceful → guest request → quit → SIGTERM → SIGKILL |
 //! | [`instance`] | [`QemuInstance`]: start, exit notification, shutdown |
 
+pub mod assets;
 pub mod config;
 pub mod escalation;
 pub mod host_probe;
@@ -21,6 +23,7 @@ pub mod process;
 pub mod qmp;
 pub mod state_dir;
 
+pub use assets::{Assets, AssetsError};
 pub use config::{AgentChannel, Disk, DiskFormat, Machine, QemuConfig, SandboxMode, VmId};
 pub use escalation::{EscalationPolicy, GracefulHook, GuestRequest, ShutdownStep};
 pub use host_probe::{AccelChoice, Accelerator};
