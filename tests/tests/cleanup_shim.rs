@@ -1,7 +1,7 @@
 //! Behaviour of spinbox's generated `CleanupOrchestrator`: every scenario of the Go cleanup
 //! package it descends from, plus panics, timeouts and concurrent callers.
 
-use lifecycle_core::{Phase, PhaseId, PhaseOutcome};
+use lifecycle_core::{Phase, PhaseOutcome};
 use spinbox::cleanup::{CleanupOrchestrator, CleanupPhase, CleanupPhases};
 use std::error::Error as _;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -69,7 +69,7 @@ fn sixty_four_threads_race_start_creating() {
 /// must end where the machine is.
 #[test]
 fn threads_racing_every_transition_only_follow_declared_edges() {
-    use lifecycle_core::{LifecycleState, StateMachine};
+    use lifecycle_core::StateMachine;
     for _ in 0..20 {
         let sm = Arc::new(ShimStateMachine::new());
         let threads: Vec<_> = (0..8)

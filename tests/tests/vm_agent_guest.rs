@@ -1,6 +1,6 @@
 //! A real guest (Debian kernel, the static agent as /init, vhost-device-vsock) under
 //! TCG, checked end to end through one boot: readiness, Ping, Info, a cached client and
-//! a fresh dial at once, a dial to a port nothing listens on, PrepareShutdown + Shutdown
+//! a fresh dial at once, a dial to a port nothing listens on, `PrepareShutdown` + `Shutdown`
 //! through the manager's shutdown (twice and concurrently), and nothing left behind.
 
 mod vm_common;

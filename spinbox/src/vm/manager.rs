@@ -254,6 +254,17 @@ impl std::fmt::Debug for VmManager {
     }
 }
 
+/// Puts the manager back to empty unless disarmed (a failed or cancelled `create`).
+struct ResetOnDrop<'a>(&'a VmManager, bool);
+
+impl Drop for ResetOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.1 {
+            *self.0.lock() = Slot::Empty;
+        }
+    }
+}
+
 impl VmManager {
     /// A manager with no VM.
     pub fn new() -> Self {
@@ -294,15 +305,7 @@ impl VmManager {
             }
         }
         // If this future is dropped mid-way, the slot must not stay `Creating`.
-        struct Reset<'a>(&'a VmManager, bool);
-        impl Drop for Reset<'_> {
-            fn drop(&mut self) {
-                if self.1 {
-                    *self.0.lock() = Slot::Empty;
-                }
-            }
-        }
-        let mut reset = Reset(self, true);
+        let mut reset = ResetOnDrop(self, true);
         let vm = boot(spec).await?;
         let timings = vm.timings;
         *self.lock() = Slot::Ready(Arc::new(vm));

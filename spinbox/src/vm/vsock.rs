@@ -1,7 +1,7 @@
 //! Reaching a guest's vsock port from the host, as a ttrpc connection.
 //!
 //! Two forms:
-//! - **AF_VSOCK** (`cid:port`), on hosts with `/dev/vhost-vsock` (QEMU's
+//! - **`AF_VSOCK`** (`cid:port`), on hosts with `/dev/vhost-vsock` (QEMU's
 //!   `vhost-vsock-pci`);
 //! - **hybrid vsock**: a unix socket served by the VMM or a vhost-user backend
 //!   (Firecracker, Cloud Hypervisor, `vhost-device-vsock`). The host connects, writes
@@ -23,7 +23,7 @@ const MAX_LINE: usize = 128;
 /// Where an agent listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentAddress {
-    /// AF_VSOCK: the guest's CID and port.
+    /// `AF_VSOCK`: the guest's CID and port.
     Vsock {
         /// The guest's context ID.
         cid: u32,
