@@ -108,3 +108,51 @@ pub fn assert_vm_gone(pid: u32, state_dir: &Path) {
         state_dir.display()
     );
 }
+
+/// A manager spec for a real guest booted from the provisioned assets, under TCG (nested
+/// KVM is unusable on the CI machines; see notes/VM-HOST-FACTS.md), state in `fx`.
+pub fn guest_spec(fx: &Fixture, id: &str) -> spinbox::vm::VmSpec {
+    let mut spec = spinbox::vm::VmSpec::new(VmId::new(id).expect("valid id"));
+    spec.assets = Some(spinbox::vm::Assets::locate().expect(
+        "VM assets missing: run scripts/provision (scripts/test-all does) before the tests",
+    ));
+    spec.accel = AccelChoice::Fixed(Accelerator::Tcg);
+    spec.start = fx.opts();
+    spec
+}
+
+/// `pid` is not alive as our child (neither running nor a zombie).
+pub fn assert_not_our_child(pid: u32, what: &str) {
+    assert!(
+        !children().contains(&pid),
+        "{what} (pid {pid}) is still a child of the test process"
+    );
+}
+
+/// Nothing under the state root: no VM directory, no vsock directory.
+pub fn assert_root_clean(fx: &Fixture) {
+    fx.assert_root_empty_except_vsock();
+    let vsock = fx.root().join(".vsock");
+    if vsock.exists() {
+        let left: Vec<_> = std::fs::read_dir(&vsock)
+            .expect("read .vsock")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        assert!(left.is_empty(), "vsock directories left behind: {left:?}");
+    }
+}
+
+impl Fixture {
+    /// The state root holds no VM directory (the shared `.vsock` parent may remain).
+    pub fn assert_root_empty_except_vsock(&self) {
+        let root = self.root();
+        if root.exists() {
+            let left: Vec<_> = std::fs::read_dir(&root)
+                .expect("read root")
+                .map(|e| e.expect("entry").path())
+                .filter(|p| !p.ends_with(".vsock"))
+                .collect();
+            assert!(left.is_empty(), "left behind in the state root: {left:?}");
+        }
+    }
+}

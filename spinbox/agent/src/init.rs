@@ -1,0 +1,136 @@
+//! PID 1 duties: mounting the kernel filesystems, loading modules, syncing and powering
+//! off, and the never-exit rule.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, MsFlags};
+
+/// Where the initramfs keeps the modules and their `load-order` list.
+pub const MODULE_DIR: &str = "/lib/modules";
+
+/// Errors of early initialisation.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    /// A kernel filesystem could not be mounted.
+    #[error("cannot mount {fstype} on {target}")]
+    Mount {
+        /// The filesystem type.
+        fstype: &'static str,
+        /// The mount point.
+        target: &'static str,
+        /// The error from mount(2).
+        #[source]
+        source: nix::Error,
+    },
+    /// The module list could not be read.
+    #[error("cannot read {}", path.display())]
+    ReadList {
+        /// The list's path.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A module file could not be opened.
+    #[error("cannot open module {}", path.display())]
+    OpenModule {
+        /// The module's path.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The kernel refused a module.
+    #[error("finit_module refused {}", path.display())]
+    LoadModule {
+        /// The module's path.
+        path: PathBuf,
+        /// The error from `finit_module(2)`.
+        #[source]
+        source: nix::Error,
+    },
+}
+
+/// Mounts proc, sysfs and devtmpfs (the kernel does not mount devtmpfs for an initramfs).
+pub fn mount_filesystems() -> Result<(), InitError> {
+    for (fstype, target) in [("proc", "/proc"), ("sysfs", "/sys"), ("devtmpfs", "/dev")] {
+        let _ = std::fs::create_dir_all(target);
+        match mount(
+            Some(fstype),
+            target,
+            Some(fstype),
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            None::<&str>,
+        ) {
+            // Already mounted (e.g. devtmpfs with CONFIG_DEVTMPFS_MOUNT) is fine.
+            Ok(()) | Err(nix::Error::EBUSY) => {}
+            Err(source) => {
+                return Err(InitError::Mount {
+                    fstype,
+                    target,
+                    source,
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Loads `<dir>/<name>` for every name in `<dir>/load-order`, in order. The provisioner
+/// wrote that order from each module's `depends=` modinfo (there is no modules.dep).
+/// A module that is already present (`EEXIST`) counts as loaded. A missing list means an
+/// initramfs without modules (a kernel with everything built in).
+pub fn load_modules(dir: &Path) -> Result<(), InitError> {
+    let list_path = dir.join("load-order");
+    let list = match std::fs::read_to_string(&list_path) {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(InitError::ReadList {
+                path: list_path,
+                source,
+            })
+        }
+    };
+    let started = std::time::Instant::now();
+    let params = CString::default();
+    for name in list.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let path = dir.join(name);
+        let file = File::open(&path).map_err(|source| InitError::OpenModule {
+            path: path.clone(),
+            source,
+        })?;
+        match nix::kmod::finit_module(&file, &params, nix::kmod::ModuleInitFlags::empty()) {
+            Ok(()) | Err(nix::Error::EEXIST) => {}
+            Err(source) => return Err(InitError::LoadModule { path, source }),
+        }
+    }
+    tracing::info!(elapsed = ?started.elapsed(), "modules loaded");
+    Ok(())
+}
+
+/// Syncs and powers the machine off. Not PID 1 (a test run on a host): exits instead.
+pub fn power_off(pid1: bool) -> ! {
+    nix::unistd::sync();
+    if pid1 {
+        let err = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
+        // Only reached if the kernel refused; exiting would panic the kernel, so halt.
+        eprintln!("spinbox-agent: power off failed: {err:?}");
+        loop {
+            std::thread::park();
+        }
+    }
+    std::process::exit(0);
+}
+
+/// Logs a fatal error to the console, then syncs and powers off (PID 1 never exits).
+pub fn fatal(pid1: bool, message: &str) -> ! {
+    // eprintln rather than tracing: the subscriber may be what failed.
+    eprintln!("spinbox-agent: fatal: {message}");
+    if pid1 {
+        power_off(true);
+    }
+    std::process::exit(1);
+}

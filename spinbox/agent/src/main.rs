@@ -1,0 +1,133 @@
+//! The spinbox guest agent. It runs as `/init` of the initramfs the project builds:
+//!
+//! 1. mounts `/proc`, `/sys` and `/dev` (devtmpfs) — see [`init`];
+//! 2. loads the kernel modules listed in `/lib/modules/load-order`, in that order, with
+//!    `finit_module` (virtio, virtio-pci, vsock, the virtio vsock transport, the ACPI
+//!    button and evdev);
+//! 3. opens the ACPI power button's input device (so a QMP `system_powerdown` that comes
+//!    any time after readiness is seen) — see [`power_button`];
+//! 4. serves the ttrpc `System` service on vsock port 1024 — see [`service`], [`listener`];
+//! 5. announces readiness by connecting to the host (CID 2, port 1025) — see [`ready`];
+//! 6. powers off on `Shutdown` (once the reply is delivered) or on the power button.
+//!
+//! As PID 1 it must never exit: any fatal error or panic is logged to the console, the
+//! filesystems are synced, and the machine is powered off.
+
+mod init;
+mod listener;
+mod power_button;
+mod ready;
+mod service;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use spinbox_protocol::agent_ttrpc::create_system;
+use spinbox_protocol::AGENT_PORT;
+use tokio::sync::mpsc;
+
+/// The agent's version, reported by `Info` and in the readiness line.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// How long to wait, after the `Shutdown` reply, for the host to close its connections
+/// (which proves the reply arrived) before powering off anyway.
+const DELIVERY_WAIT: Duration = Duration::from_secs(3);
+
+/// Why the agent stopped serving.
+#[derive(Debug, thiserror::Error)]
+enum AgentError {
+    /// Early initialisation (mounts, modules) failed.
+    #[error("initialisation failed")]
+    Init(#[source] init::InitError),
+    /// The tokio runtime could not be built.
+    #[error("cannot build the async runtime")]
+    Runtime(#[source] std::io::Error),
+    /// The vsock listener could not be bound.
+    #[error("cannot listen on vsock port {AGENT_PORT}")]
+    Listen(#[source] std::io::Error),
+    /// The ttrpc server did not start.
+    #[error("cannot start the ttrpc server")]
+    Serve(#[source] ttrpc::Error),
+}
+
+/// Why the guest is powering off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PowerOff {
+    /// The host called `Shutdown`.
+    ShutdownRpc,
+    /// The ACPI power button was pressed (QMP `system_powerdown`).
+    PowerButton,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .init();
+    let pid1 = std::process::id() == 1;
+    std::panic::set_hook(Box::new(move |info| {
+        init::fatal(pid1, &format!("panic: {info}"));
+    }));
+    let err = match run(pid1) {
+        Ok(reason) => {
+            tracing::info!(?reason, "powering off");
+            init::power_off(pid1);
+        }
+        Err(e) => e,
+    };
+    init::fatal(pid1, &error_chain(&err));
+}
+
+/// Runs the agent until a power-off is requested.
+fn run(pid1: bool) -> Result<PowerOff, AgentError> {
+    if pid1 {
+        init::mount_filesystems().map_err(AgentError::Init)?;
+        init::load_modules(std::path::Path::new(init::MODULE_DIR)).map_err(AgentError::Init)?;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(AgentError::Runtime)?;
+    rt.block_on(serve())
+}
+
+async fn serve() -> Result<PowerOff, AgentError> {
+    let (power_tx, mut power_rx) = mpsc::channel::<PowerOff>(4);
+    // Before readiness: a press that arrives after the host sees "ready" must not be lost.
+    power_button::watch(power_tx.clone());
+
+    let (listener, connections) = listener::bind(AGENT_PORT).map_err(AgentError::Listen)?;
+    let service = service::SystemService::new(power_tx);
+    let mut server = ttrpc::asynchronous::Server::new()
+        .add_listener(listener)
+        .register_service(create_system(Arc::new(service)));
+    server.start().await.map_err(AgentError::Serve)?;
+    tracing::info!(port = AGENT_PORT, "serving ttrpc on vsock");
+    tokio::spawn(ready::announce());
+
+    let reason = power_rx.recv().await.unwrap_or(PowerOff::PowerButton);
+    if reason == PowerOff::ShutdownRpc {
+        // The reply is queued in the kernel; powering off now can drop it. The host
+        // closes its connection once it has read the reply: wait for that, bounded.
+        if !connections.wait_all_closed(DELIVERY_WAIT).await {
+            tracing::warn!(
+                open = connections.open(),
+                "host kept connections open; powering off anyway"
+            );
+        }
+    }
+    Ok(reason)
+}
+
+/// The error and its sources, as one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

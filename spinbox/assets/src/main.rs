@@ -1,0 +1,119 @@
+//! `spinbox-assets`: provisions everything a real spinbox VM needs, in one command, into
+//! the assets directory (`$SPINBOX_ASSETS`, else `target/assets`), and records it in
+//! `manifest.json` for [`spinbox::vm::assets`]:
+//!
+//! 1. QEMU and xz-utils from Debian (`apt-get install`) when missing;
+//! 2. the current Debian kernel: the package `linux-image-amd64` depends on is
+//!    downloaded (`apt-get download`), unpacked (`dpkg-deb -x`), its bzImage kept, the
+//!    ELF `vmlinux` extracted from the bzImage's xz payload, and the modules the agent
+//!    needs resolved from their `depends=` modinfo — cached per package version;
+//! 3. `vhost-device-vsock` (`cargo install --locked`), cached per version;
+//! 4. the static musl agent (`cargo build --profile agent`) and the gzip'd `newc`
+//!    initramfs holding it as `/init` with the modules and their load order.
+//!
+//! Run it again at any time: cached steps cost a few milliseconds.
+
+mod cpio;
+mod kernel;
+mod modules;
+mod tools;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use spinbox::vm::assets::{assets_dir, Assets, MANIFEST_FILE};
+
+/// The `vhost-device-vsock` release installed.
+const VHOST_DEVICE_VSOCK_VERSION: &str = "0.3.0";
+
+/// Errors of the provisioning.
+#[derive(Debug, thiserror::Error)]
+enum ProvisionError {
+    /// A host tool step failed.
+    #[error(transparent)]
+    Tool(#[from] tools::ToolError),
+    /// The kernel step failed.
+    #[error(transparent)]
+    Kernel(#[from] kernel::KernelError),
+    /// Writing an output failed.
+    #[error("cannot write {}", path.display())]
+    Write {
+        /// The path.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .init();
+    let dir = assets_dir();
+    let started = Instant::now();
+    match provision(&dir) {
+        Ok(assets) => {
+            tracing::info!(
+                dir = %dir.display(),
+                kernel = %assets.kernel_release,
+                elapsed = ?started.elapsed(),
+                "VM assets ready"
+            );
+        }
+        Err(e) => {
+            let mut msg = e.to_string();
+            let mut cur = std::error::Error::source(&e);
+            while let Some(c) = cur {
+                let _ = write!(msg, ": {c}");
+                cur = c.source();
+            }
+            eprintln!("spinbox-assets: {msg}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn provision(dir: &Path) -> Result<Assets, ProvisionError> {
+    std::fs::create_dir_all(dir).map_err(|source| ProvisionError::Write {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let qemu = tools::ensure_host_packages()?;
+    let kernel = kernel::provision(&dir.join("kernel"))?;
+    let vdv = tools::ensure_vhost_device_vsock(
+        &dir.join("vhost-device-vsock")
+            .join(VHOST_DEVICE_VSOCK_VERSION),
+        VHOST_DEVICE_VSOCK_VERSION,
+    )?;
+    let agent = tools::build_agent()?;
+    let initramfs = dir.join("initramfs.cpio.gz");
+    kernel::write_initramfs(&agent, &kernel, &initramfs)?;
+    let assets = Assets {
+        qemu,
+        kernel_package: kernel.package.clone(),
+        kernel_package_version: kernel.version.clone(),
+        kernel_release: kernel.release.clone(),
+        bzimage: kernel.bzimage.clone(),
+        vmlinux: kernel.vmlinux.clone(),
+        initramfs,
+        vhost_device_vsock: vdv,
+    };
+    let manifest = dir.join(MANIFEST_FILE);
+    let json = serde_json::to_string_pretty(&assets).expect("plain struct serialises");
+    write_atomic(&manifest, json.as_bytes())?;
+    Ok(assets)
+}
+
+/// Writes `path` through a temporary file and a rename, so readers never see half a file.
+fn write_atomic(path: &Path, data: &[u8]) -> Result<(), ProvisionError> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, data)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|source| ProvisionError::Write {
+            path: path.to_owned(),
+            source,
+        })
+}

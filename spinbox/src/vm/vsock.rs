@@ -1,0 +1,196 @@
+//! Reaching a guest's vsock port from the host, as a ttrpc connection.
+//!
+//! Two forms:
+//! - **`AF_VSOCK`** (`cid:port`), on hosts with `/dev/vhost-vsock` (QEMU's
+//!   `vhost-vsock-pci`);
+//! - **hybrid vsock**: a unix socket served by the VMM or a vhost-user backend
+//!   (Firecracker, Cloud Hypervisor, `vhost-device-vsock`). The host connects, writes
+//!   `CONNECT <port>\n` in one write, and reads one line; `OK …` means the stream is now
+//!   connected to the guest port. Anything else, or EOF first, means it is not.
+//!
+//! A plain unix socket (a ttrpc server on the host, e.g. in tests) is a third form.
+
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+/// Longest handshake reply line accepted.
+const MAX_LINE: usize = 128;
+
+/// Where an agent listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentAddress {
+    /// `AF_VSOCK`: the guest's CID and port.
+    Vsock {
+        /// The guest's context ID.
+        cid: u32,
+        /// The port.
+        port: u32,
+    },
+    /// Hybrid vsock: the VMM's or backend's unix socket and the guest port.
+    Hybrid {
+        /// The unix socket (`uds-path` of `vhost-device-vsock`).
+        socket: PathBuf,
+        /// The guest port.
+        port: u32,
+    },
+    /// A plain unix socket with a ttrpc server behind it.
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for AgentAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AgentAddress::Vsock { cid, port } => write!(f, "vsock://{cid}:{port}"),
+            AgentAddress::Hybrid { socket, port } => {
+                write!(f, "hvsock://{}:{port}", socket.display())
+            }
+            AgentAddress::Unix(p) => write!(f, "unix://{}", p.display()),
+        }
+    }
+}
+
+/// Errors connecting a stream to an agent address.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The socket could not be connected (absent, refused, …).
+    #[error("cannot connect to {address}")]
+    Connect {
+        /// The address.
+        address: String,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// The hybrid handshake failed on I/O: reset, broken pipe, or EOF before the reply
+    /// line (the guest port has no listener, or the guest driver is not up).
+    #[error("hybrid vsock handshake with {address} failed")]
+    HandshakeIo {
+        /// The address.
+        address: String,
+        /// The I/O error (`UnexpectedEof` when closed before `OK`).
+        #[source]
+        source: io::Error,
+    },
+    /// The hybrid endpoint answered something other than `OK …`.
+    #[error("hybrid vsock endpoint {address} refused CONNECT: {line:?}")]
+    HandshakeRefused {
+        /// The address.
+        address: String,
+        /// The reply line.
+        line: String,
+    },
+    /// The handshake did not complete in time.
+    #[error("hybrid vsock handshake with {address} timed out after {after:?}")]
+    HandshakeTimeout {
+        /// The address.
+        address: String,
+        /// The bound.
+        after: Duration,
+    },
+}
+
+impl ConnectError {
+    /// Whether retrying may succeed: the endpoint is not there yet (absent, refused) or
+    /// closed on us (reset, broken pipe, EOF before `OK`). A refusal line, a timeout or
+    /// any other I/O error is final.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ConnectError::Connect { source, .. } | ConnectError::HandshakeIo { source, .. } => {
+                is_transient_io(source)
+            }
+            ConnectError::HandshakeRefused { .. } | ConnectError::HandshakeTimeout { .. } => false,
+        }
+    }
+}
+
+/// I/O errors that mean "not there yet" or "closed on us".
+pub fn is_transient_io(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::NotFound
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::UnexpectedEof
+    )
+}
+
+/// Connects to `address` (the handshake bounded by `timeout`) and wraps the stream in an
+/// async ttrpc client.
+pub async fn connect(
+    address: &AgentAddress,
+    timeout: Duration,
+) -> Result<ttrpc::asynchronous::Client, ConnectError> {
+    let socket = connect_socket(address, timeout).await?;
+    Ok(ttrpc::asynchronous::Client::new(socket))
+}
+
+async fn connect_socket(
+    address: &AgentAddress,
+    timeout: Duration,
+) -> Result<ttrpc::asynchronous::transport::Socket, ConnectError> {
+    use ttrpc::asynchronous::transport::Socket;
+    let name = address.to_string();
+    let connect_err = |source| ConnectError::Connect {
+        address: name.clone(),
+        source,
+    };
+    match address {
+        AgentAddress::Vsock { cid, port } => {
+            let addr = tokio_vsock::VsockAddr::new(*cid, *port);
+            let s = tokio::time::timeout(timeout, tokio_vsock::VsockStream::connect(addr))
+                .await
+                .map_err(|_| ConnectError::HandshakeTimeout {
+                    address: name.clone(),
+                    after: timeout,
+                })?
+                .map_err(connect_err)?;
+            Ok(Socket::new(s))
+        }
+        AgentAddress::Unix(path) => {
+            let s = UnixStream::connect(path).await.map_err(connect_err)?;
+            Ok(Socket::new(s))
+        }
+        AgentAddress::Hybrid { socket, port } => {
+            let mut s = UnixStream::connect(socket).await.map_err(connect_err)?;
+            match tokio::time::timeout(timeout, hybrid_handshake(&mut s, *port)).await {
+                Err(_) => Err(ConnectError::HandshakeTimeout {
+                    address: name,
+                    after: timeout,
+                }),
+                Ok(Err(source)) => Err(ConnectError::HandshakeIo {
+                    address: name,
+                    source,
+                }),
+                Ok(Ok(line)) if line.starts_with("OK ") => Ok(Socket::new(s)),
+                Ok(Ok(line)) => Err(ConnectError::HandshakeRefused {
+                    address: name,
+                    line,
+                }),
+            }
+        }
+    }
+}
+
+/// Sends `CONNECT <port>\n` in one write and reads the reply line byte by byte (nothing
+/// after the newline may be consumed: it belongs to the ttrpc stream).
+async fn hybrid_handshake(s: &mut UnixStream, port: u32) -> io::Result<String> {
+    s.write_all(format!("CONNECT {port}\n").as_bytes()).await?;
+    let mut line = Vec::with_capacity(16);
+    loop {
+        let b = s.read_u8().await?;
+        if b == b'\n' {
+            break;
+        }
+        line.push(b);
+        if line.len() > MAX_LINE {
+            break;
+        }
+    }
+    Ok(String::from_utf8_lossy(&line).trim_end().to_owned())
+}
