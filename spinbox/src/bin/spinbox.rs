@@ -132,9 +132,7 @@ fn config_for(args: &RunArgs) -> Result<ShimConfig, String> {
             return Err(format!("kernel {} does not exist", kernel.display()));
         }
         // An ELF image boots through PVH as vmlinux; anything else is taken as a bzImage.
-        let is_elf = std::fs::read(kernel)
-            .map(|bytes| bytes.starts_with(b"\x7fELF"))
-            .unwrap_or(false);
+        let is_elf = std::fs::read(kernel).is_ok_and(|bytes| bytes.starts_with(b"\x7fELF"));
         if is_elf {
             assets.vmlinux.clone_from(kernel);
             config.kernel = KernelImage::Vmlinux;

@@ -43,7 +43,7 @@ pub struct ShimConfig {
 impl Default for ShimConfig {
     fn default() -> Self {
         Self {
-            start_timeout: Duration::from_secs(60),
+            start_timeout: Duration::from_mins(1),
             rpc_timeout: Duration::from_secs(10),
             qmp_timeout: Duration::from_secs(5),
             dial_retry: RetryPolicy::default(),
@@ -188,7 +188,7 @@ mod tests {
     #[test]
     fn defaults_and_overrides() {
         let c = ShimConfig::from_json("{}").unwrap();
-        assert_eq!(c.start_timeout, Duration::from_secs(60));
+        assert_eq!(c.start_timeout, Duration::from_mins(1));
         assert_eq!(c.dial_retry.initial, Duration::from_millis(20));
         assert_eq!(c.dial_retry.max_delay, Duration::from_millis(500));
         let c = ShimConfig::from_json(r#"{"start_timeout_ms": 1500, "cpus": 2, "shutdown_quit_ms": 100}"#)

@@ -100,11 +100,4 @@ impl EventSender {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
     }
-
-    pub(crate) fn is_closed(&self) -> bool {
-        self.tx
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .is_none()
-    }
 }

@@ -3,10 +3,10 @@
 //!
 //! | operation | states | cleanup |
 //! |---|---|---|
-//! | [`Shim::create`] | Idle → Creating → Running (→ Idle on failure) | on failure, from the phase matching what was set up |
-//! | [`Shim::delete`] | Running → Deleting → ShuttingDown | all seven phases |
-//! | [`Shim::shutdown`] | any → ShuttingDown (intentional) | all seven phases |
-//! | VM exits unasked | Running → Deleting → ShuttingDown, cause recorded | all seven phases |
+//! | [`Shim::create`] | `Idle` → `Creating` → `Running` (→ `Idle` on failure) | on failure, from the phase matching what was set up |
+//! | [`Shim::delete`] | `Running` → `Deleting` → `ShuttingDown` | all seven phases |
+//! | [`Shim::shutdown`] | any → `ShuttingDown` (intentional) | all seven phases |
+//! | VM exits unasked | `Running` → `Deleting` → `ShuttingDown`, cause recorded | all seven phases |
 //!
 //! Each creation gets its own [`VmManager`] and its own orchestrator, whose phases do real
 //! work: `io_shutdown` stops the console forwarding, `conn_close` closes the shim's agent
@@ -43,6 +43,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Instant;
 use tokio::sync::{mpsc, watch};
+
+/// A phase action's future.
+type PhaseFuture = std::pin::Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>;
 
 /// The report of a teardown.
 pub type ShimReport = CleanupReport<CleanupPhase>;
@@ -119,7 +122,7 @@ struct Parts {
 }
 
 impl Parts {
-    /// The shim's final step: → ShuttingDown (announced), then the end of the stream.
+    /// The shim's final step: → `ShuttingDown` (announced), then the end of the stream.
     fn finish(&self) {
         if let Ok(from) = self.sm.try_shut_down() {
             self.events.send(ShimEvent::State {
@@ -200,8 +203,8 @@ where
     })
 }
 
-fn remove_dir(path: PathBuf) -> Result<(), BoxError> {
-    match std::fs::remove_dir_all(&path) {
+fn remove_dir(path: &std::path::Path) -> Result<(), BoxError> {
+    match std::fs::remove_dir_all(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(format!("cannot remove {}: {e}", path.display()).into()),
@@ -212,8 +215,7 @@ impl Generation {
     fn new(parts: Parts) -> Self {
         let parts = Arc::new(parts);
         let events = &parts.events;
-        let p = |f: fn(Arc<Parts>) -> std::pin::Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>,
-                 phase: CleanupPhase| {
+        let p = |f: fn(Arc<Parts>) -> PhaseFuture, phase: CleanupPhase| {
             let parts = Arc::clone(&parts);
             tracked(events, phase, move || f(Arc::clone(&parts)))
         };
@@ -260,8 +262,8 @@ impl Generation {
                     Box::pin(async move {
                         // The manager removes these on shutdown; this catches whatever a
                         // failure left behind. No disk overlays exist yet.
-                        remove_dir(parts.state_root.join(parts.id.as_str()))?;
-                        remove_dir(parts.state_root.join(".vsock").join(parts.id.as_str()))
+                        remove_dir(&parts.state_root.join(parts.id.as_str()))?;
+                        remove_dir(&parts.state_root.join(".vsock").join(parts.id.as_str()))
                     })
                 },
                 CleanupPhase::MountCleanup,
@@ -392,11 +394,11 @@ impl Shim {
             .unwrap_or_else(default_state_root)
     }
 
-    /// Creates the VM: Idle → Creating, boot, agent ready, `Info`, → Running.
+    /// Creates the VM: `Idle` → `Creating`, boot, agent ready, `Info`, → `Running`.
     ///
     /// On failure the cleanup runs from the phase matching what was set up (from
     /// `mount_cleanup` when the boot failed — the manager has undone the boot itself — and
-    /// every phase once the VM was up), the shim returns to Idle, and the error names the
+    /// every phase once the VM was up), the shim returns to `Idle`, and the error names the
     /// failed step.
     pub async fn create(&self) -> Result<Created, CreateError> {
         if let Err(e) = self.inner.sm.try_start_creating() {
@@ -492,7 +494,7 @@ impl Shim {
         })
     }
 
-    /// Deletes the VM: Running → Deleting, every cleanup phase, → ShuttingDown. Returns the
+    /// Deletes the VM: `Running` → `Deleting`, every cleanup phase, → `ShuttingDown`. Returns the
     /// cleanup report (check [`CleanupReport::has_errors`]).
     pub async fn delete(&self) -> Result<ShimReport, DeleteError> {
         if let Err(e) = self.inner.sm.try_start_deleting() {
@@ -510,7 +512,7 @@ impl Shim {
         Ok(self.teardown().await)
     }
 
-    /// Shuts the shim down from any state: sets the intentional-shutdown flag, → ShuttingDown,
+    /// Shuts the shim down from any state: sets the intentional-shutdown flag, → `ShuttingDown`,
     /// runs every cleanup phase (joining a teardown already in progress, and waiting for a
     /// creation in progress to finish first), and returns the report. Idempotent.
     pub async fn shutdown(&self) -> ShimReport {
@@ -573,8 +575,8 @@ impl Shim {
     }
 }
 
-/// QEMU exited. If nobody asked for it and the shim is Running, the shim claims the
-/// teardown (Running → Deleting), records the cause, cleans up and shuts down.
+/// QEMU exited. If nobody asked for it and the shim is `Running`, the shim claims the
+/// teardown (`Running` → `Deleting`), records the cause, cleans up and shuts down.
 async fn on_vm_exit(shim: Weak<Inner>, generation: Weak<Generation>, status: std::process::ExitStatus) {
     let (Some(inner), Some(generation)) = (shim.upgrade(), generation.upgrade()) else {
         return;
