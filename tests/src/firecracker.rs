@@ -1,9 +1,5 @@
 //! A Firecracker-style microVM lifecycle.
 
-// The expansion matches multi-source transitions as `A | B` arms, which clippy 1.95's
-// pedantic `unnested_or_patterns` flags in the generated items.
-#![allow(clippy::unnested_or_patterns)]
-
 use lifecycle_core::state_machine;
 
 /// A microVM's state as a Firecracker-like VMM tracks it.

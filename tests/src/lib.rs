@@ -6,7 +6,5 @@
 //!
 //! The README is included below so that its Rust examples run as doctests.
 #![doc = include_str!("../../README.md")]
-// The README is prose for humans first; clippy's identifier-in-backticks rule does not fit it.
-#![allow(clippy::doc_markdown)]
 
 pub mod firecracker;
