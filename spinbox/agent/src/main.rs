@@ -92,10 +92,19 @@ fn run(pid1: bool) -> Result<PowerOff, AgentError> {
     rt.block_on(serve())
 }
 
+/// The kernel argument that makes the agent mute: for fault tests of hosts facing an agent
+/// that never answers.
+const MUTE_ARG: &str = "spinbox.agent=mute";
+
 async fn serve() -> Result<PowerOff, AgentError> {
     let (power_tx, mut power_rx) = mpsc::channel::<PowerOff>(4);
     // Before readiness: a press that arrives after the host sees "ready" must not be lost.
     power_button::watch(power_tx.clone());
+
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    if cmdline.split_whitespace().any(|arg| arg == MUTE_ARG) {
+        return serve_mute(power_rx).await;
+    }
 
     let (listener, connections) = listener::bind(AGENT_PORT).map_err(AgentError::Listen)?;
     let service = service::SystemService::new(power_tx);
@@ -118,6 +127,26 @@ async fn serve() -> Result<PowerOff, AgentError> {
         }
     }
     Ok(reason)
+}
+
+/// Mute mode ([`MUTE_ARG`]): announce readiness and accept connections on the agent port,
+/// but never read or answer; only the power button ends it.
+async fn serve_mute(mut power_rx: mpsc::Receiver<PowerOff>) -> Result<PowerOff, AgentError> {
+    use tokio_vsock::{VsockAddr, VsockListener, VMADDR_CID_ANY};
+    let listener = VsockListener::bind(VsockAddr::new(VMADDR_CID_ANY, AGENT_PORT))
+        .map_err(AgentError::Listen)?;
+    tracing::warn!(
+        port = AGENT_PORT,
+        "mute mode: accepting connections, answering nothing"
+    );
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    tokio::spawn(ready::announce());
+    Ok(power_rx.recv().await.unwrap_or(PowerOff::PowerButton))
 }
 
 /// The error and its sources, as one line.

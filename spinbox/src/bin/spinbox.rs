@@ -20,7 +20,11 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
-#[command(name = "spinbox", version, about = "The spinbox VM shim lifecycle, on a real VM")]
+#[command(
+    name = "spinbox",
+    version,
+    about = "The spinbox VM shim lifecycle, on a real VM"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -194,7 +198,11 @@ async fn show_events(
                 t.ready, t.ready_to_first_ping
             ),
             ShimEvent::PhaseStarted(phase) => format!("phase  {phase} …"),
-            ShimEvent::PhaseFinished { phase, error, duration } => match error {
+            ShimEvent::PhaseFinished {
+                phase,
+                error,
+                duration,
+            } => match error {
                 None => format!("phase  {phase} done in {duration:.1?}"),
                 Some(e) => format!("phase  {phase} FAILED after {duration:.1?}: {e}"),
             },
@@ -298,7 +306,11 @@ async fn run(args: RunArgs) -> Result<(), String> {
     }
     println!("total {:.2?}", start.elapsed());
     if report.has_errors() {
-        let failed: Vec<&str> = report.failed_phases().iter().map(|p| CleanupPhase::name(*p)).collect();
+        let failed: Vec<&str> = report
+            .failed_phases()
+            .iter()
+            .map(|p| CleanupPhase::name(*p))
+            .collect();
         return Err(format!("cleanup failed in {}", failed.join(", ")));
     }
     Ok(())
@@ -352,19 +364,35 @@ async fn check() -> Result<(), String> {
         Ok(assets) => {
             line(
                 true,
-                format!("kernel: {} {} ({})", assets.kernel_package, assets.kernel_package_version, assets.vmlinux.display()),
+                format!(
+                    "kernel: {} {} ({})",
+                    assets.kernel_package,
+                    assets.kernel_package_version,
+                    assets.vmlinux.display()
+                ),
                 "",
             );
-            line(true, format!("initramfs: {}", assets.initramfs.display()), "");
             line(
                 true,
-                format!("vhost-device-vsock: {}", assets.vhost_device_vsock.display()),
+                format!("initramfs: {}", assets.initramfs.display()),
+                "",
+            );
+            line(
+                true,
+                format!(
+                    "vhost-device-vsock: {}",
+                    assets.vhost_device_vsock.display()
+                ),
                 "",
             );
         }
         Err(e) => line(
             false,
-            format!("kernel, initramfs, vhost-device-vsock in {} ({})", assets_dir().display(), error_chain(&e)),
+            format!(
+                "kernel, initramfs, vhost-device-vsock in {} ({})",
+                assets_dir().display(),
+                error_chain(&e)
+            ),
             "scripts/provision",
         ),
     }
@@ -377,7 +405,9 @@ async fn check() -> Result<(), String> {
         println!("\nready: `spinbox run` can boot a VM here");
         Ok(())
     } else {
-        Err(format!("{missing} requirement(s) missing; see the fixes above"))
+        Err(format!(
+            "{missing} requirement(s) missing; see the fixes above"
+        ))
     }
 }
 

@@ -38,6 +38,8 @@ pub struct ShimConfig {
     pub kernel: KernelImage,
     /// The assets to boot (default: located with `Assets::locate`).
     pub assets: Option<Assets>,
+    /// Extra kernel arguments (see `VmSpec::kernel_args`).
+    pub kernel_args: Vec<String>,
 }
 
 impl Default for ShimConfig {
@@ -54,6 +56,7 @@ impl Default for ShimConfig {
             accel: AccelChoice::Auto,
             kernel: KernelImage::Vmlinux,
             assets: None,
+            kernel_args: Vec::new(),
         }
     }
 }
@@ -130,31 +133,71 @@ impl ShimConfig {
         })?;
         let mut config = Self::default();
         let ms = Duration::from_millis;
-        let set = |target: &mut Duration, value: Option<u64>, name: &str| {
-            match value {
-                Some(0) => Err(ConfigError::Invalid(format!("{name} must be greater than 0"))),
-                Some(v) => {
-                    *target = ms(v);
-                    Ok(())
-                }
-                None => Ok(()),
+        let set = |target: &mut Duration, value: Option<u64>, name: &str| match value {
+            Some(0) => Err(ConfigError::Invalid(format!(
+                "{name} must be greater than 0"
+            ))),
+            Some(v) => {
+                *target = ms(v);
+                Ok(())
             }
+            None => Ok(()),
         };
-        set(&mut config.start_timeout, file.start_timeout_ms, "start_timeout_ms")?;
-        set(&mut config.rpc_timeout, file.rpc_timeout_ms, "rpc_timeout_ms")?;
-        set(&mut config.qmp_timeout, file.qmp_timeout_ms, "qmp_timeout_ms")?;
-        set(&mut config.dial_retry.initial, file.dial_initial_ms, "dial_initial_ms")?;
-        set(&mut config.dial_retry.max_delay, file.dial_max_delay_ms, "dial_max_delay_ms")?;
-        set(&mut config.dial_retry.total, file.dial_total_ms, "dial_total_ms")?;
-        set(&mut config.shutdown.graceful, file.shutdown_graceful_ms, "shutdown_graceful_ms")?;
+        set(
+            &mut config.start_timeout,
+            file.start_timeout_ms,
+            "start_timeout_ms",
+        )?;
+        set(
+            &mut config.rpc_timeout,
+            file.rpc_timeout_ms,
+            "rpc_timeout_ms",
+        )?;
+        set(
+            &mut config.qmp_timeout,
+            file.qmp_timeout_ms,
+            "qmp_timeout_ms",
+        )?;
+        set(
+            &mut config.dial_retry.initial,
+            file.dial_initial_ms,
+            "dial_initial_ms",
+        )?;
+        set(
+            &mut config.dial_retry.max_delay,
+            file.dial_max_delay_ms,
+            "dial_max_delay_ms",
+        )?;
+        set(
+            &mut config.dial_retry.total,
+            file.dial_total_ms,
+            "dial_total_ms",
+        )?;
+        set(
+            &mut config.shutdown.graceful,
+            file.shutdown_graceful_ms,
+            "shutdown_graceful_ms",
+        )?;
         set(
             &mut config.shutdown.guest_request_wait,
             file.shutdown_guest_request_ms,
             "shutdown_guest_request_ms",
         )?;
-        set(&mut config.shutdown.quit, file.shutdown_quit_ms, "shutdown_quit_ms")?;
-        set(&mut config.shutdown.sigterm, file.shutdown_sigterm_ms, "shutdown_sigterm_ms")?;
-        set(&mut config.shutdown.sigkill, file.shutdown_sigkill_ms, "shutdown_sigkill_ms")?;
+        set(
+            &mut config.shutdown.quit,
+            file.shutdown_quit_ms,
+            "shutdown_quit_ms",
+        )?;
+        set(
+            &mut config.shutdown.sigterm,
+            file.shutdown_sigterm_ms,
+            "shutdown_sigterm_ms",
+        )?;
+        set(
+            &mut config.shutdown.sigkill,
+            file.shutdown_sigkill_ms,
+            "shutdown_sigkill_ms",
+        )?;
         if config.dial_retry.initial > config.dial_retry.max_delay {
             return Err(ConfigError::Invalid(
                 "dial_initial_ms must not exceed dial_max_delay_ms".to_owned(),
@@ -191,8 +234,10 @@ mod tests {
         assert_eq!(c.start_timeout, Duration::from_mins(1));
         assert_eq!(c.dial_retry.initial, Duration::from_millis(20));
         assert_eq!(c.dial_retry.max_delay, Duration::from_millis(500));
-        let c = ShimConfig::from_json(r#"{"start_timeout_ms": 1500, "cpus": 2, "shutdown_quit_ms": 100}"#)
-            .unwrap();
+        let c = ShimConfig::from_json(
+            r#"{"start_timeout_ms": 1500, "cpus": 2, "shutdown_quit_ms": 100}"#,
+        )
+        .unwrap();
         assert_eq!(c.start_timeout, Duration::from_millis(1500));
         assert_eq!(c.cpus, 2);
         assert_eq!(c.shutdown.quit, Duration::from_millis(100));
@@ -203,7 +248,10 @@ mod tests {
         let typo = ShimConfig::from_json(r#"{"start_timeout": 5}"#).unwrap_err();
         assert!(typo.to_string().contains("invalid config"), "{typo}");
         let e = ShimConfig::from_json(r#"{"rpc_timeout_ms": 0}"#).unwrap_err();
-        assert_eq!(e.to_string(), "invalid config value: rpc_timeout_ms must be greater than 0");
+        assert_eq!(
+            e.to_string(),
+            "invalid config value: rpc_timeout_ms must be greater than 0"
+        );
         assert!(ShimConfig::from_json(r#"{"cpus": 0}"#).is_err());
         assert!(ShimConfig::from_json(r#"{"memory_mib": 8}"#).is_err());
         assert!(ShimConfig::from_json(r#"{"dial_initial_ms": 900}"#).is_err());

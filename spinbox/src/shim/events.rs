@@ -88,7 +88,12 @@ impl EventSender {
 
     /// Sends `event` unless the stream is closed or nobody listens (events are advisory).
     pub(crate) fn send(&self, event: ShimEvent) {
-        if let Some(tx) = self.tx.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref() {
+        if let Some(tx) = self
+            .tx
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+        {
             let _ = tx.send(event);
         }
     }

@@ -341,7 +341,11 @@ impl Shim {
         generation.parts.manager.client().await
     }
 
-    fn transition(&self, result: Result<ShimState, lifecycle_core::TransitionError<ShimState>>, to: ShimState) -> bool {
+    fn transition(
+        &self,
+        result: Result<ShimState, lifecycle_core::TransitionError<ShimState>>,
+        to: ShimState,
+    ) -> bool {
         match result {
             Ok(from) => {
                 self.inner.events.send(ShimEvent::State { from, to });
@@ -359,6 +363,7 @@ impl Shim {
         spec.accel = c.accel;
         spec.kernel = c.kernel;
         spec.assets.clone_from(&c.assets);
+        spec.kernel_args.clone_from(&c.kernel_args);
         spec.ready_timeout = c.start_timeout;
         spec.rpc_timeout = c.rpc_timeout;
         spec.retry = c.dial_retry;
@@ -437,7 +442,10 @@ impl Shim {
     }
 
     /// Boots and checks the VM; on failure, the error and the phase cleanup must start from.
-    async fn boot(&self, generation: &Arc<Generation>) -> Result<Created, (CreateError, CleanupPhase)> {
+    async fn boot(
+        &self,
+        generation: &Arc<Generation>,
+    ) -> Result<Created, (CreateError, CleanupPhase)> {
         let parts = &generation.parts;
         let timings = match parts.manager.create(self.spec()).await {
             Ok(timings) => timings,
@@ -445,10 +453,10 @@ impl Shim {
             Err(e) => return Err((CreateError::Boot(e), CleanupPhase::MountCleanup)),
         };
         self.inner.events.send(ShimEvent::Booted(timings));
-        let instance = parts
-            .manager
-            .instance()
-            .ok_or((CreateError::Boot(ManagerError::NoVm), CleanupPhase::HotplugStop))?;
+        let instance = parts.manager.instance().ok_or((
+            CreateError::Boot(ManagerError::NoVm),
+            CleanupPhase::HotplugStop,
+        ))?;
         let qemu_pid = instance.pid();
         let _ = parts.console.set(ConsoleForwarder::start(
             instance.serial_log(),
@@ -458,9 +466,17 @@ impl Shim {
         let mut qmp_events = instance.qmp().events();
         let clues = Arc::clone(&parts.clues);
         tokio::spawn(async move {
-            while let Ok(event) = qmp_events.recv().await {
+            loop {
+                let event = match qmp_events.recv().await {
+                    Ok(event) => event,
+                    // Missed some events: the later ones still count.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
                 match event.kind {
-                    QmpEventKind::Shutdown { reason, .. } => lock(&clues).shutdown_reason = Some(reason),
+                    QmpEventKind::Shutdown { reason, .. } => {
+                        lock(&clues).shutdown_reason = Some(reason);
+                    }
                     QmpEventKind::GuestPanicked { .. } => lock(&clues).guest_panicked = true,
                     _ => {}
                 }
@@ -577,7 +593,11 @@ impl Shim {
 
 /// QEMU exited. If nobody asked for it and the shim is `Running`, the shim claims the
 /// teardown (`Running` → `Deleting`), records the cause, cleans up and shuts down.
-async fn on_vm_exit(shim: Weak<Inner>, generation: Weak<Generation>, status: std::process::ExitStatus) {
+async fn on_vm_exit(
+    shim: Weak<Inner>,
+    generation: Weak<Generation>,
+    status: std::process::ExitStatus,
+) {
     let (Some(inner), Some(generation)) = (shim.upgrade(), generation.upgrade()) else {
         return;
     };

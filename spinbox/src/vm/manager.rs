@@ -82,6 +82,9 @@ pub struct VmSpec {
     pub retry: RetryPolicy,
     /// Shutdown escalation timeouts.
     pub escalation: EscalationPolicy,
+    /// Extra kernel arguments, appended to the command line (e.g. `spinbox.agent=mute`
+    /// for fault tests). Each must be one argument: no whitespace or control characters.
+    pub kernel_args: Vec<String>,
 }
 
 impl VmSpec {
@@ -100,6 +103,7 @@ impl VmSpec {
             rpc_timeout: super::agent::DEFAULT_RPC_TIMEOUT,
             retry: RetryPolicy::default(),
             escalation: EscalationPolicy::default(),
+            kernel_args: Vec::new(),
         }
     }
 }
@@ -167,6 +171,9 @@ pub enum ManagerError {
     /// Dialling the agent failed.
     #[error("cannot dial the agent")]
     Dial(#[source] DialError),
+    /// An extra kernel argument is empty or holds whitespace or control characters.
+    #[error("invalid kernel argument {0:?}: one argument, no whitespace or control characters")]
+    BadKernelArg(String),
 }
 
 /// Errors of [`VmManager::shutdown`]; shared by every concurrent caller.
@@ -490,6 +497,13 @@ async fn run_shutdown(vm: &Vm) -> VmShutdownResult {
 
 /// Boots a VM; on failure, undoes every step done.
 async fn boot(spec: VmSpec) -> Result<Vm, ManagerError> {
+    if let Some(bad) = spec
+        .kernel_args
+        .iter()
+        .find(|a| a.is_empty() || a.chars().any(|c| c.is_whitespace() || c.is_control()))
+    {
+        return Err(ManagerError::BadKernelArg(bad.clone()));
+    }
     let assets = match spec.assets.clone() {
         Some(a) => a,
         None => Assets::locate().map_err(ManagerError::Assets)?,
@@ -554,7 +568,12 @@ async fn boot_in(spec: &VmSpec, assets: &Assets, vsock_dir: &Path) -> Result<Vm,
         KernelImage::BzImage => assets.bzimage.clone(),
     });
     config.initrd = Some(assets.initramfs.clone());
-    config.cmdline = Some("console=ttyS0 quiet panic=-1".to_owned());
+    let mut cmdline = "console=ttyS0 quiet panic=-1".to_owned();
+    for arg in &spec.kernel_args {
+        cmdline.push(' ');
+        cmdline.push_str(arg);
+    }
+    config.cmdline = Some(cmdline);
     config.agent = Some(AgentChannel::VhostUserVsock {
         backend_socket: daemon.vhost_socket().to_owned(),
     });

@@ -1,0 +1,76 @@
+//! The `spinbox` CLI end to end: `check`, a full `run` on a real VM, and bad input.
+
+use std::process::Command;
+
+fn spinbox(args: &[&str], state_root: &std::path::Path) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_spinbox"))
+        .args(args)
+        .env("SPINBOX_STATE_ROOT", state_root)
+        .output()
+        .expect("spinbox runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_reports_a_ready_host() {
+    let root = tempfile::tempdir().unwrap();
+    let (code, out, err) = spinbox(&["check"], root.path());
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("ok       QEMU:"), "{out}");
+    assert!(
+        out.contains("ready: `spinbox run` can boot a VM here"),
+        "{out}"
+    );
+}
+
+#[test]
+fn run_boots_deletes_and_reports() {
+    let root = tempfile::tempdir().unwrap();
+    let (code, out, err) = spinbox(&["run", "--id", "cli-e2e"], root.path());
+    eprintln!("{out}\n{err}");
+    assert_eq!(code, 0, "{out}\n{err}");
+    for expected in [
+        "state  idle → creating",
+        "state  creating → running",
+        "agent: kernel ",
+        "state  running → deleting",
+        "phase  vm_shutdown done",
+        "state  deleting → shutting_down",
+        "7 phases, 0 failed",
+        "VM exit: QEMU exit status: 0 (guest-shutdown)",
+    ] {
+        assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+    }
+    assert_eq!(
+        std::fs::read_dir(root.path())
+            .unwrap()
+            .filter(|e| { e.as_ref().is_ok_and(|e| e.file_name() != ".vsock") })
+            .count(),
+        0,
+        "no state left"
+    );
+}
+
+#[test]
+fn bad_input_is_a_one_line_error() {
+    let root = tempfile::tempdir().unwrap();
+    let (code, out, err) = spinbox(&["run", "--kernel", "/nonexistent/vmlinux"], root.path());
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert_eq!(
+        err.trim(),
+        "spinbox: kernel /nonexistent/vmlinux does not exist"
+    );
+    let (code, _, err) = spinbox(&["run", "--id", "../escape"], root.path());
+    assert_eq!(code, 1);
+    assert!(
+        err.starts_with("spinbox: ") && err.trim().lines().count() == 1,
+        "{err}"
+    );
+    let (code, _, err) = spinbox(&["run", "--cpus", "0"], root.path());
+    assert_eq!(code, 1);
+    assert_eq!(err.trim(), "spinbox: --cpus must be at least 1");
+}
