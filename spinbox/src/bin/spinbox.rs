@@ -194,7 +194,7 @@ async fn show_events(
         let line = match event {
             ShimEvent::State { from, to } => format!("state  {from} → {to}"),
             ShimEvent::Booted(t) => format!(
-                "booted: agent ready {:.0?} after QEMU start, first ping {:.0?} later",
+                "booted: agent ready {:.2?} after QEMU start, first ping {:.0?} later",
                 t.ready, t.ready_to_first_ping
             ),
             ShimEvent::PhaseStarted(phase) => format!("phase  {phase} …"),
