@@ -95,6 +95,10 @@ fn run(pid1: bool) -> Result<PowerOff, AgentError> {
 /// The kernel argument that makes the agent mute: for fault tests of hosts facing an agent
 /// that never answers.
 const MUTE_ARG: &str = "spinbox.agent=mute";
+/// The kernel argument that makes the agent stubborn: it answers every RPC but ignores every
+/// request to power off (the `Shutdown` RPC and the ACPI power button), for tests and
+/// benchmarks of the host's shutdown escalation against an uncooperative guest.
+const STUBBORN_ARG: &str = "spinbox.agent=stubborn";
 
 async fn serve() -> Result<PowerOff, AgentError> {
     let (power_tx, mut power_rx) = mpsc::channel::<PowerOff>(4);
@@ -105,6 +109,7 @@ async fn serve() -> Result<PowerOff, AgentError> {
     if cmdline.split_whitespace().any(|arg| arg == MUTE_ARG) {
         return serve_mute(power_rx).await;
     }
+    let stubborn = cmdline.split_whitespace().any(|arg| arg == STUBBORN_ARG);
 
     let (listener, connections) = listener::bind(AGENT_PORT).map_err(AgentError::Listen)?;
     let service = service::SystemService::new(power_tx);
@@ -115,7 +120,20 @@ async fn serve() -> Result<PowerOff, AgentError> {
     tracing::info!(port = AGENT_PORT, "serving ttrpc on vsock");
     tokio::spawn(ready::announce());
 
-    let reason = power_rx.recv().await.unwrap_or(PowerOff::PowerButton);
+    let reason = loop {
+        let Some(reason) = power_rx.recv().await else {
+            // Every sender is gone (cannot happen while the service runs): treat it as the
+            // power button, unless stubborn, which waits for nothing more.
+            if stubborn {
+                std::future::pending::<()>().await;
+            }
+            break PowerOff::PowerButton;
+        };
+        if !stubborn {
+            break reason;
+        }
+        tracing::warn!(?reason, "stubborn mode: ignoring the request to power off");
+    };
     if reason == PowerOff::ShutdownRpc {
         // The reply is queued in the kernel; powering off now can drop it. The host
         // closes its connection once it has read the reply: wait for that, bounded.

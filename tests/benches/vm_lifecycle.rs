@@ -1,0 +1,159 @@
+//! VM lifecycle benchmark (SPEC §5.4, issue 7 a–c) on real VMs, under the accelerator the
+//! host offers. `cargo bench -p tests --bench vm_lifecycle -- [--runs N]` (default 10; needs
+//! `scripts/provision`). Prints medians and spread, and the ratios against the baselines
+//! measured in the same run.
+//!
+//! a. QEMU exec → first agent RPC answered, and agent ready → first RPC answered (the
+//!    manager's own overhead once the guest says it is ready).
+//! b. delete → every cleanup phase done and QEMU reaped, cooperating guest; against the Go
+//!    original's fixed-sleep policy on the same kind of VM: ctrl-alt-delete, wait 500 ms,
+//!    QMP quit, wait up to 2 s, SIGKILL.
+//! c. delete with a guest that ignores every shutdown request (`spinbox.agent=stubborn`):
+//!    bounded by the configured grace (graceful step + guest power request) plus 100 ms.
+
+use nix::sys::signal::Signal;
+use spinbox::shim::{Shim, ShimConfig};
+use spinbox::vm::config::VmId;
+use spinbox::vm::host_probe::probe_accelerator;
+use spinbox::vm::manager::{VmManager, VmSpec};
+use std::time::{Duration, Instant};
+
+fn runs_from_args() -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == "--runs")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(10)
+}
+
+/// Median, min and max, in milliseconds.
+fn stats(samples: &[Duration]) -> (f64, f64, f64) {
+    let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+    ms.sort_by(f64::total_cmp);
+    let n = ms.len();
+    let median = if n % 2 == 1 {
+        ms[n / 2]
+    } else {
+        f64::midpoint(ms[n / 2 - 1], ms[n / 2])
+    };
+    (median, ms[0], ms[n - 1])
+}
+
+fn row(name: &str, samples: &[Duration]) -> f64 {
+    let (median, min, max) = stats(samples);
+    println!(
+        "| {name} | {median:.1} ms | {min:.1}–{max:.1} ms | {} |",
+        samples.len()
+    );
+    median
+}
+
+fn config(root: &std::path::Path) -> ShimConfig {
+    ShimConfig {
+        state_root: Some(root.to_owned()),
+        ..ShimConfig::default()
+    }
+}
+
+/// The Go original's fixed-sleep teardown of a booted VM; returns the time until QEMU is
+/// reaped. The manager then cleans the rest up (not timed, as the Go policy did not either).
+async fn go_fixed_sleep_policy(manager: &VmManager) -> Duration {
+    let instance = manager.instance().expect("a VM");
+    let start = Instant::now();
+    let _ = instance.qmp().send_ctrl_alt_delete().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = instance.qmp().quit(Duration::from_secs(2)).await;
+    if instance
+        .process()
+        .wait_exit_timeout(Duration::from_secs(2))
+        .await
+        .is_none()
+    {
+        let _ = instance.process().signal(Signal::SIGKILL).await;
+        let _ = instance.process().wait_exit().await;
+    }
+    start.elapsed()
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    if std::env::args().any(|a| a == "--bench") && std::env::args().any(|a| a == "--list") {
+        return; // `cargo bench -- --list`
+    }
+    let runs = runs_from_args();
+    let root = tempfile::tempdir().expect("tempdir");
+    let assets = spinbox::vm::assets::Assets::locate().expect("run scripts/provision first");
+    let accel = probe_accelerator(&assets.qemu).await;
+    println!("accelerator: {:?} ({})", accel.accelerator, accel.reason);
+    println!("runs per scenario: {runs}\n");
+
+    let mut exec_to_rpc = Vec::new();
+    let mut ready_to_rpc = Vec::new();
+    let mut delete = Vec::new();
+    for i in 0..runs {
+        let shim = Shim::new(format!("bench-a{i}").parse().unwrap(), config(root.path()));
+        let created = shim.create().await.expect("boot");
+        exec_to_rpc.push(created.timings.first_ping);
+        ready_to_rpc.push(created.timings.ready_to_first_ping);
+        let start = Instant::now();
+        let report = shim.delete().await.expect("delete");
+        delete.push(start.elapsed());
+        assert!(!report.has_errors(), "{report}");
+    }
+
+    let mut go_policy = Vec::new();
+    for i in 0..runs {
+        let manager = VmManager::new();
+        let id: VmId = format!("bench-go{i}").parse().unwrap();
+        let mut spec = VmSpec::new(id);
+        spec.start.state_root = root.path().to_owned();
+        manager.create(spec).await.expect("boot");
+        go_policy.push(go_fixed_sleep_policy(&manager).await);
+        let _ = manager.shutdown().await;
+    }
+
+    let mut stubborn = Vec::new();
+    let mut stubborn_config = config(root.path());
+    stubborn_config.kernel_args = vec!["spinbox.agent=stubborn".to_owned()];
+    stubborn_config.shutdown.graceful = Duration::from_secs(1);
+    stubborn_config.shutdown.guest_request_wait = Duration::from_millis(500);
+    let grace = stubborn_config.shutdown.graceful + stubborn_config.shutdown.guest_request_wait;
+    for i in 0..runs {
+        let shim = Shim::new(
+            format!("bench-c{i}").parse().unwrap(),
+            stubborn_config.clone(),
+        );
+        shim.create().await.expect("boot");
+        let start = Instant::now();
+        let _ = shim.delete().await.expect("delete");
+        stubborn.push(start.elapsed());
+    }
+
+    println!("| measurement | median | min–max | runs |");
+    println!("|---|---:|---:|---:|");
+    let a = row("a. QEMU exec → first agent RPC answered", &exec_to_rpc);
+    let a_ready = row(
+        "a. agent ready → first RPC answered (manager overhead)",
+        &ready_to_rpc,
+    );
+    let b = row("b. spinbox delete → all phases done, QEMU reaped", &delete);
+    let b_go = row(
+        "b. baseline: Go fixed-sleep policy → QEMU reaped",
+        &go_policy,
+    );
+    let c = row("c. delete, guest ignores shutdown", &stubborn);
+    println!();
+    println!("a: exec → first RPC median {a:.1} ms; ready → first RPC median {a_ready:.1} ms (target ≤ 10 ms)");
+    println!(
+        "b: ratio spinbox / fixed-sleep policy = {:.3} (target ≤ 0.15)",
+        b / b_go
+    );
+    let bound = grace.as_secs_f64() * 1000.0 + 100.0;
+    let (_, _, c_max) = stats(&stubborn);
+    println!(
+        "c: configured grace {:?}; median {c:.1} ms, max {c_max:.1} ms; bound grace + 100 ms = {bound:.0} ms ({})",
+        grace,
+        if c_max <= bound { "met" } else { "MISSED" }
+    );
+}
