@@ -12,6 +12,8 @@ mod case;
 mod cleanup_phases;
 #[path = "../src/ctxt.rs"]
 mod ctxt;
+#[path = "../src/item.rs"]
+mod item;
 #[path = "../src/state_machine/mod.rs"]
 mod state_machine;
 

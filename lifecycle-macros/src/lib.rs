@@ -8,6 +8,7 @@
 mod case;
 mod cleanup_phases;
 mod ctxt;
+mod item;
 mod state_machine;
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ mod expand;
 
 use crate::ctxt::Ctxt;
 use proc_macro2::TokenStream;
-use quote::{format_ident, quote, ToTokens};
+use quote::{format_ident, quote};
 use syn::Ident;
 
 /// Default names: `CleanupPhases` → `CleanupPhase` / `CleanupOrchestrator`; any other
@@ -28,26 +28,16 @@ fn default_names(strukt: &Ident) -> (Ident, Ident) {
 /// Expands `#[cleanup_phases(args)] item`; on error, the item as written plus the errors.
 #[allow(clippy::needless_pass_by_value)] // the proc-macro entry point hands over owned streams
 pub fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
-    let item: syn::Item = match syn::parse2(input.clone()) {
+    let item = match crate::item::parse(&input) {
         Ok(item) => item,
-        Err(e) => {
-            let error = e.to_compile_error();
-            return quote!(#input #error);
-        }
+        Err(tokens) => return tokens,
     };
     let syn::Item::Struct(item) = item else {
-        let blame = match &item {
-            syn::Item::Enum(e) => e.enum_token.to_token_stream(),
-            syn::Item::Union(u) => u.union_token.to_token_stream(),
-            syn::Item::Fn(f) => f.sig.fn_token.to_token_stream(),
-            _ => input.clone(),
-        };
-        let error = syn::Error::new_spanned(
-            blame,
+        return crate::item::wrong_kind(
+            &item,
+            &input,
             "`#[cleanup_phases]` applies to a struct with named fields, one per phase",
-        )
-        .to_compile_error();
-        return quote!(#input #error);
+        );
     };
     let mut cx = Ctxt::default();
     let args = attr::parse_args(&mut cx, args);

@@ -13,20 +13,16 @@ use quote::quote;
 /// the helper attributes) beside the errors, so the rest of the crate still type-checks.
 #[allow(clippy::needless_pass_by_value)] // the proc-macro entry point hands over owned streams
 pub fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
-    let item: syn::Item = match syn::parse2(input.clone()) {
+    let item = match crate::item::parse(&input) {
         Ok(item) => item,
-        Err(e) => {
-            let error = e.to_compile_error();
-            return quote!(#input #error);
-        }
+        Err(tokens) => return tokens,
     };
     let syn::Item::Enum(item) = item else {
-        let error = syn::Error::new_spanned(
-            item_keyword(&item, &input),
+        return crate::item::wrong_kind(
+            &item,
+            &input,
             "`#[state_machine]` applies to a fieldless enum; its variants are the states",
-        )
-        .to_compile_error();
-        return quote!(#input #error);
+        );
     };
     let mut cx = Ctxt::default();
     let args: attr::MachineArgs = match syn::parse2(args) {
@@ -49,18 +45,5 @@ pub fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
             let errors = cx.into_compile_errors();
             quote!(#stripped #errors)
         }
-    }
-}
-
-/// The token to blame when the item is not an enum: its keyword where there is one.
-fn item_keyword(item: &syn::Item, input: &TokenStream) -> TokenStream {
-    use quote::ToTokens;
-    match item {
-        syn::Item::Struct(s) => s.struct_token.to_token_stream(),
-        syn::Item::Union(u) => u.union_token.to_token_stream(),
-        syn::Item::Fn(f) => f.sig.fn_token.to_token_stream(),
-        syn::Item::Trait(t) => t.trait_token.to_token_stream(),
-        syn::Item::Type(t) => t.type_token.to_token_stream(),
-        _ => input.clone(),
     }
 }
