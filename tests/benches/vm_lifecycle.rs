@@ -18,13 +18,17 @@ use spinbox::vm::host_probe::probe_accelerator;
 use spinbox::vm::manager::{VmManager, VmSpec};
 use std::time::{Duration, Instant};
 
+/// Runs per scenario: `--runs N`, 10 by default under `cargo bench`; one (a smoke run that
+/// keeps the benchmark from rotting) under `cargo test --all-targets`, which runs bench
+/// targets without `--bench`.
 fn runs_from_args() -> usize {
     let args: Vec<String> = std::env::args().collect();
+    let default = if args.iter().any(|a| a == "--bench") { 10 } else { 1 };
     args.iter()
         .position(|a| a == "--runs")
         .and_then(|i| args.get(i + 1))
         .and_then(|n| n.parse().ok())
-        .unwrap_or(10)
+        .unwrap_or(default)
 }
 
 /// Median, min and max, in milliseconds.
