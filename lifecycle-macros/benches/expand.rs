@@ -45,6 +45,13 @@ fn expansion(c: &mut Criterion) {
     let (args, item) = (tokens(SHIM_ARGS), tokens(SHIM_ENUM));
     let cleanup = tokens(CLEANUP_STRUCT);
     let mut g = c.benchmark_group("expand");
+    // The floor any attribute macro pays: parsing its input into a syn tree.
+    g.bench_function("baseline_parse_shim_enum", |b| {
+        b.iter(|| black_box(syn::parse2::<syn::Item>(item.clone()).expect("parses")));
+    });
+    g.bench_function("baseline_parse_cleanup_struct", |b| {
+        b.iter(|| black_box(syn::parse2::<syn::Item>(cleanup.clone()).expect("parses")));
+    });
     g.bench_function("state_machine_shim_state", |b| {
         b.iter(|| black_box(state_machine::expand(args.clone(), item.clone())));
     });

@@ -110,6 +110,13 @@ async fn serve() -> Result<PowerOff, AgentError> {
         return serve_mute(power_rx).await;
     }
     let stubborn = cmdline.split_whitespace().any(|arg| arg == STUBBORN_ARG);
+    if stubborn {
+        // By default the kernel reboots at once on ctrl-alt-delete (QEMU then exits under
+        // -no-reboot); turned off, it only sends SIGINT to PID 1, which the agent ignores.
+        if let Err(e) = nix::sys::reboot::set_cad_enabled(false) {
+            tracing::warn!(error = %e, "cannot turn off ctrl-alt-delete");
+        }
+    }
 
     let (listener, connections) = listener::bind(AGENT_PORT).map_err(AgentError::Listen)?;
     let service = service::SystemService::new(power_tx);

@@ -333,6 +333,12 @@ impl Shim {
         generation.parts.manager.instance().map(|i| i.pid())
     }
 
+    /// Where the running VM's agent listens (for fresh connections of your own).
+    pub fn agent_address(&self) -> Option<crate::vm::vsock::AgentAddress> {
+        let generation = lock(&self.inner.generation).clone()?;
+        generation.parts.manager.agent_address()
+    }
+
     /// The manager's cached agent client for the running VM.
     pub async fn agent(&self) -> Result<AgentClient, ManagerError> {
         let generation = lock(&self.inner.generation)
