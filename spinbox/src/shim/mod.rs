@@ -36,7 +36,7 @@ use crate::vm::qmp::QmpEventKind;
 use crate::vm::state_dir::default_state_root;
 use console::ConsoleForwarder;
 use events::EventSender;
-use lifecycle_core::{BoxError, CleanupReport, Phase};
+use lifecycle_core::{BoxError, CleanupReport, Phase, TransitionError};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -124,12 +124,11 @@ struct Parts {
 impl Parts {
     /// The shim's final step: → `ShuttingDown` (announced), then the end of the stream.
     fn finish(&self) {
-        if let Ok(from) = self.sm.try_shut_down() {
-            self.events.send(ShimEvent::State {
-                from,
-                to: ShimState::ShuttingDown,
-            });
-        }
+        let _ = announced(
+            &self.events,
+            self.sm.try_shut_down(),
+            ShimState::ShuttingDown,
+        );
         self.events.close();
     }
 }
@@ -201,6 +200,18 @@ where
             result
         }
     })
+}
+
+/// A transition's result, announced on the event stream when it succeeded.
+fn announced(
+    events: &EventSender,
+    result: Result<ShimState, TransitionError<ShimState>>,
+    to: ShimState,
+) -> Result<ShimState, TransitionError<ShimState>> {
+    if let Ok(from) = result {
+        events.send(ShimEvent::State { from, to });
+    }
+    result
 }
 
 fn remove_dir(path: &std::path::Path) -> Result<(), BoxError> {
@@ -347,20 +358,6 @@ impl Shim {
         generation.parts.manager.client().await
     }
 
-    fn transition(
-        &self,
-        result: Result<ShimState, lifecycle_core::TransitionError<ShimState>>,
-        to: ShimState,
-    ) -> bool {
-        match result {
-            Ok(from) => {
-                self.inner.events.send(ShimEvent::State { from, to });
-                true
-            }
-            Err(_) => false,
-        }
-    }
-
     fn spec(&self) -> VmSpec {
         let c = &self.inner.config;
         let mut spec = VmSpec::new(self.inner.id.clone());
@@ -412,7 +409,12 @@ impl Shim {
     /// every phase once the VM was up), the shim returns to `Idle`, and the error names the
     /// failed step.
     pub async fn create(&self) -> Result<Created, CreateError> {
-        if let Err(e) = self.inner.sm.try_start_creating() {
+        let events = &self.inner.events;
+        if let Err(e) = announced(
+            events,
+            self.inner.sm.try_start_creating(),
+            ShimState::Creating,
+        ) {
             return Err(match e.observed() {
                 ShimState::Creating => CreateError::CreationInProgress,
                 ShimState::Running => CreateError::AlreadyCreated,
@@ -420,16 +422,12 @@ impl Shim {
                 ShimState::Idle | ShimState::ShuttingDown => CreateError::ShuttingDown,
             });
         }
-        self.inner.events.send(ShimEvent::State {
-            from: ShimState::Idle,
-            to: ShimState::Creating,
-        });
         let generation = Arc::new(Generation::new(self.parts()));
         *lock(&self.inner.generation) = Some(Arc::clone(&generation));
         let result = self.boot(&generation).await;
         let outcome = match result {
             Ok(created) => {
-                if self.transition(self.inner.sm.try_mark_created(), ShimState::Running) {
+                if announced(events, self.inner.sm.try_mark_created(), ShimState::Running).is_ok() {
                     Ok(created)
                 } else {
                     // Shutdown took the shim while it was creating: tear the new VM down.
@@ -439,7 +437,11 @@ impl Shim {
             }
             Err((error, from)) => {
                 let _ = generation.cleanup.execute_from(from).await;
-                self.transition(self.inner.sm.try_mark_creation_failed(), ShimState::Idle);
+                let _ = announced(
+                    events,
+                    self.inner.sm.try_mark_creation_failed(),
+                    ShimState::Idle,
+                );
                 Err(error)
             }
         };
@@ -519,7 +521,12 @@ impl Shim {
     /// Deletes the VM: `Running` → `Deleting`, every cleanup phase, → `ShuttingDown`. Returns the
     /// cleanup report (check [`CleanupReport::has_errors`]).
     pub async fn delete(&self) -> Result<ShimReport, DeleteError> {
-        if let Err(e) = self.inner.sm.try_start_deleting() {
+        let started = announced(
+            &self.inner.events,
+            self.inner.sm.try_start_deleting(),
+            ShimState::Deleting,
+        );
+        if let Err(e) = started {
             return Err(match e.observed() {
                 ShimState::Idle => DeleteError::NotCreated,
                 ShimState::Creating => DeleteError::CreationInProgress,
@@ -527,10 +534,6 @@ impl Shim {
                 ShimState::Running | ShimState::ShuttingDown => DeleteError::ShuttingDown,
             });
         }
-        self.inner.events.send(ShimEvent::State {
-            from: ShimState::Running,
-            to: ShimState::Deleting,
-        });
         Ok(self.teardown().await)
     }
 
@@ -539,12 +542,11 @@ impl Shim {
     /// creation in progress to finish first), and returns the report. Idempotent.
     pub async fn shutdown(&self) -> ShimReport {
         self.inner.sm.set_intentional_shutdown(true);
-        if let Ok(from) = self.inner.sm.try_shut_down() {
-            self.inner.events.send(ShimEvent::State {
-                from,
-                to: ShimState::ShuttingDown,
-            });
-        }
+        let _ = announced(
+            &self.inner.events,
+            self.inner.sm.try_shut_down(),
+            ShimState::ShuttingDown,
+        );
         self.teardown().await
     }
 
@@ -608,14 +610,17 @@ async fn on_vm_exit(
         return;
     };
     let shim = Shim { inner };
-    if shim.inner.sm.is_intentional_shutdown() || shim.inner.sm.try_start_deleting().is_err() {
+    if shim.inner.sm.is_intentional_shutdown()
+        || announced(
+            &shim.inner.events,
+            shim.inner.sm.try_start_deleting(),
+            ShimState::Deleting,
+        )
+        .is_err()
+    {
         // A delete, a shutdown or a failing creation owns the teardown.
         return;
     }
-    shim.inner.events.send(ShimEvent::State {
-        from: ShimState::Running,
-        to: ShimState::Deleting,
-    });
     // Give QMP's last events a moment to be read: they are already in the socket buffer.
     tokio::task::yield_now().await;
     shim.record_exit(&generation, false);
