@@ -1,6 +1,15 @@
 //! # spinbox
 //!
 //! The VM shim lifecycle built on `lifecycle-core`.
+//!
+//! | module | what is inside |
+//! |---|---|
+//! | [`state`] | `ShimState`, declared with `#[state_machine]`, and the shim's state machine with its intentional-shutdown flag |
+//! | [`cleanup`] | `CleanupPhases`, declared with `#[cleanup_phases]`: the seven teardown phases |
+//! | [`vm`] | the QEMU VM manager: KVM check, QEMU config and process, QMP, escalation, agent client, `VmManager` |
+//! | [`shim`] | the facade tying the three together: create, delete, shutdown, crash handling, events |
+//!
+//! The `spinbox` binary (`src/bin/spinbox.rs`) drives a real VM through all of it.
 
 pub mod cleanup;
 #[cfg(not(loom))]
