@@ -4,17 +4,17 @@ use std::ffi::OsString;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::UnixListener;
-use tokio::sync::watch;
 
 use super::config::{ConfigError, HostFeatures, QemuConfig, RuntimePaths, SandboxMode, VmId};
 use super::escalation::{escalate, EscalationPolicy, GracefulHook, ShutdownStep, StepReport};
 use super::host_probe::{resolve_accelerator, sandbox_supported, Accelerator};
 use super::process::{ProcessError, QemuProcess};
 use super::qmp::{QmpClient, QmpError};
+use super::shared_task::SharedTask;
 use super::state_dir::{default_state_root, StateDir, StateDirError};
 
 /// How much of QEMU's stderr log a start error carries.
@@ -172,7 +172,7 @@ struct Inner {
     qmp: QmpClient,
     argv: Vec<OsString>,
     accelerator: Accelerator,
-    shutdown: Mutex<Option<watch::Receiver<Option<ShutdownResult>>>>,
+    shutdown: SharedTask<ShutdownResult>,
 }
 
 impl Drop for Inner {
@@ -321,7 +321,7 @@ impl QemuInstance {
                 qmp,
                 argv,
                 accelerator: host.accelerator,
-                shutdown: Mutex::new(None),
+                shutdown: SharedTask::default(),
             }),
         })
     }
@@ -419,42 +419,22 @@ impl QemuInstance {
         policy: &EscalationPolicy,
         graceful: Option<GracefulHook>,
     ) -> ShutdownResult {
-        let mut rx = {
-            let mut slot = self
-                .inner
-                .shutdown
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if let Some(rx) = slot.as_ref() {
-                rx.clone()
-            } else {
-                let (tx, rx) = watch::channel(None);
-                *slot = Some(rx.clone());
-                let inner = Arc::clone(&self.inner);
-                let policy = *policy;
-                tokio::spawn(async move {
-                    let result = run_shutdown(&inner, &policy, graceful).await;
-                    let _ = tx.send(Some(result));
-                });
-                rx
-            }
-        };
-        loop {
-            if let Some(r) = rx.borrow_and_update().as_ref() {
-                return r.clone();
-            }
-            if rx.changed().await.is_err() {
+        let inner = Arc::clone(&self.inner);
+        let policy = *policy;
+        self.inner
+            .shutdown
+            .run(
+                move || async move { run_shutdown(&inner, &policy, graceful).await },
                 // The shutdown task panicked before publishing (it never should); the
                 // process handle still guarantees QEMU is killed once dropped.
-                let r = rx.borrow().clone();
-                return r.unwrap_or_else(|| {
+                || {
                     Err(ShutdownError::NotReaped(super::escalation::NotReaped {
                         pid: self.pid(),
                         steps: Vec::new(),
                     }))
-                });
-            }
-        }
+                },
+            )
+            .await
     }
 }
 

@@ -30,7 +30,6 @@ use std::time::{Duration, Instant};
 use spinbox_protocol::{AGENT_PORT, READY_PORT, READY_PREFIX};
 use tokio::io::AsyncReadExt;
 use tokio::net::UnixListener;
-use tokio::sync::watch;
 
 use super::agent::{dial, dial_with_retry, AgentClient, DialError, RetryPolicy};
 use super::assets::{Assets, AssetsError};
@@ -38,6 +37,7 @@ use super::config::{AgentChannel, QemuConfig, VmId};
 use super::escalation::{EscalationPolicy, GracefulHook};
 use super::host_probe::AccelChoice;
 use super::instance::{QemuInstance, ShutdownError, ShutdownOutcome, StartError, StartOptions};
+use super::shared_task::SharedTask;
 use super::vsock::AgentAddress;
 use super::vsock_daemon::{DaemonError, VsockDaemon};
 
@@ -221,7 +221,7 @@ struct Vm {
     escalation: EscalationPolicy,
     cached: tokio::sync::Mutex<Option<AgentClient>>,
     timings: BootTimings,
-    shutdown: Mutex<Option<watch::Receiver<Option<VmShutdownResult>>>>,
+    shutdown: SharedTask<VmShutdownResult>,
 }
 
 impl Drop for Vm {
@@ -415,35 +415,23 @@ impl VmManager {
     /// completes even if the caller is cancelled); every call gets the same result.
     pub async fn shutdown(&self) -> Result<VmShutdownResult, ManagerError> {
         let vm = self.vm()?;
-        let mut rx = {
-            let mut slot = vm.shutdown.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(rx) = slot.as_ref() {
-                rx.clone()
-            } else {
-                let (tx, rx) = watch::channel(None);
-                *slot = Some(rx.clone());
-                let vm = Arc::clone(&vm);
-                tokio::spawn(async move {
-                    let r = run_shutdown(&vm).await;
-                    let _ = tx.send(Some(r));
-                });
-                rx
-            }
-        };
-        loop {
-            if let Some(r) = rx.borrow_and_update().as_ref() {
-                return Ok(r.clone());
-            }
-            if rx.changed().await.is_err() {
+        let task = Arc::clone(&vm);
+        let pid = vm.instance.pid();
+        Ok(vm
+            .shutdown
+            .run(
+                move || async move { run_shutdown(&task).await },
                 // The task died without publishing (a panic): report it as QEMU not reaped.
-                return Ok(Err(VmShutdownError::Qemu(ShutdownError::NotReaped(
-                    super::escalation::NotReaped {
-                        pid: vm.instance.pid(),
-                        steps: Vec::new(),
-                    },
-                ))));
-            }
-        }
+                || {
+                    Err(VmShutdownError::Qemu(ShutdownError::NotReaped(
+                        super::escalation::NotReaped {
+                            pid,
+                            steps: Vec::new(),
+                        },
+                    )))
+                },
+            )
+            .await)
     }
 }
 
@@ -605,7 +593,7 @@ async fn boot_in(spec: &VmSpec, assets: &Assets, vsock_dir: &Path) -> Result<Vm,
             ready_to_first_ping: Duration::ZERO,
             first_ping: Duration::ZERO,
         },
-        shutdown: Mutex::new(None),
+        shutdown: SharedTask::default(),
     };
     match finish_boot(vm, listener, &ready_path, spec.ready_timeout, started).await {
         Ok(vm) => Ok(vm),

@@ -27,6 +27,7 @@ pub mod kvm;
 pub mod manager;
 pub mod process;
 pub mod qmp;
+pub mod shared_task;
 pub mod state_dir;
 pub mod vsock;
 pub mod vsock_daemon;
