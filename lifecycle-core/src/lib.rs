@@ -7,6 +7,66 @@
 //!   [`StateMachine`] traits every generated machine implements.
 //! - [`cleanup`]: the ordered, at-most-once cleanup engine behind `#[cleanup_phases]`.
 //! - [`sync`]: the atomics and locks all of the above use; `--cfg loom` swaps them for loom's.
+//!
+//! # Example
+//!
+//! A lifecycle declared as a transition table, and its teardown declared as ordered phases:
+//!
+//! ```
+//! use lifecycle_core::{cleanup_phases, state_machine, Phase};
+//! use std::sync::Arc;
+//!
+//! #[state_machine(transitions(
+//!     /// Boot the sandbox.
+//!     boot: Created => Running,
+//!     pause: Running => Paused,
+//!     resume: Paused => Running,
+//!     stop: Running | Paused => Stopped,
+//!     crash: * => Stopped,
+//! ))]
+//! enum Sandbox {
+//!     #[initial]
+//!     Created,
+//!     Running,
+//!     Paused,
+//!     #[terminal]
+//!     Stopped,
+//! }
+//!
+//! #[cleanup_phases]
+//! struct TeardownPhases {
+//!     close_console: Phase,
+//!     #[phase(timeout = "2s")]
+//!     stop_vmm: Phase,
+//!     remove_dir: Phase,
+//! }
+//!
+//! // One byte, shared by every thread through `&self`.
+//! let sandbox = Arc::new(AtomicSandbox::new());
+//! assert_eq!(sandbox.try_boot(), Ok(Sandbox::Created));
+//! let racer = {
+//!     let sandbox = Arc::clone(&sandbox);
+//!     std::thread::spawn(move || sandbox.try_pause().is_ok())
+//! };
+//! let paused = racer.join().unwrap();
+//! // `stop` accepts either live state, and moves straight from it to Stopped.
+//! let from = sandbox.try_stop().unwrap();
+//! assert_eq!(from, if paused { Sandbox::Paused } else { Sandbox::Running });
+//! assert!(sandbox.is_stopped() && Sandbox::Stopped.is_terminal());
+//! // A refused transition says what it expected and what it saw.
+//! let refused = sandbox.try_resume().unwrap_err();
+//! assert_eq!(refused.observed(), Sandbox::Stopped);
+//!
+//! let teardown = TeardownOrchestrator::new(TeardownPhases {
+//!     close_console: Phase::sync(|| Ok::<(), std::io::Error>(())),
+//!     stop_vmm: Phase::new(|| async { Ok::<(), std::io::Error>(()) }),
+//!     remove_dir: Phase::noop(),
+//! });
+//! let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+//! let report = rt.block_on(teardown.execute());
+//! assert!(!report.has_errors());
+//! assert_eq!(teardown.completed_phases(), TeardownPhase::ALL);
+//! ```
 
 pub mod cleanup;
 pub mod state;
