@@ -74,3 +74,41 @@ fn bad_input_is_a_one_line_error() {
     assert_eq!(code, 1);
     assert_eq!(err.trim(), "spinbox: --cpus must be at least 1");
 }
+
+#[test]
+fn ctrl_c_takes_the_shutdown_path_and_still_reports() {
+    use std::io::{BufRead, BufReader};
+    let root = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_spinbox"))
+        .args(["run", "--keep", "--id", "cli-ctrlc"])
+        .env("SPINBOX_STATE_ROOT", root.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spinbox runs");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut seen = String::new();
+    let mut line = String::new();
+    while stdout.read_line(&mut line).unwrap() > 0 {
+        seen.push_str(&line);
+        if line.contains("VM running; Ctrl-C to delete it") {
+            break;
+        }
+        line.clear();
+    }
+    assert!(seen.contains("VM running"), "never got to running:\n{seen}");
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{seen}{rest}");
+    for expected in [
+        "shutting down",
+        "state  running → shutting_down",
+        "7 phases, 0 failed",
+        "VM exit: QEMU exit status: 0",
+    ] {
+        assert!(rest.contains(expected), "missing {expected:?} in:\n{rest}");
+    }
+}
