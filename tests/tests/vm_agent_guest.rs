@@ -11,7 +11,7 @@ use spinbox::vm::{DialError, ManagerError, RetryPolicy, ShutdownStep, VmManager}
 use vm_common::{assert_not_our_child, assert_root_clean, assert_vm_gone, guest_spec, Fixture};
 
 /// Hang guard for a whole boot or shutdown under TCG on 2 busy cores.
-const GUARD: Duration = Duration::from_mins(3);
+use vm_common::BOOT_GUARD as GUARD;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_guest_serves_the_agent_and_shuts_down_gracefully() {
@@ -21,14 +21,7 @@ async fn real_guest_serves_the_agent_and_shuts_down_gracefully() {
     let mgr = VmManager::new();
     assert!(matches!(mgr.client().await, Err(ManagerError::NoVm)));
 
-    let timings = tokio::time::timeout(GUARD, mgr.create(spec.clone()))
-        .await
-        .expect("create hung")
-        .expect("create failed");
-    eprintln!(
-        "boot: QEMU start -> ready {:?}, ready -> first Ping {:?}, QEMU start -> first Ping {:?}",
-        timings.ready, timings.ready_to_first_ping, timings.first_ping
-    );
+    vm_common::boot(&mgr, spec.clone()).await;
     let instance = mgr.instance().expect("instance");
     let pid = instance.pid();
     let daemon_pid = mgr.daemon_pid().expect("daemon pid");

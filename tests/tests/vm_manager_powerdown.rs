@@ -5,25 +5,16 @@
 
 mod vm_common;
 
-use std::time::Duration;
-
 use spinbox::vm::{ShutdownStep, VmManager};
 use vm_common::{assert_not_our_child, assert_root_clean, assert_vm_gone, guest_spec, Fixture};
 
-const GUARD: Duration = Duration::from_mins(3);
+use vm_common::BOOT_GUARD as GUARD;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn system_powerdown_powers_the_guest_off() {
     let fx = Fixture::new();
     let mgr = VmManager::new();
-    let timings = tokio::time::timeout(GUARD, mgr.create(guest_spec(&fx, "guest-powerdown")))
-        .await
-        .expect("create hung")
-        .expect("create failed");
-    eprintln!(
-        "boot: QEMU start -> ready {:?}, ready -> first Ping {:?}, QEMU start -> first Ping {:?}",
-        timings.ready, timings.ready_to_first_ping, timings.first_ping
-    );
+    vm_common::boot(&mgr, guest_spec(&fx, "guest-powerdown")).await;
     let instance = mgr.instance().expect("instance");
     let (pid, state_dir) = (instance.pid(), instance.state_dir().to_owned());
     let daemon_pid = mgr.daemon_pid().expect("daemon pid");

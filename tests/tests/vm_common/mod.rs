@@ -156,3 +156,22 @@ impl Fixture {
         }
     }
 }
+
+/// Hang guard for booting and tearing down a real guest under TCG.
+pub const BOOT_GUARD: Duration = Duration::from_mins(3);
+
+/// Boots `spec` in `mgr` (hang-guarded) and prints the boot timings for the notes.
+pub async fn boot(
+    mgr: &spinbox::vm::manager::VmManager,
+    spec: spinbox::vm::VmSpec,
+) -> spinbox::vm::manager::BootTimings {
+    let timings = tokio::time::timeout(BOOT_GUARD, mgr.create(spec))
+        .await
+        .expect("create hung")
+        .expect("create failed");
+    eprintln!(
+        "boot: QEMU start -> ready {:?}, ready -> first Ping {:?}, QEMU start -> first Ping {:?}",
+        timings.ready, timings.ready_to_first_ping, timings.first_ping
+    );
+    timings
+}
