@@ -2,20 +2,67 @@
 //!
 //! The VM shim lifecycle built on `lifecycle-core`.
 //!
+//! ```text
+//!  spinbox CLI / your engine
+//!        │
+//!        ▼
+//!  shim::Shim ── ShimStateMachine (state) + CleanupOrchestrator (cleanup) + sessions
+//!        │  Arc<dyn vm::VmBackend>
+//!        ▼
+//!  vm::VmBackend / vm::Vm ── the seam: start, wait_ready, agent address, exit watch, stop
+//!        │                                   │
+//!        ▼                                   ▼
+//!  vm::qemu::QemuBackend               vm::fake::FakeBackend (feature `test-util`)
+//! ```
+//!
 //! | module | what is inside |
 //! |---|---|
 //! | [`state`] | `ShimState`, declared with `#[state_machine]`, and the shim's state machine with its intentional-shutdown flag |
 //! | [`cleanup`] | `CleanupPhases`, declared with `#[cleanup_phases]`: the seven teardown phases |
-//! | [`vm`] | the QEMU VM manager: KVM check, QEMU config and process, QMP, escalation, agent client, `VmManager` |
-//! | [`shim`] | the facade tying the three together: create, delete, shutdown, crash handling, events |
+//! | [`shim`] | the facade: create, delete, shutdown, crash handling, bounded events; generic over the backend |
+//! | [`vm`] | the backend seam ([`vm::VmBackend`], [`vm::Vm`], [`vm::ExitInfo`]), the generic parts (agent client, vsock transport, KVM check, assets) and the QEMU backend ([`vm::qemu`]) |
+//! | [`check`] | what the host lacks for a real VM, as findings |
 //!
-//! The `spinbox` binary (`src/bin/spinbox.rs`) drives a real VM through all of it.
+//! # Public API
+//!
+//! Everything public, in one place (each item has exactly this one path):
+//!
+//! - [`state`]: [`ShimState`](state::ShimState), [`AtomicShimState`](state::AtomicShimState),
+//!   [`ShimStateMachine`](state::ShimStateMachine), [`ShimSnapshot`](state::ShimSnapshot).
+//! - [`cleanup`]: [`CleanupPhases`](cleanup::CleanupPhases), [`CleanupPhase`](cleanup::CleanupPhase),
+//!   [`CleanupOrchestrator`](cleanup::CleanupOrchestrator).
+//! - [`shim`]: [`Shim`](shim::Shim), [`ShimConfig`](shim::ShimConfig), [`ConfigError`](shim::ConfigError),
+//!   [`CreateError`](shim::CreateError), [`DeleteError`](shim::DeleteError), [`AgentError`](shim::AgentError),
+//!   [`Created`](shim::Created), [`BootTimings`](shim::BootTimings), [`ShimEvent`](shim::ShimEvent),
+//!   [`EventReceiver`](shim::EventReceiver), [`ExitCause`](shim::ExitCause), [`ShimReport`](shim::ShimReport),
+//!   [`EVENT_CAPACITY`](shim::EVENT_CAPACITY), [`CONSOLE_RESERVE`](shim::CONSOLE_RESERVE).
+//! - [`vm`]: the seam — [`VmBackend`](vm::VmBackend), [`Vm`](vm::Vm), [`VmSpec`](vm::VmSpec),
+//!   [`SpecError`](vm::SpecError), [`ExitInfo`](vm::ExitInfo), [`ExitWatch`](vm::ExitWatch),
+//!   [`BootError`](vm::BootError), [`BackendError`](vm::BackendError), [`StopRequest`](vm::StopRequest),
+//!   [`StopOutcome`](vm::StopOutcome), [`StopError`](vm::StopError), [`VmId`](vm::VmId),
+//!   [`IdError`](vm::IdError), the limits ([`MIN_CPUS`](vm::MIN_CPUS), [`MAX_CPUS`](vm::MAX_CPUS),
+//!   [`MIN_MEMORY_MIB`](vm::MIN_MEMORY_MIB), [`MAX_MEMORY_MIB`](vm::MAX_MEMORY_MIB),
+//!   [`MAX_ID_LEN`](vm::MAX_ID_LEN), [`MAX_SOCKET_PATH`](vm::MAX_SOCKET_PATH)),
+//!   [`check_socket`](vm::check_socket), [`SocketPathError`](vm::SocketPathError),
+//!   [`state_root_from`](vm::state_root_from), [`SYSTEM_STATE_ROOT`](vm::SYSTEM_STATE_ROOT);
+//!   [`vm::stop`] (escalation policy, steps, graceful hook and error); [`vm::agent`] (the agent
+//!   client); [`vm::vsock`] (agent addresses); [`vm::kvm`]; [`vm::assets`]; [`vm::qemu`]
+//!   ([`QemuBackend`](vm::qemu::QemuBackend), its config, [`QemuVm`](vm::qemu::QemuVm) and the
+//!   accelerator probe).
+//! - [`check`]: [`check_host`](check::check_host), [`Finding`](check::Finding).
+//!
+//! The feature `test-util` adds `vm::fake` (an in-process backend) and makes the QEMU
+//! backend's parts public, hidden from the docs, for integration tests. The library reads no
+//! environment variable: the CLI (`src/bin/spinbox.rs`) reads `SPINBOX_ACCEL`,
+//! `SPINBOX_ASSETS`, `SPINBOX_STATE_ROOT` and `XDG_RUNTIME_DIR` and passes explicit values.
 
+#[cfg(not(loom))]
+pub mod check;
 pub mod cleanup;
 #[cfg(not(loom))]
 pub mod shim;
 pub mod state;
-// The VM manager does I/O through tokio's net/process, which tokio leaves out under
+// The VM layer does I/O through tokio's net/process, which tokio leaves out under
 // `--cfg loom`; the loom models cover the lock-free state machine and cleanup instead.
 #[cfg(not(loom))]
 pub mod vm;

@@ -8,6 +8,7 @@
 //! ```
 
 use core::sync::atomic::{AtomicBool, Ordering};
+use lifecycle_core::observe::{NoObserver, TransitionObserver};
 use lifecycle_core::state_machine;
 
 /// Where the shim is in its life. One byte; see [`AtomicShimState`] for the atomic machine.
@@ -54,9 +55,11 @@ pub struct ShimSnapshot {
 /// The shim's state machine: [`AtomicShimState`] plus the intentional-shutdown flag.
 ///
 /// Everything goes through `&self`, so one value can be shared by every task of the shim.
-#[derive(Debug, Default)]
-pub struct ShimStateMachine {
-    state: AtomicShimState,
+/// `O` observes every successful transition (the shim facade sends them to its event
+/// stream); the default observes nothing, at no cost.
+#[derive(Debug)]
+pub struct ShimStateMachine<O = NoObserver> {
+    state: AtomicShimState<O>,
     intentional_shutdown: AtomicBool,
 }
 
@@ -81,9 +84,25 @@ impl ShimStateMachine {
             intentional_shutdown: AtomicBool::new(false),
         }
     }
+}
+
+impl Default for ShimStateMachine {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<O: TransitionObserver<ShimState>> ShimStateMachine<O> {
+    /// A machine in [`ShimState::Idle`], flag unset, whose transitions `observer` sees.
+    pub fn with_observer(observer: O) -> Self {
+        Self {
+            state: AtomicShimState::with_observer(observer),
+            intentional_shutdown: AtomicBool::new(false),
+        }
+    }
 
     /// The atomic state machine, for its `try_*` transitions and predicates.
-    pub fn machine(&self) -> &AtomicShimState {
+    pub fn machine(&self) -> &AtomicShimState<O> {
         &self.state
     }
 
@@ -114,10 +133,10 @@ impl ShimStateMachine {
     }
 }
 
-impl core::ops::Deref for ShimStateMachine {
-    type Target = AtomicShimState;
+impl<O> core::ops::Deref for ShimStateMachine<O> {
+    type Target = AtomicShimState<O>;
 
-    fn deref(&self) -> &AtomicShimState {
+    fn deref(&self) -> &AtomicShimState<O> {
         &self.state
     }
 }

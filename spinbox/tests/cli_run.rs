@@ -38,10 +38,12 @@ fn run_boots_deletes_and_reports() {
         "state  creating → running",
         "agent: kernel ",
         "state  running → deleting",
+        "phase  hotplug_stop done",
         "phase  vm_shutdown done",
+        "phase  network_cleanup done",
         "state  deleting → shutting_down",
         "7 phases, 0 failed",
-        "VM exit: QEMU exit status: 0 (guest-shutdown)",
+        "VM exit: exit status: 0 (guest-shutdown)",
     ] {
         assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
     }
@@ -72,7 +74,23 @@ fn bad_input_is_a_one_line_error() {
     );
     let (code, _, err) = spinbox(&["run", "--cpus", "0"], root.path());
     assert_eq!(code, 1);
-    assert_eq!(err.trim(), "spinbox: --cpus must be at least 1");
+    assert_eq!(
+        err.trim(),
+        "spinbox: invalid VM settings: vCPU count must be between 1 and 255, got 0"
+    );
+    let (code, out, err) = spinbox(&["run", "--memory", "999999999"], root.path());
+    assert_eq!(code, 1);
+    assert_eq!(
+        err.trim(),
+        "spinbox: invalid VM settings: memory (MiB) must be between 128 and 1048576, got 999999999"
+    );
+    assert!(out.is_empty(), "refused before anything ran: {out}");
+    let (code, _, err) = spinbox(&["run", "--kernel", "/tmp"], root.path());
+    assert_eq!(code, 1);
+    assert_eq!(
+        err.trim(),
+        "spinbox: kernel /tmp is a directory, not a kernel image"
+    );
 }
 
 #[test]
@@ -107,7 +125,7 @@ fn ctrl_c_takes_the_shutdown_path_and_still_reports() {
         "shutting down",
         "state  running → shutting_down",
         "7 phases, 0 failed",
-        "VM exit: QEMU exit status: 0",
+        "VM exit: exit status: 0",
     ] {
         assert!(rest.contains(expected), "missing {expected:?} in:\n{rest}");
     }

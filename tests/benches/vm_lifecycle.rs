@@ -13,9 +13,11 @@
 
 use nix::sys::signal::Signal;
 use spinbox::shim::{Shim, ShimConfig};
-use spinbox::vm::config::VmId;
-use spinbox::vm::host_probe::probe_accelerator;
-use spinbox::vm::manager::{VmManager, VmSpec};
+use spinbox::vm::assets::Assets;
+use spinbox::vm::qemu::{probe_accelerator, QemuBackend, QemuBackendConfig, QemuVm};
+use spinbox::vm::stop::EscalationPolicy;
+use spinbox::vm::{StopRequest, Vm, VmId};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Runs per scenario: `--runs N`, 10 by default under `cargo bench`; one (a smoke run that
@@ -59,15 +61,19 @@ fn row(name: &str, samples: &[Duration]) -> f64 {
 
 fn config(root: &std::path::Path) -> ShimConfig {
     ShimConfig {
-        state_root: Some(root.to_owned()),
+        state_root: root.to_owned(),
         ..ShimConfig::default()
     }
 }
 
+fn backend(assets: Assets) -> Arc<QemuBackend> {
+    Arc::new(QemuBackend::new(QemuBackendConfig::new(assets)))
+}
+
 /// The Go original's fixed-sleep teardown of a booted VM; returns the time until QEMU is
-/// reaped. The manager then cleans the rest up (not timed, as the Go policy did not either).
-async fn go_fixed_sleep_policy(manager: &VmManager) -> Duration {
-    let instance = manager.instance().expect("a VM");
+/// reaped. The backend then cleans the rest up (not timed, as the Go policy did not either).
+async fn go_fixed_sleep_policy(vm: &QemuVm) -> Duration {
+    let instance = vm.instance();
     let start = Instant::now();
     let _ = instance.qmp().send_ctrl_alt_delete().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -91,7 +97,8 @@ async fn main() {
     }
     let runs = runs_from_args();
     let root = tempfile::tempdir().expect("tempdir");
-    let assets = spinbox::vm::assets::Assets::locate().expect("run scripts/provision first");
+    let assets = tests::assets::assets();
+    let qemu = backend(assets.clone());
     let accel = probe_accelerator(&assets.qemu).await;
     println!("accelerator: {:?} ({})", accel.accelerator, accel.reason);
     println!("runs per scenario: {runs}\n");
@@ -102,10 +109,14 @@ async fn main() {
     let mut fresh_dial = Vec::new();
     let mut delete = Vec::new();
     for i in 0..runs {
-        let shim = Shim::new(format!("bench-a{i}").parse().unwrap(), config(root.path()));
+        let shim = Shim::new(
+            format!("bench-a{i}").parse().unwrap(),
+            config(root.path()),
+            qemu.clone(),
+        );
         let created = shim.create().await.expect("boot");
-        exec_to_rpc.push(created.timings.first_ping);
-        ready_to_rpc.push(created.timings.ready_to_first_ping);
+        exec_to_rpc.push(created.timings.first_rpc);
+        ready_to_rpc.push(created.timings.ready_to_first_rpc);
         // What the guest and the vsock path cost by themselves, to tell them apart from
         // the manager's own overhead: a ping on an open connection, and a fresh dial
         // (daemon CONNECT/OK + ttrpc + a verifying ping).
@@ -129,13 +140,17 @@ async fn main() {
 
     let mut go_policy = Vec::new();
     for i in 0..runs {
-        let manager = VmManager::new();
         let id: VmId = format!("bench-go{i}").parse().unwrap();
-        let mut spec = VmSpec::new(id);
-        spec.start.state_root = root.path().to_owned();
-        manager.create(spec).await.expect("boot");
-        go_policy.push(go_fixed_sleep_policy(&manager).await);
-        let _ = manager.shutdown().await;
+        let spec = config(root.path()).spec(id);
+        let vm = qemu.start_qemu(&spec).await.expect("start");
+        vm.wait_ready().await.expect("boot");
+        go_policy.push(go_fixed_sleep_policy(&vm).await);
+        let _ = vm
+            .stop(StopRequest {
+                policy: EscalationPolicy::default(),
+                graceful: None,
+            })
+            .await;
     }
 
     let mut stubborn = Vec::new();
@@ -144,10 +159,12 @@ async fn main() {
     stubborn_config.shutdown.graceful = Duration::from_secs(1);
     stubborn_config.shutdown.guest_request_wait = Duration::from_millis(500);
     let grace = stubborn_config.shutdown.graceful + stubborn_config.shutdown.guest_request_wait;
+    let stubborn_backend = backend(tests::assets::test_assets());
     for i in 0..runs {
         let shim = Shim::new(
             format!("bench-c{i}").parse().unwrap(),
             stubborn_config.clone(),
+            stubborn_backend.clone(),
         );
         shim.create().await.expect("boot");
         let start = Instant::now();

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use spinbox::vm::escalation::GuestRequest;
-use spinbox::vm::{EscalationPolicy, GracefulHook, ShutdownStep};
+use spinbox::vm::stop::GuestRequest;
+use spinbox::vm::stop::{EscalationPolicy, GracefulHook, ShutdownStep};
 use std::os::unix::process::ExitStatusExt;
 use vm_common::{assert_vm_gone, Fixture, HANG_GUARD};
 
@@ -22,7 +22,7 @@ fn policy() -> EscalationPolicy {
     }
 }
 
-fn pid_of(vm: &spinbox::vm::QemuInstance) -> Pid {
+fn pid_of(vm: &spinbox::vm::qemu::QemuInstance) -> Pid {
     Pid::from_raw(i32::try_from(vm.pid()).expect("pid fits"))
 }
 
@@ -124,9 +124,9 @@ async fn graceful_hook_ends_the_vm() {
     // Stands in for the agent's Shutdown: something inside the VM's world ends it.
     let hook: GracefulHook = Box::new(move || {
         Box::pin(async move {
-            qmp.quit(Duration::from_secs(5))
-                .await
-                .map_err(|e| e.to_string())
+            // A failed quit shows as the step not ending the VM (asserted below).
+            let _ = qmp.quit(Duration::from_secs(5)).await;
+            Ok(())
         })
     });
     let out = tokio::time::timeout(HANG_GUARD, vm.shutdown_with(&policy(), Some(hook)))

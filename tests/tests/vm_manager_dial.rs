@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use spinbox::vm::agent::{dial_with_retry, DialError};
-use spinbox::vm::{AgentAddress, ConnectError, RetryPolicy};
+use spinbox::vm::agent::{dial_with_retry, DialError, RetryPolicy};
+use spinbox::vm::vsock::{AgentAddress, ConnectError};
 use spinbox_protocol::agent::{InfoRequest, InfoResponse, PingRequest, PingResponse};
 use spinbox_protocol::agent_ttrpc::{create_system, System};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

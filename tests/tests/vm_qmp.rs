@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use spinbox::vm::escalation::GuestRequest;
-use spinbox::vm::{EscalationPolicy, QmpError, QmpEventKind, ShutdownStep};
+use spinbox::vm::stop::GuestRequest;
+use spinbox::vm::qemu::qmp::{QmpError, QmpEvent, QmpEventKind};
+use spinbox::vm::stop::{EscalationPolicy, ShutdownStep};
 use tokio::sync::broadcast;
 use vm_common::{assert_vm_gone, Fixture, HANG_GUARD};
 
-async fn next_event(rx: &mut broadcast::Receiver<spinbox::vm::QmpEvent>) -> QmpEventKind {
+async fn next_event(rx: &mut broadcast::Receiver<QmpEvent>) -> QmpEventKind {
     tokio::time::timeout(HANG_GUARD, rx.recv())
         .await
         .expect("no event")
@@ -135,7 +136,7 @@ async fn argv_is_safe_and_sandboxed_when_supported() {
         assert!(argv.iter().any(|a| a == f), "{f} missing: {argv:?}");
     }
     let supported =
-        spinbox::vm::host_probe::sandbox_supported(std::path::Path::new("qemu-system-x86_64"))
+        spinbox::vm::qemu::accel::sandbox_supported(std::path::Path::new("qemu-system-x86_64"))
             .await;
     assert_eq!(argv.iter().any(|a| a == "-sandbox"), supported);
     eprintln!("sandbox supported: {supported}; argv: {argv:?}");
@@ -145,7 +146,7 @@ async fn argv_is_safe_and_sandboxed_when_supported() {
 #[tokio::test]
 async fn accelerator_probe_answers_and_is_cached() {
     let bin = std::path::Path::new("qemu-system-x86_64");
-    let first = tokio::time::timeout(HANG_GUARD, spinbox::vm::host_probe::probe_accelerator(bin))
+    let first = tokio::time::timeout(HANG_GUARD, spinbox::vm::qemu::accel::probe_accelerator(bin))
         .await
         .expect("probe hung");
     eprintln!(
@@ -153,6 +154,6 @@ async fn accelerator_probe_answers_and_is_cached() {
         first.accelerator, first.reason
     );
     assert!(!first.reason.is_empty());
-    let second = spinbox::vm::host_probe::probe_accelerator(bin).await;
+    let second = spinbox::vm::qemu::accel::probe_accelerator(bin).await;
     assert_eq!(first, second);
 }

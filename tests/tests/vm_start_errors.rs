@@ -5,11 +5,12 @@ mod vm_common;
 
 use std::path::PathBuf;
 
-use spinbox::vm::config::ConfigError;
-use spinbox::vm::{AccelChoice, Accelerator, Machine, QemuInstance, StartError, StartPhase};
+use spinbox::vm::qemu::config::{ConfigError, Disk, DiskFormat, Machine, QemuConfig};
+use spinbox::vm::qemu::instance::{QemuInstance, StartError, StartPhase};
+use spinbox::vm::qemu::{AccelChoice, Accelerator};
 use vm_common::{Fixture, HANG_GUARD};
 
-async fn start_err(fx: &Fixture, config: &spinbox::vm::QemuConfig) -> StartError {
+async fn start_err(fx: &Fixture, config: &QemuConfig) -> StartError {
     let r = tokio::time::timeout(HANG_GUARD, QemuInstance::start(config, &fx.opts()))
         .await
         .expect("start hung instead of failing");
@@ -67,10 +68,10 @@ async fn missing_disk_image_reports_qemu_stderr() {
     let fx = Fixture::new();
     let mut c = vm_common::none_config("err-disk");
     c.machine = Machine::Microvm;
-    c.disks.push(spinbox::vm::Disk {
+    c.disks.push(Disk {
         id: "root".into(),
         path: fx.tmp.path().join("missing,disk.img"),
-        format: spinbox::vm::DiskFormat::Raw,
+        format: DiskFormat::Raw,
         read_only: true,
     });
     let err = start_err(&fx, &c).await;
@@ -108,7 +109,9 @@ async fn too_long_socket_path_is_a_config_error() {
     assert!(
         matches!(
             err,
-            StartError::Config(ConfigError::SocketPathTooLong { .. })
+            StartError::Config(ConfigError::Socket(
+                spinbox::vm::SocketPathError::TooLong { .. }
+            ))
         ),
         "{err:?}"
     );
@@ -130,8 +133,8 @@ async fn second_vm_with_the_same_id_is_a_state_dir_error() {
     assert_eq!(err.phase(), StartPhase::StateDir);
     // The running VM's directory is untouched.
     assert!(vm.state_dir().exists());
-    let policy = spinbox::vm::EscalationPolicy {
-        guest_request: spinbox::vm::GuestRequest::None,
+    let policy = spinbox::vm::stop::EscalationPolicy {
+        guest_request: spinbox::vm::stop::GuestRequest::None,
         ..Default::default()
     };
     vm.shutdown(&policy).await.expect("shutdown");

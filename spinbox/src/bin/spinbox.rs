@@ -7,17 +7,25 @@
 //! ```
 
 use clap::{Parser, Subcommand, ValueEnum};
+use lifecycle_core::PhaseOutcome;
+use spinbox::check::{check_host, error_chain, Level};
 use spinbox::cleanup::CleanupPhase;
-use spinbox::shim::{Shim, ShimConfig, ShimEvent};
-use spinbox::vm::assets::{assets_dir, Assets};
-use spinbox::vm::config::VmId;
-use spinbox::vm::host_probe::{probe_accelerator, AccelChoice, Accelerator};
-use spinbox::vm::kvm::check_kvm;
-use spinbox::vm::manager::KernelImage;
+use spinbox::shim::{EventReceiver, Shim, ShimConfig, ShimEvent};
+use spinbox::vm::assets::Assets;
+use spinbox::vm::qemu::{
+    AccelChoice, Accelerator, KernelImage, QemuBackend, QemuBackendConfig,
+};
+use spinbox::vm::{state_root_from, VmId};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Environment variable forcing the accelerator: `kvm` or `tcg` (read here, at the edge).
+const ACCEL_ENV: &str = "SPINBOX_ACCEL";
+/// Environment variable naming the provisioned assets directory.
+const ASSETS_ENV: &str = "SPINBOX_ASSETS";
 
 #[derive(Parser)]
 #[command(
@@ -40,7 +48,7 @@ enum Command {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Accel {
-    /// Probe: KVM where it really works, else TCG (`SPINBOX_ACCEL` overrides).
+    /// `SPINBOX_ACCEL` (kvm or tcg) if set, else probe: KVM where it really works, else TCG.
     Auto,
     /// Hardware virtualization (`-cpu host`).
     Kvm,
@@ -119,19 +127,58 @@ fn stamp(start: Instant) -> String {
     format!("[{:>7.3}s]", start.elapsed().as_secs_f64())
 }
 
-fn config_for(args: &RunArgs) -> Result<ShimConfig, String> {
+/// The assets directory: `$SPINBOX_ASSETS`, else `assets` in the cargo target directory
+/// this binary sits in (`target/release/spinbox` → `target/assets`).
+fn assets_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os(ASSETS_ENV).filter(|v| !v.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut dir = exe.parent().map(PathBuf::from).unwrap_or_default();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.pop();
+    }
+    dir.pop();
+    dir.join("assets")
+}
+
+/// The shim's and the backend's settings from the flags, the config file and the
+/// environment (read here, once).
+fn config_for(args: &RunArgs) -> Result<(ShimConfig, QemuBackendConfig), String> {
     let mut config = match &args.config {
         Some(path) => ShimConfig::from_file(path).map_err(|e| error_chain(&e))?,
-        None => ShimConfig::default(),
+        None => ShimConfig {
+            state_root: state_root_from(
+                std::env::var_os("SPINBOX_STATE_ROOT"),
+                std::env::var_os("XDG_RUNTIME_DIR"),
+            ),
+            ..ShimConfig::default()
+        },
     };
-    let mut assets = Assets::locate().map_err(|e| {
+    if let Some(cpus) = args.cpus {
+        config.cpus = cpus;
+    }
+    if let Some(memory) = args.memory {
+        config.memory_mib = memory;
+    }
+    if config.state_root.is_relative() {
+        let cwd = std::env::current_dir().map_err(|e| format!("cannot read the current directory: {e}"))?;
+        config.state_root = cwd.join(&config.state_root);
+    }
+    config.validate().map_err(|e| error_chain(&e))?;
+    let dir = assets_dir();
+    let mut assets = Assets::load(&dir).map_err(|e| {
         format!(
             "VM assets not found in {} ({}); provision them with `scripts/provision`",
-            assets_dir().display(),
+            dir.display(),
             error_chain(&e)
         )
     })?;
+    let mut kernel_image = KernelImage::Vmlinux;
     if let Some(kernel) = &args.kernel {
+        if kernel.is_dir() {
+            return Err(format!("kernel {} is a directory, not a kernel image", kernel.display()));
+        }
         if !kernel.is_file() {
             return Err(format!("kernel {} does not exist", kernel.display()));
         }
@@ -139,79 +186,133 @@ fn config_for(args: &RunArgs) -> Result<ShimConfig, String> {
         let is_elf = std::fs::read(kernel).is_ok_and(|bytes| bytes.starts_with(b"\x7fELF"));
         if is_elf {
             assets.vmlinux.clone_from(kernel);
-            config.kernel = KernelImage::Vmlinux;
         } else {
             assets.bzimage.clone_from(kernel);
-            config.kernel = KernelImage::BzImage;
+            kernel_image = KernelImage::BzImage;
         }
     }
     if let Some(initrd) = &args.initrd {
+        if initrd.is_dir() {
+            return Err(format!("initrd {} is a directory", initrd.display()));
+        }
         if !initrd.is_file() {
             return Err(format!("initrd {} does not exist", initrd.display()));
         }
+        if initrd.as_os_str().to_string_lossy().contains(',') {
+            return Err(format!(
+                "initrd path {} contains a comma, which QEMU would split on",
+                initrd.display()
+            ));
+        }
         assets.initramfs.clone_from(initrd);
     }
-    config.assets = Some(assets);
-    config.accel = match args.accel {
-        Accel::Auto => AccelChoice::Auto,
+    let mut backend = QemuBackendConfig::new(assets);
+    backend.kernel = kernel_image;
+    backend.accel = match args.accel {
+        Accel::Auto => match std::env::var(ACCEL_ENV) {
+            Ok(v) if !v.is_empty() => AccelChoice::Fixed(
+                v.parse::<Accelerator>()
+                    .map_err(|e| format!("{ACCEL_ENV}: {e}"))?,
+            ),
+            _ => AccelChoice::Auto,
+        },
         Accel::Kvm => AccelChoice::Fixed(Accelerator::Kvm),
         Accel::Tcg => AccelChoice::Fixed(Accelerator::Tcg),
     };
-    if let Some(cpus) = args.cpus {
-        if cpus == 0 {
-            return Err("--cpus must be at least 1".to_owned());
-        }
-        config.cpus = cpus;
-    }
-    if let Some(memory) = args.memory {
-        if memory < 64 {
-            return Err("--memory must be at least 64 (MiB)".to_owned());
-        }
-        config.memory_mib = memory;
-    }
-    Ok(config)
+    Ok((config, backend))
 }
 
-/// `error: cause: cause` on one line.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text.replace('\n', " | ")
-}
 
-/// Prints events as they arrive; ends with the stream.
+/// Prints events as they arrive; ends with the stream. Fires `crashed` when the VM exits
+/// on its own.
 async fn show_events(
-    mut events: tokio::sync::mpsc::UnboundedReceiver<ShimEvent>,
+    mut events: EventReceiver,
     start: Instant,
     console: bool,
+    mut crashed: Option<tokio::sync::oneshot::Sender<()>>,
 ) {
-    while let Some(event) = events.recv().await {
+    // A phase still running after this long gets a "still waiting" line, then again every
+    // period, so a long forced shutdown never looks like a hang.
+    const PATIENCE: Duration = Duration::from_secs(5);
+    let mut current: Option<(CleanupPhase, Instant)> = None;
+    let mut tick = tokio::time::interval(PATIENCE);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let event = tokio::select! {
+            e = events.recv() => match e {
+                Some(e) => e,
+                None => break,
+            },
+            _ = tick.tick() => {
+                if let Some((phase, since)) = current {
+                    if since.elapsed() >= PATIENCE {
+                        clear_spinner();
+                        println!(
+                            "{} phase  {phase} still running after {:.0?} (bounded by the shutdown timeouts)",
+                            stamp(start),
+                            since.elapsed()
+                        );
+                    }
+                }
+                continue;
+            }
+        };
+        match &event {
+            ShimEvent::PhaseStarted { phase, .. } => current = Some((*phase, Instant::now())),
+            ShimEvent::PhaseFinished { .. } => current = None,
+            _ => {}
+        }
         let line = match event {
             ShimEvent::State { from, to } => format!("state  {from} → {to}"),
             ShimEvent::Booted(t) => format!(
-                "booted: agent ready {:.2?} after QEMU start, first ping {:.0?} later",
-                t.ready, t.ready_to_first_ping
+                "booted: agent ready {:.2?} after the VM started, first call {:.0?} later",
+                t.ready, t.ready_to_first_rpc
             ),
-            ShimEvent::PhaseStarted(phase) => format!("phase  {phase} …"),
+            ShimEvent::PhaseStarted { phase, .. } => format!("phase  {phase} …"),
             ShimEvent::PhaseFinished {
                 phase,
-                error,
+                outcome,
                 duration,
-            } => match error {
-                None => format!("phase  {phase} done in {duration:.1?}"),
-                Some(e) => format!("phase  {phase} FAILED after {duration:.1?}: {e}"),
+                ..
+            } => match outcome {
+                PhaseOutcome::Ok => format!("phase  {phase} done in {duration:.1?}"),
+                other => format!("phase  {phase} {other} after {duration:.1?}"),
             },
-            ShimEvent::VmExited(cause) => format!("vm     exited: {cause}"),
+            ShimEvent::VmExited(cause) => {
+                if let Some(tx) = crashed.take() {
+                    let _ = tx.send(());
+                }
+                format!("vm     exited: {cause}")
+            }
             ShimEvent::Console(text) if console => format!("guest  {text}"),
             ShimEvent::Console(_) => continue,
+            ShimEvent::Dropped(n) => format!("events {n} dropped (the printer fell behind)"),
         };
         clear_spinner();
         println!("{} {line}", stamp(start));
+    }
+}
+
+/// Resolves on the first SIGINT, SIGTERM or SIGHUP.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).ok();
+    let mut hup = signal(SignalKind::hangup()).ok();
+    let wait = |s: &mut Option<tokio::signal::unix::Signal>| {
+        let s = s.take();
+        async move {
+            match s {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        () = wait(&mut term) => "SIGTERM",
+        () = wait(&mut hup) => "SIGHUP",
     }
 }
 
@@ -236,54 +337,64 @@ async fn spin(what: &str, start: Instant) {
 }
 
 async fn run(args: RunArgs) -> Result<(), String> {
-    let id: VmId = args
-        .id
-        .parse()
-        .map_err(|e: spinbox::vm::config::ConfigError| error_chain(&e))?;
-    let config = config_for(&args)?;
+    let id: VmId = args.id.parse().map_err(|e: spinbox::vm::IdError| error_chain(&e))?;
+    let (config, backend) = config_for(&args)?;
     let start = Instant::now();
-    let shim = Shim::new(id, config);
+    let shim = Shim::new(id, config, Arc::new(QemuBackend::new(backend)));
+    let (crashed_tx, crashed) = tokio::sync::oneshot::channel();
     let printer = tokio::spawn(show_events(
         shim.events().ok_or("event stream already taken")?,
         start,
         args.console,
+        Some(crashed_tx),
     ));
-    let interrupted = tokio::signal::ctrl_c();
-    tokio::pin!(interrupted);
+    let interrupt = interrupted();
+    tokio::pin!(interrupt);
 
     let created = tokio::select! {
         r = shim.create() => r,
         () = spin("booting the VM", start) => unreachable!("the spinner never ends"),
-        _ = &mut interrupted => {
+        signal = &mut interrupt => {
             clear_spinner();
-            println!("{} interrupted: shutting down", stamp(start));
-            let report = shim.shutdown().await;
+            println!("{} {signal}: shutting down", stamp(start));
+            let report = shutdown(&shim, start).await;
             let _ = printer.await;
             println!("\n{report}");
-            return Err("interrupted during boot".to_owned());
+            return Err(format!("interrupted during boot ({signal})"));
         }
     };
     clear_spinner();
     let outcome = match created {
         Ok(created) => {
+            let pid = created
+                .vm_pid
+                .map_or_else(|| "-".to_owned(), |p| p.to_string());
             println!(
-                "{} agent: kernel {} ({}), uptime {:.2?}, agent {}; QEMU pid {}",
+                "{} agent: kernel {} ({}), uptime {:.2?}, agent {}; QEMU pid {pid}",
                 stamp(start),
                 created.info.kernel_release,
                 created.info.kernel_version,
                 created.info.uptime,
                 created.info.agent_version,
-                created.qemu_pid
             );
-            let mut reason = None;
+            let mut crashed_while_kept = false;
             if args.keep {
                 println!("{} VM running; Ctrl-C to delete it", stamp(start));
-                let _ = (&mut interrupted).await;
-                reason = Some("interrupted");
-            }
-            if reason.is_some() {
-                println!("{} shutting down", stamp(start));
-                Ok(shim.shutdown().await)
+                tokio::select! {
+                    signal = &mut interrupt => println!("{} {signal}: shutting down", stamp(start)),
+                    _ = crashed => crashed_while_kept = true,
+                }
+                let report = shutdown(&shim, start).await;
+                if crashed_while_kept {
+                    let _ = printer.await;
+                    println!("\n{report}");
+                    let cause = shim
+                        .exit_cause()
+                        .map_or_else(|| "unknown cause".to_owned(), |c| c.to_string());
+                    println!("VM exit: {cause}");
+                    return Err(format!("the VM exited unexpectedly: {cause}"));
+                }
+                Ok(report)
             } else {
                 shim.delete()
                     .await
@@ -291,10 +402,11 @@ async fn run(args: RunArgs) -> Result<(), String> {
             }
         }
         Err(e) => {
+            // The failed creation already tore down what it started (its phases were
+            // printed above); the shutdown only ends the event stream.
             let reason = format!("create failed: {}", error_chain(&e));
-            let report = shim.shutdown().await;
+            let _ = shutdown(&shim, start).await;
             let _ = printer.await;
-            println!("\n{report}");
             return Err(reason);
         }
     };
@@ -316,90 +428,36 @@ async fn run(args: RunArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// `shim.shutdown()`; a second SIGINT, SIGTERM or SIGHUP meanwhile kills the VM at once
+/// (the teardown then finds it gone and finishes), and the report still comes.
+async fn shutdown(shim: &Shim, start: Instant) -> spinbox::shim::ShimReport {
+    let teardown = shim.shutdown();
+    tokio::pin!(teardown);
+    tokio::select! {
+        report = &mut teardown => report,
+        signal = interrupted() => {
+            println!("{} {signal} again: killing the VM", stamp(start));
+            shim.kill_vm().await;
+            teardown.await
+        }
+    }
+}
+
 async fn check() -> Result<(), String> {
+    let findings = check_host(std::env::var_os("PATH").as_deref(), &assets_dir()).await;
     let mut missing = 0;
-    let mut line = |ok: bool, what: String, fix: &str| {
-        if ok {
-            println!("ok       {what}");
-        } else {
-            missing += 1;
-            println!("MISSING  {what}\n         fix: {fix}");
-        }
-    };
-    let qemu = which("qemu-system-x86_64");
-    match &qemu {
-        Some(path) => {
-            let version = std::process::Command::new(path)
-                .arg("--version")
-                .output()
-                .ok()
-                .and_then(|o| String::from_utf8(o.stdout).ok())
-                .and_then(|s| s.lines().next().map(str::to_owned))
-                .unwrap_or_else(|| "unknown version".to_owned());
-            line(true, format!("QEMU: {} ({version})", path.display()), "");
-        }
-        None => line(
-            false,
-            "QEMU: qemu-system-x86_64 not on PATH".to_owned(),
-            "apt-get install qemu-system-x86",
-        ),
-    }
-    match check_kvm() {
-        Ok(version) => {
-            let usable = match &qemu {
-                Some(path) => {
-                    let probe = probe_accelerator(path).await;
-                    format!("probe picks {:?}: {}", probe.accelerator, probe.reason)
+    for f in &findings {
+        match f.level {
+            Level::Ok => println!("ok       {}", f.what),
+            Level::Note => println!("note     {}", f.what),
+            Level::Missing => {
+                missing += 1;
+                println!("MISSING  {}", f.what);
+                if let Some(fix) = &f.fix {
+                    println!("         fix: {fix}");
                 }
-                None => "cannot probe without QEMU".to_owned(),
-            };
-            println!("ok       KVM: /dev/kvm answers API version {version}; {usable}");
+            }
         }
-        Err(e) => println!(
-            "note     KVM unusable ({}); VMs run under TCG (software emulation), slower but complete",
-            error_chain(&e)
-        ),
-    }
-    match Assets::locate() {
-        Ok(assets) => {
-            line(
-                true,
-                format!(
-                    "kernel: {} {} ({})",
-                    assets.kernel_package,
-                    assets.kernel_package_version,
-                    assets.vmlinux.display()
-                ),
-                "",
-            );
-            line(
-                true,
-                format!("initramfs: {}", assets.initramfs.display()),
-                "",
-            );
-            line(
-                true,
-                format!(
-                    "vhost-device-vsock: {}",
-                    assets.vhost_device_vsock.display()
-                ),
-                "",
-            );
-        }
-        Err(e) => line(
-            false,
-            format!(
-                "kernel, initramfs, vhost-device-vsock in {} ({})",
-                assets_dir().display(),
-                error_chain(&e)
-            ),
-            "scripts/provision",
-        ),
-    }
-    if std::path::Path::new("/dev/vhost-vsock").exists() {
-        println!("ok       /dev/vhost-vsock present (AF_VSOCK transport possible)");
-    } else {
-        println!("note     no /dev/vhost-vsock: the agent is reached through vhost-device-vsock (hybrid vsock)");
     }
     if missing == 0 {
         println!("\nready: `spinbox run` can boot a VM here");
@@ -409,12 +467,4 @@ async fn check() -> Result<(), String> {
             "{missing} requirement(s) missing; see the fixes above"
         ))
     }
-}
-
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|dir| PathBuf::from(dir).join(name))
-        .find(|p| p.is_file())
 }

@@ -2,10 +2,9 @@
 //! under software emulation (TCG), loadable from a JSON file.
 
 use crate::vm::agent::RetryPolicy;
-use crate::vm::assets::Assets;
-use crate::vm::escalation::EscalationPolicy;
-use crate::vm::host_probe::AccelChoice;
-use crate::vm::manager::KernelImage;
+use crate::vm::state_dir::SYSTEM_STATE_ROOT;
+use crate::vm::stop::EscalationPolicy;
+use crate::vm::{SpecError, VmId, VmSpec};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -18,26 +17,18 @@ pub struct ShimConfig {
     pub start_timeout: Duration,
     /// Bound on each agent RPC (default 10 s).
     pub rpc_timeout: Duration,
-    /// Bound on each QMP command and on the QMP handshake (default 5 s).
-    pub qmp_timeout: Duration,
     /// Backoff of agent dials: 20 ms doubling to 500 ms, bounded by 10 s in all.
     pub dial_retry: RetryPolicy,
     /// The shutdown escalation: graceful (agent) 10 s, guest power request 5 s, QMP quit
     /// 3 s, SIGTERM 3 s, SIGKILL 5 s.
     pub shutdown: EscalationPolicy,
-    /// Where per-VM state directories go (default: `SPINBOX_STATE_ROOT`, else
-    /// `$XDG_RUNTIME_DIR/spinbox`, else `/run/spinbox`).
-    pub state_root: Option<PathBuf>,
+    /// Where per-VM state directories go (default `/run/spinbox`; the CLI reads
+    /// `SPINBOX_STATE_ROOT` and `XDG_RUNTIME_DIR`). Must be absolute.
+    pub state_root: PathBuf,
     /// vCPUs (default 1).
     pub cpus: u16,
-    /// Guest memory in MiB (default 256).
+    /// Guest memory in MiB (default 256, at least [`MIN_MEMORY_MIB`](crate::vm::MIN_MEMORY_MIB)).
     pub memory_mib: u32,
-    /// Accelerator (default: probe; `SPINBOX_ACCEL` overrides).
-    pub accel: AccelChoice,
-    /// Kernel image (default: the uncompressed `vmlinux`).
-    pub kernel: KernelImage,
-    /// The assets to boot (default: located with `Assets::locate`).
-    pub assets: Option<Assets>,
     /// Extra kernel arguments (see `VmSpec::kernel_args`).
     pub kernel_args: Vec<String>,
 }
@@ -47,15 +38,11 @@ impl Default for ShimConfig {
         Self {
             start_timeout: Duration::from_mins(1),
             rpc_timeout: Duration::from_secs(10),
-            qmp_timeout: Duration::from_secs(5),
             dial_retry: RetryPolicy::default(),
             shutdown: EscalationPolicy::default(),
-            state_root: None,
+            state_root: PathBuf::from(SYSTEM_STATE_ROOT),
             cpus: 1,
             memory_mib: 256,
-            accel: AccelChoice::Auto,
-            kernel: KernelImage::Vmlinux,
-            assets: None,
             kernel_args: Vec::new(),
         }
     }
@@ -85,6 +72,9 @@ pub enum ConfigError {
     /// A value is out of range.
     #[error("invalid config value: {0}")]
     Invalid(String),
+    /// The VM settings are out of range.
+    #[error("invalid VM settings")]
+    Spec(#[from] SpecError),
 }
 
 /// The file form: every field optional, durations in milliseconds; unknown keys are errors.
@@ -93,7 +83,6 @@ pub enum ConfigError {
 struct ConfigFile {
     start_timeout_ms: Option<u64>,
     rpc_timeout_ms: Option<u64>,
-    qmp_timeout_ms: Option<u64>,
     dial_initial_ms: Option<u64>,
     dial_max_delay_ms: Option<u64>,
     dial_total_ms: Option<u64>,
@@ -154,11 +143,6 @@ impl ShimConfig {
             "rpc_timeout_ms",
         )?;
         set(
-            &mut config.qmp_timeout,
-            file.qmp_timeout_ms,
-            "qmp_timeout_ms",
-        )?;
-        set(
             &mut config.dial_retry.initial,
             file.dial_initial_ms,
             "dial_initial_ms",
@@ -198,29 +182,51 @@ impl ShimConfig {
             file.shutdown_sigkill_ms,
             "shutdown_sigkill_ms",
         )?;
-        if config.dial_retry.initial > config.dial_retry.max_delay {
+        if let Some(root) = file.state_root {
+            config.state_root = root;
+        }
+        if let Some(n) = file.cpus {
+            config.cpus = n;
+        }
+        if let Some(m) = file.memory_mib {
+            config.memory_mib = m;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value, before anything is started: the VM settings (vCPUs, memory,
+    /// kernel arguments, an absolute state root) and the timeouts.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let id = VmId::new("validate").expect("a valid id");
+        self.spec(id).validate()?;
+        for (name, d) in [
+            ("start_timeout", self.start_timeout),
+            ("rpc_timeout", self.rpc_timeout),
+            ("dial total", self.dial_retry.total),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::Invalid(format!("{name} must be greater than 0")));
+            }
+        }
+        if self.dial_retry.initial > self.dial_retry.max_delay {
             return Err(ConfigError::Invalid(
                 "dial_initial_ms must not exceed dial_max_delay_ms".to_owned(),
             ));
         }
-        if let Some(root) = file.state_root {
-            config.state_root = Some(root);
+        Ok(())
+    }
+
+    /// The backend-independent VM spec for `id`.
+    pub fn spec(&self, id: VmId) -> VmSpec {
+        VmSpec {
+            id,
+            cpus: self.cpus,
+            memory_mib: self.memory_mib,
+            kernel_args: self.kernel_args.clone(),
+            state_root: self.state_root.clone(),
+            ready_timeout: self.start_timeout,
         }
-        match file.cpus {
-            Some(0) => return Err(ConfigError::Invalid("cpus must be at least 1".to_owned())),
-            Some(n) => config.cpus = n,
-            None => {}
-        }
-        match file.memory_mib {
-            Some(m) if m < 64 => {
-                return Err(ConfigError::Invalid(format!(
-                    "memory_mib {m} is too small for the guest (at least 64)"
-                )))
-            }
-            Some(m) => config.memory_mib = m,
-            None => {}
-        }
-        Ok(config)
     }
 }
 
@@ -257,6 +263,13 @@ mod tests {
         assert!(ShimConfig::from_json(r#"{"dial_initial_ms": 900}"#).is_err());
         assert!(ShimConfig::from_json("not json").is_err());
         assert!(ShimConfig::from_json(r#"{"cpus": -1}"#).is_err());
+        assert!(ShimConfig::from_json(r#"{"cpus": 1000}"#).is_err());
+        assert!(ShimConfig::from_json(r#"{"memory_mib": 4000000}"#).is_err());
+        let relative = ShimConfig::from_json(r#"{"state_root": "run/here"}"#).unwrap_err();
+        assert!(
+            format!("{:?}", relative).contains("RelativeStateRoot"),
+            "{relative:?}"
+        );
         let missing = ShimConfig::from_file(Path::new("/nonexistent/spinbox.json")).unwrap_err();
         assert!(missing.to_string().contains("/nonexistent/spinbox.json"));
     }

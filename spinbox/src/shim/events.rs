@@ -1,32 +1,62 @@
-//! The shim's event stream: state changes, cleanup phases, VM boot and exit, console lines.
-//! The `event_close` cleanup phase ends it, so a consumer sees the end of the stream when the
-//! shim is done.
+//! The shim's event stream: state changes, cleanup phases (every one, no-ops and timed-out
+//! ones included), VM boot and exit, console lines.
+//!
+//! # Bounded
+//!
+//! The stream holds at most [`EVENT_CAPACITY`] events; a consumer that falls behind never
+//! makes the shim's memory grow. What gives way when it is full:
+//! - console lines are sent only while more than [`CONSOLE_RESERVE`] slots are free, so a
+//!   chatty guest cannot crowd out lifecycle events;
+//! - any event that finds no room is dropped and counted, and the next event that fits is
+//!   preceded by [`ShimEvent::Dropped`] with the count, so the consumer knows.
+//!
+//! The shim never waits for the consumer. The `event_close` cleanup phase ends the stream
+//! when the shim's final teardown is done: its own `PhaseFinished` is the last event, then
+//! `recv` returns `None`.
 
 use crate::cleanup::CleanupPhase;
 use crate::state::ShimState;
-use crate::vm::manager::BootTimings;
+use crate::vm::ExitInfo;
+use lifecycle_core::{PhaseKind, PhaseOutcome};
 use std::process::ExitStatus;
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::mpsc;
+
+/// How many events the stream holds before it drops.
+pub const EVENT_CAPACITY: usize = 256;
+
+/// Console lines are not sent unless more slots than this are free.
+pub const CONSOLE_RESERVE: usize = 64;
 
 /// Why the VM stopped, as far as the host could tell.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExitCause {
-    /// QEMU's exit status.
+    /// The VMM's exit status.
     pub status: ExitStatus,
-    /// The reason of QEMU's last QMP `SHUTDOWN` event (`guest-shutdown`, `host-signal`, …),
-    /// if one arrived.
+    /// The VMM's shutdown reason (QEMU: the last QMP `SHUTDOWN` event's `reason`, such as
+    /// `guest-shutdown` or `host-signal`), if one arrived.
     pub shutdown_reason: Option<String>,
-    /// Whether the guest reported a panic (`GUEST_PANICKED`).
+    /// Whether the guest reported a panic.
     pub guest_panicked: bool,
     /// Whether the exit was requested by the shim (delete or shutdown) rather than a crash.
     pub intentional: bool,
 }
 
+impl ExitCause {
+    pub(crate) fn new(info: ExitInfo, intentional: bool) -> Self {
+        Self {
+            status: info.status,
+            shutdown_reason: info.shutdown_reason,
+            guest_panicked: info.guest_panicked,
+            intentional,
+        }
+    }
+}
+
 impl std::fmt::Display for ExitCause {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "QEMU {}", self.status)?;
+        write!(f, "{}", self.status)?;
         if let Some(reason) = &self.shutdown_reason {
             write!(f, " ({reason})")?;
         }
@@ -38,6 +68,17 @@ impl std::fmt::Display for ExitCause {
         }
         Ok(())
     }
+}
+
+/// Boot timings of a creation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BootTimings {
+    /// VM start → the agent's readiness notice.
+    pub ready: Duration,
+    /// Readiness notice → the shim's first agent connection answered.
+    pub ready_to_first_rpc: Duration,
+    /// VM start → the first agent connection answered.
+    pub first_rpc: Duration,
 }
 
 /// Something the shim did or saw.
@@ -52,57 +93,155 @@ pub enum ShimEvent {
     },
     /// The VM booted and its agent answered.
     Booted(BootTimings),
-    /// A cleanup phase started.
-    PhaseStarted(CleanupPhase),
-    /// A cleanup phase's action returned (timeouts and panics show in the final report).
+    /// A cleanup phase started (every kind, no-ops included).
+    PhaseStarted {
+        /// The phase.
+        phase: CleanupPhase,
+        /// How it was declared.
+        kind: PhaseKind,
+    },
+    /// A cleanup phase reached its outcome: ok, failed, timed out, panicked, cancelled or
+    /// skipped.
     PhaseFinished {
         /// The phase.
         phase: CleanupPhase,
-        /// Its error, if it failed.
-        error: Option<String>,
+        /// How it was declared.
+        kind: PhaseKind,
+        /// Its outcome.
+        outcome: PhaseOutcome,
         /// How long it took.
         duration: Duration,
     },
-    /// The VM exited without being asked to; the shim is tearing itself down.
+    /// The VM exited without being asked to; the shim is tearing it down.
     VmExited(ExitCause),
     /// A line from the guest's serial console.
     Console(String),
+    /// This many events were dropped because the consumer fell behind.
+    Dropped(u64),
 }
 
-/// The sending side; `close` ends the stream for the consumer.
-#[derive(Debug)]
+/// The receiving side of the stream.
+pub type EventReceiver = mpsc::Receiver<ShimEvent>;
+
+struct Tx {
+    tx: Option<mpsc::Sender<ShimEvent>>,
+    dropped: u64,
+    /// Close once `event_close`'s finish has been sent.
+    closing: bool,
+}
+
+/// The sending side; see the module docs.
 pub(crate) struct EventSender {
-    tx: Mutex<Option<mpsc::UnboundedSender<ShimEvent>>>,
+    tx: Mutex<Tx>,
+}
+
+impl std::fmt::Debug for EventSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let tx = self.lock();
+        f.debug_struct("EventSender")
+            .field("open", &tx.tx.is_some())
+            .field("dropped", &tx.dropped)
+            .finish()
+    }
 }
 
 impl EventSender {
-    pub(crate) fn new() -> (Self, mpsc::UnboundedReceiver<ShimEvent>) {
-        let (tx, rx) = mpsc::unbounded_channel();
+    pub(crate) fn new() -> (Self, EventReceiver) {
+        let (tx, rx) = mpsc::channel(EVENT_CAPACITY);
         (
             Self {
-                tx: Mutex::new(Some(tx)),
+                tx: Mutex::new(Tx {
+                    tx: Some(tx),
+                    dropped: 0,
+                    closing: false,
+                }),
             },
             rx,
         )
     }
 
-    /// Sends `event` unless the stream is closed or nobody listens (events are advisory).
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tx> {
+        self.tx.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sends `event` unless the stream is closed or full (see the module docs).
     pub(crate) fn send(&self, event: ShimEvent) {
-        if let Some(tx) = self
-            .tx
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .as_ref()
-        {
-            let _ = tx.send(event);
+        let mut state = self.lock();
+        let Tx { tx, dropped, .. } = &mut *state;
+        let Some(sender) = tx.as_ref() else { return };
+        if matches!(event, ShimEvent::Console(_)) && sender.capacity() <= CONSOLE_RESERVE {
+            *dropped += 1;
+            return;
+        }
+        if *dropped > 0 {
+            // The notice needs its own slot, and the event one more.
+            if sender.capacity() < 2 {
+                *dropped += 1;
+                return;
+            }
+            let _ = sender.try_send(ShimEvent::Dropped(*dropped));
+            *dropped = 0;
+        }
+        match sender.try_send(event) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => *dropped += 1,
+            // The consumer went away: nothing to keep.
+            Err(mpsc::error::TrySendError::Closed(_)) => *tx = None,
         }
     }
 
-    /// Ends the stream: the consumer receives what was sent, then `None`.
+    /// Ends the stream after the `event_close` phase's finish event is sent.
+    pub(crate) fn close_after_event_close(&self) {
+        self.lock().closing = true;
+    }
+
+    /// Sends the `event_close` phase's finish, then closes if the final teardown asked for it.
+    pub(crate) fn event_close_finished(&self, event: ShimEvent) {
+        self.send(event);
+        let mut state = self.lock();
+        if state.closing {
+            state.tx = None;
+        }
+    }
+
+    /// Ends the stream now: the consumer receives what was sent, then `None`.
     pub(crate) fn close(&self) {
-        self.tx
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
+        self.lock().tx = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_slow_consumer_loses_console_lines_first_and_is_told() {
+        let (tx, mut rx) = EventSender::new();
+        for i in 0..EVENT_CAPACITY * 2 {
+            tx.send(ShimEvent::Console(format!("line {i}")));
+        }
+        // Console lines stop at the reserve; lifecycle events still fit.
+        for _ in 0..CONSOLE_RESERVE {
+            tx.send(ShimEvent::Booted(BootTimings {
+                ready: Duration::ZERO,
+                ready_to_first_rpc: Duration::ZERO,
+                first_rpc: Duration::ZERO,
+            }));
+        }
+        let got: Vec<ShimEvent> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+        let console = EVENT_CAPACITY - CONSOLE_RESERVE;
+        let lost_console = EVENT_CAPACITY * 2 - console;
+        // The console lines that fit, then the notice of the ones that did not, then the
+        // lifecycle events until the stream is full (the last one did not fit).
+        assert_eq!(got.len(), EVENT_CAPACITY);
+        assert!(got[..console].iter().all(|e| matches!(e, ShimEvent::Console(_))));
+        assert!(matches!(got[console], ShimEvent::Dropped(n) if n == lost_console as u64));
+        assert!(got[console + 1..].iter().all(|e| matches!(e, ShimEvent::Booted(_))));
+        // Room again: the next event is preceded by the count of what was lost since.
+        tx.send(ShimEvent::Console("after".into()));
+        assert!(matches!(rx.try_recv(), Ok(ShimEvent::Dropped(1))));
+        assert!(matches!(rx.try_recv(), Ok(ShimEvent::Console(l)) if l == "after"));
+        tx.close();
+        assert!(rx.recv().await.is_none());
     }
 }

@@ -1,58 +1,78 @@
-//! The shim facade (SPEC §4.7): [`ShimStateMachine`] + [`CleanupOrchestrator`] + the
-//! [`VmManager`] as one lifecycle.
+//! The shim facade (SPEC §4.7, §8): [`ShimStateMachine`] + [`CleanupOrchestrator`] + a
+//! [`VmBackend`] as one lifecycle. It knows the backend only through the trait.
 //!
 //! | operation | states | cleanup |
 //! |---|---|---|
-//! | [`Shim::create`] | `Idle` → `Creating` → `Running` (→ `Idle` on failure) | on failure, from the phase matching what was set up |
+//! | [`Shim::create`] | `Idle` → `Creating` → `Running` (→ `Idle` on failure) | on failure, all seven phases |
 //! | [`Shim::delete`] | `Running` → `Deleting` → `ShuttingDown` | all seven phases |
 //! | [`Shim::shutdown`] | any → `ShuttingDown` (intentional) | all seven phases |
-//! | VM exits unasked | `Running` → `Deleting` → `ShuttingDown`, cause recorded | all seven phases |
+//! | the VM exits unasked, while up | `Running` → `ShuttingDown`, cause recorded | all seven phases |
+//! | the VM exits unasked, while booting | `Creating` → `Idle`; `create` fails with the cause | all seven phases |
 //!
-//! Each creation gets its own [`VmManager`] and its own orchestrator, whose phases do real
-//! work: `io_shutdown` stops the console forwarding, `conn_close` closes the shim's agent
-//! clients, `vm_shutdown` runs the escalation (agent `PrepareShutdown` + `Shutdown` first),
-//! `mount_cleanup` removes what is left of the VM's directories and `event_close` ends the
-//! event stream. `hotplug_stop` and `network_cleanup` are explicit no-ops: spinbox has no
-//! hotplug controllers and no networking yet.
+//! # Who tears a VM down
 //!
-//! Concurrent calls are safe: the state machine admits one creator and one teardown owner,
-//! and every teardown path joins the same orchestrator run, so the phases run once and
-//! every caller gets the report.
+//! Each creation makes a *session* (its VM, agent connections, console forwarder, exit
+//! cause and cleanup orchestrator). Exactly one party owns a session's teardown, claimed by
+//! one compare-and-swap on the session's own generated state machine; everyone else joins
+//! that run:
+//!
+//! ```text
+//!  create fails / is dropped ─┐
+//!  delete ────────────────────┤  claim_teardown (CAS)   ┌─ winner: records the reason
+//!  shutdown ──────────────────┼────────────────────────▶┤   (and the exit cause it knows)
+//!  VM exit watcher ───────────┘                         └─ losers: join
+//!                                     │
+//!                                     ▼
+//!        one run of the seven phases, on its own task (survives cancelled callers)
+//! ```
+//!
+//! The creation publishes a VM (`Booting` → `Up`) through the same atomic, so it can only
+//! publish a VM whose teardown nobody has claimed; the VM exiting before that fails the
+//! creation, after it makes a crash. The shim's own [`ShimState`] says which operations are
+//! admitted; the session's says who tears down. Events come from the framework's observers:
+//! every transition of the shim's machine and every phase, whatever its outcome.
+//!
+//! The phases do real work: `io_shutdown` stops the console forwarding, `conn_close`
+//! closes the shim's agent connections, `vm_shutdown` stops the VM through the backend with
+//! the agent's `PrepareShutdown` + `Shutdown` as its graceful step, `mount_cleanup` removes
+//! what the VM created on disk (and nothing else), and `event_close` ends the event stream
+//! when the teardown is the shim's last. `hotplug_stop` and `network_cleanup` are explicit
+//! no-ops: spinbox has no hotplug controllers and no networking yet.
 
 mod config;
 mod console;
 mod events;
+mod session;
+#[cfg(test)]
+mod tests;
 
 pub use config::{ConfigError, ShimConfig};
-pub use events::{ExitCause, ShimEvent};
+pub use events::{
+    BootTimings, EventReceiver, ExitCause, ShimEvent, CONSOLE_RESERVE, EVENT_CAPACITY,
+};
 
-use crate::cleanup::{CleanupOrchestrator, CleanupPhase, CleanupPhases};
-use crate::state::{ShimState, ShimStateMachine};
-use crate::vm::agent::{AgentClient, AgentInfo, RpcError};
-use crate::vm::config::VmId;
-use crate::vm::instance::StartOptions;
-use crate::vm::manager::{BootTimings, ManagerError, VmManager, VmSpec};
-use crate::vm::qmp::QmpEventKind;
-use crate::vm::state_dir::default_state_root;
-use console::ConsoleForwarder;
+use crate::cleanup::CleanupPhase;
+use crate::state::{ShimSnapshot, ShimState, ShimStateMachine};
+use crate::vm::agent::{dial_with_retry, AgentClient, AgentInfo, DialError, RpcError};
+use crate::vm::vsock::AgentAddress;
+use crate::vm::{BootError, VmBackend, VmId};
 use events::EventSender;
-use lifecycle_core::{BoxError, CleanupReport, Phase, TransitionError};
-use std::future::Future;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+use lifecycle_core::{CleanupReport, Transition, TransitionObserver};
+use session::{lock, Reason, Session, SessionState};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use tokio::sync::{mpsc, watch};
-
-/// A phase action's future.
-type PhaseFuture = std::pin::Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>;
 
 /// The report of a teardown.
 pub type ShimReport = CleanupReport<CleanupPhase>;
 
-/// Why `create` was refused or failed.
+/// Why `create` was refused or failed. Every failure after the transition to `Creating`
+/// has torn down what was started and returned the shim to `Idle` (or left it
+/// `ShuttingDown` when a shutdown came in).
 #[derive(Debug, thiserror::Error)]
 pub enum CreateError {
+    /// The configuration is invalid; nothing was started and the state did not change.
+    #[error("invalid configuration")]
+    Config(#[source] ConfigError),
     /// Another `create` is in progress.
     #[error("a VM is already being created")]
     CreationInProgress,
@@ -65,19 +85,25 @@ pub enum CreateError {
     /// The shim is shutting down; it creates nothing more.
     #[error("the shim is shutting down")]
     ShuttingDown,
-    /// Booting the VM failed; nothing of it is left. Carries the manager's error (QEMU's
-    /// stderr tail or the console tail where relevant).
+    /// Starting or booting the VM failed (QEMU's stderr tail or the console tail where
+    /// relevant).
     #[error("booting the VM failed")]
-    Boot(#[source] ManagerError),
-    /// The VM booted but its agent did not answer `Info`; the VM was torn down.
-    #[error("the agent did not answer after boot")]
-    Agent(#[source] ManagerError),
-    /// The agent's `Info` call failed; the VM was torn down.
+    Boot(#[source] BootError),
+    /// The VM booted but its agent could not be reached.
+    #[error("cannot reach the agent after boot")]
+    Agent(#[source] DialError),
+    /// The agent's `Info` call failed.
     #[error("the agent's Info call failed")]
     Info(#[source] RpcError),
-    /// Shutdown was requested while the VM was being created; it was torn down.
+    /// The VM exited on its own after its agent answered, before the creation finished.
+    #[error("the VM exited during creation: {0}")]
+    VmExited(ExitCause),
+    /// Shutdown was requested while the VM was being created.
     #[error("shutdown was requested during creation")]
     ShutDownDuringCreate,
+    /// The start task panicked (a bug); what it started was torn down.
+    #[error("the VM start task panicked")]
+    StartPanicked,
 }
 
 /// Why `delete` was refused.
@@ -89,332 +115,199 @@ pub enum DeleteError {
     /// The VM is still being created.
     #[error("the VM is still being created")]
     CreationInProgress,
-    /// Another delete (or a crash teardown) is in progress.
+    /// Another delete is in progress.
     #[error("the VM is already being deleted")]
     AlreadyDeleting,
-    /// The shim is shutting down.
+    /// The shim is shutting down (a shutdown, a finished delete, or the VM exited).
     #[error("the shim is shutting down")]
     ShuttingDown,
+}
+
+/// Why the shim's agent connection is not available.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The shim is not `Running`.
+    #[error("the VM is not running (the shim is {0})")]
+    NotRunning(ShimState),
+    /// A fresh connection failed.
+    #[error("cannot reach the agent")]
+    Dial(#[source] DialError),
 }
 
 /// What a successful `create` learned.
 #[derive(Debug, Clone)]
 pub struct Created {
-    /// Boot timings (QEMU start → readiness → first ping).
+    /// Boot timings (VM start → readiness → first agent call).
     pub timings: BootTimings,
     /// The agent's `Info`.
     pub info: AgentInfo,
-    /// QEMU's pid.
-    pub qemu_pid: u32,
+    /// The VMM's pid, if it is a process.
+    pub vm_pid: Option<u32>,
 }
 
-/// What the phases of one VM share. Holds no reference back to the shim.
-struct Parts {
-    id: VmId,
-    manager: VmManager,
-    console: OnceLock<ConsoleForwarder>,
-    clients: Mutex<Vec<AgentClient>>,
-    events: Arc<EventSender>,
-    sm: Arc<ShimStateMachine>,
-    final_teardown: Arc<AtomicBool>,
-    state_root: PathBuf,
-    clues: Arc<Mutex<ExitClues>>,
-}
+/// Sends every transition of the shim's machine to the event stream.
+#[derive(Debug)]
+pub(crate) struct StateEvents(Arc<EventSender>);
 
-impl Parts {
-    /// The shim's final step: → `ShuttingDown` (announced), then the end of the stream.
-    fn finish(&self) {
-        let _ = announced(
-            &self.events,
-            self.sm.try_shut_down(),
-            ShimState::ShuttingDown,
-        );
-        self.events.close();
+impl TransitionObserver<ShimState> for StateEvents {
+    fn on_transition(&self, transition: &'static Transition<ShimState>, from: ShimState) {
+        self.0.send(ShimEvent::State {
+            from,
+            to: transition.target,
+        });
     }
 }
 
-/// What QMP said before QEMU went away.
-#[derive(Debug, Default)]
-struct ExitClues {
-    shutdown_reason: Option<String>,
-    guest_panicked: bool,
-}
-
-/// One creation: its manager, phases and orchestrator.
-struct Generation {
-    parts: Arc<Parts>,
-    cleanup: CleanupOrchestrator,
-    /// `true` once `create` has finished, successfully or not.
-    created: watch::Sender<bool>,
-}
-
-struct Inner {
+/// What every session of a shim shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
     id: VmId,
     config: ShimConfig,
-    sm: Arc<ShimStateMachine>,
+    backend: Arc<dyn VmBackend>,
+    sm: ShimStateMachine<StateEvents>,
     events: Arc<EventSender>,
-    receiver: Mutex<Option<mpsc::UnboundedReceiver<ShimEvent>>>,
-    generation: Mutex<Option<Arc<Generation>>>,
-    exit_cause: Mutex<Option<ExitCause>>,
-    final_teardown: Arc<AtomicBool>,
 }
 
-/// The VM shim: one VM's lifecycle. Cheap to clone; clones share the shim.
-#[derive(Clone)]
+#[derive(Debug)]
+struct Inner {
+    shared: Arc<Shared>,
+    receiver: Mutex<Option<EventReceiver>>,
+    /// The current (or last) session; `None` before the first creation and after a failed one.
+    session: Mutex<Option<Arc<Session>>>,
+    /// The exit cause of the last failed creation's VM, if it had one.
+    last_cause: Mutex<Option<ExitCause>>,
+}
+
+/// The VM shim: one VM's lifecycle over a [`VmBackend`]. Cheap to clone; clones share the
+/// shim. Dropping the last clone without [`Shim::shutdown`] kills the VM through the
+/// backend's handles but runs no cleanup phases.
+#[derive(Clone, Debug)]
 pub struct Shim {
     inner: Arc<Inner>,
 }
 
-impl std::fmt::Debug for Shim {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shim")
-            .field("id", &self.inner.id)
-            .field("state", &self.inner.sm.snapshot())
-            .finish_non_exhaustive()
-    }
+/// Tears down a creation whose `create` future was dropped before it finished.
+struct CancelGuard {
+    shim: Shim,
+    session: Option<Arc<Session>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// A phase whose start and end are reported on the event stream.
-fn tracked<F, Fut>(events: &Arc<EventSender>, phase: CleanupPhase, f: F) -> Phase
-where
-    F: Fn() -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
-{
-    let events = Arc::clone(events);
-    Phase::new(move || {
-        let events = Arc::clone(&events);
-        let work = f();
-        async move {
-            events.send(ShimEvent::PhaseStarted(phase));
-            let start = Instant::now();
-            let result = work.await;
-            events.send(ShimEvent::PhaseFinished {
-                phase,
-                error: result.as_ref().err().map(ToString::to_string),
-                duration: start.elapsed(),
-            });
-            result
-        }
-    })
-}
-
-/// A transition's result, announced on the event stream when it succeeded.
-fn announced(
-    events: &EventSender,
-    result: Result<ShimState, TransitionError<ShimState>>,
-    to: ShimState,
-) -> Result<ShimState, TransitionError<ShimState>> {
-    if let Ok(from) = result {
-        events.send(ShimEvent::State { from, to });
-    }
-    result
-}
-
-fn remove_dir(path: &std::path::Path) -> Result<(), BoxError> {
-    match std::fs::remove_dir_all(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(format!("cannot remove {}: {e}", path.display()).into()),
-    }
-}
-
-impl Generation {
-    fn new(parts: Parts) -> Self {
-        let parts = Arc::new(parts);
-        let events = &parts.events;
-        let p = |f: fn(Arc<Parts>) -> PhaseFuture, phase: CleanupPhase| {
-            let parts = Arc::clone(&parts);
-            tracked(events, phase, move || f(Arc::clone(&parts)))
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        let Some(session) = self.session.take() else {
+            return;
         };
-        let cleanup = CleanupOrchestrator::new(CleanupPhases {
-            // No CPU or memory hotplug controllers exist yet.
-            hotplug_stop: Phase::noop(),
-            io_shutdown: p(
-                |parts| {
-                    Box::pin(async move {
-                        if let Some(console) = parts.console.get() {
-                            console.stop().await;
-                        }
-                        Ok(())
-                    })
-                },
-                CleanupPhase::IoShutdown,
-            ),
-            conn_close: p(
-                |parts| {
-                    Box::pin(async move {
-                        // Dropping the last clone of a client closes its connection.
-                        lock(&parts.clients).clear();
-                        Ok(())
-                    })
-                },
-                CleanupPhase::ConnClose,
-            ),
-            vm_shutdown: p(
-                |parts| {
-                    Box::pin(async move {
-                        match parts.manager.shutdown().await {
-                            Ok(Ok(_)) | Err(ManagerError::NoVm) => Ok(()),
-                            Ok(Err(e)) => Err(e.into()),
-                            Err(e) => Err(e.into()),
-                        }
-                    })
-                },
-                CleanupPhase::VmShutdown,
-            ),
-            // spinbox sets up no networking yet.
-            network_cleanup: Phase::noop(),
-            mount_cleanup: p(
-                |parts| {
-                    Box::pin(async move {
-                        // The manager removes these on shutdown; this catches whatever a
-                        // failure left behind. No disk overlays exist yet.
-                        remove_dir(&parts.state_root.join(parts.id.as_str()))?;
-                        remove_dir(&parts.state_root.join(".vsock").join(parts.id.as_str()))
-                    })
-                },
-                CleanupPhase::MountCleanup,
-            ),
-            event_close: {
-                let parts = Arc::clone(&parts);
-                Phase::sync(move || {
-                    // A failed creation returns the shim to Idle: its stream stays open.
-                    if parts.final_teardown.load(Ordering::Acquire) {
-                        parts.finish();
-                    }
-                    Ok::<(), BoxError>(())
-                })
-            },
-        });
-        let (created, _) = watch::channel(false);
-        Self {
-            parts,
-            cleanup,
-            created,
+        let shim = self.shim.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(async move {
+                    shim.fail_creation(&session, Reason::Cancelled).await;
+                });
+            }
+            // No runtime (it is shutting down): the backend's handles kill what they
+            // started when the session is dropped.
+            Err(_) => tracing::warn!("create cancelled outside a runtime; no cleanup ran"),
         }
     }
 }
 
 impl Shim {
-    /// A shim for the VM `id`, in [`ShimState::Idle`].
-    pub fn new(id: VmId, config: ShimConfig) -> Self {
+    /// A shim for the VM `id`, in [`ShimState::Idle`], whose VMs `backend` runs.
+    pub fn new(id: VmId, config: ShimConfig, backend: Arc<dyn VmBackend>) -> Self {
         let (events, receiver) = EventSender::new();
+        let events = Arc::new(events);
         Self {
             inner: Arc::new(Inner {
-                id,
-                config,
-                sm: Arc::new(ShimStateMachine::new()),
-                events: Arc::new(events),
+                shared: Arc::new(Shared {
+                    id,
+                    config,
+                    backend,
+                    sm: ShimStateMachine::with_observer(StateEvents(Arc::clone(&events))),
+                    events,
+                }),
                 receiver: Mutex::new(Some(receiver)),
-                generation: Mutex::new(None),
-                exit_cause: Mutex::new(None),
-                final_teardown: Arc::new(AtomicBool::new(false)),
+                session: Mutex::new(None),
+                last_cause: Mutex::new(None),
             }),
         }
     }
 
     /// The VM's ID.
     pub fn id(&self) -> &VmId {
-        &self.inner.id
+        &self.inner.shared.id
     }
 
-    /// The state machine (state, intentional-shutdown flag, snapshot).
-    pub fn state(&self) -> &ShimStateMachine {
-        &self.inner.sm
+    /// The shim's state and intentional-shutdown flag, read now.
+    pub fn state(&self) -> ShimSnapshot {
+        self.inner.shared.sm.snapshot()
     }
 
-    /// The event stream. There is one consumer: the first call gets it, later calls `None`.
-    /// It ends (`recv` returns `None`) when the shim's final teardown closes it.
-    pub fn events(&self) -> Option<mpsc::UnboundedReceiver<ShimEvent>> {
+    /// The event stream (bounded: see [`ShimEvent`] and [`EVENT_CAPACITY`]). There is one
+    /// consumer: the first call gets it, later calls `None`. It ends (`recv` returns
+    /// `None`) when the shim's final teardown is done.
+    pub fn events(&self) -> Option<EventReceiver> {
         lock(&self.inner.receiver).take()
     }
 
-    /// Why the VM exited, once it has (set by every teardown path and by crashes).
+    fn session(&self) -> Option<Arc<Session>> {
+        lock(&self.inner.session).clone()
+    }
+
+    /// Why the VM exited, once it has (recorded by every teardown and by crashes); after a
+    /// failed creation, why that creation's VM exited.
     pub fn exit_cause(&self) -> Option<ExitCause> {
-        lock(&self.inner.exit_cause).clone()
-    }
-
-    /// QEMU's pid, while a VM exists.
-    pub fn qemu_pid(&self) -> Option<u32> {
-        let generation = lock(&self.inner.generation).clone()?;
-        generation.parts.manager.instance().map(|i| i.pid())
-    }
-
-    /// Where the running VM's agent listens (for fresh connections of your own).
-    pub fn agent_address(&self) -> Option<crate::vm::vsock::AgentAddress> {
-        let generation = lock(&self.inner.generation).clone()?;
-        generation.parts.manager.agent_address()
-    }
-
-    /// The manager's cached agent client for the running VM.
-    pub async fn agent(&self) -> Result<AgentClient, ManagerError> {
-        let generation = lock(&self.inner.generation)
-            .clone()
-            .ok_or(ManagerError::NoVm)?;
-        generation.parts.manager.client().await
-    }
-
-    fn spec(&self) -> VmSpec {
-        let c = &self.inner.config;
-        let mut spec = VmSpec::new(self.inner.id.clone());
-        spec.cpus = c.cpus;
-        spec.memory_mib = c.memory_mib;
-        spec.accel = c.accel;
-        spec.kernel = c.kernel;
-        spec.assets.clone_from(&c.assets);
-        spec.kernel_args.clone_from(&c.kernel_args);
-        spec.ready_timeout = c.start_timeout;
-        spec.rpc_timeout = c.rpc_timeout;
-        spec.retry = c.dial_retry;
-        spec.escalation = c.shutdown;
-        spec.start = StartOptions {
-            state_root: self.state_root(),
-            qmp_timeout: c.qmp_timeout,
-            ..StartOptions::default()
-        };
-        spec
-    }
-
-    /// Fresh per-VM parts sharing the shim's stream, state machine and flags.
-    fn parts(&self) -> Parts {
-        Parts {
-            id: self.inner.id.clone(),
-            manager: VmManager::new(),
-            console: OnceLock::new(),
-            clients: Mutex::new(Vec::new()),
-            events: Arc::clone(&self.inner.events),
-            sm: Arc::clone(&self.inner.sm),
-            final_teardown: Arc::clone(&self.inner.final_teardown),
-            state_root: self.state_root(),
-            clues: Arc::new(Mutex::new(ExitClues::default())),
+        match self.session() {
+            Some(session) => session.cause.get().cloned(),
+            None => lock(&self.inner.last_cause).clone(),
         }
     }
 
-    fn state_root(&self) -> PathBuf {
-        self.inner
-            .config
-            .state_root
-            .clone()
-            .unwrap_or_else(default_state_root)
+    /// The VMM's pid, while a VM exists and its backend runs it as a process.
+    pub fn vm_pid(&self) -> Option<u32> {
+        self.session()?.vm.get()?.pid()
     }
 
-    /// Creates the VM: `Idle` → `Creating`, boot, agent ready, `Info`, → `Running`.
+    /// Where the VM's agent listens (for connections of your own), while a VM exists.
+    pub fn agent_address(&self) -> Option<AgentAddress> {
+        Some(self.session()?.vm.get()?.agent_address())
+    }
+
+    /// Ends the current VM at once (the backend's forced kill), whatever its state; a
+    /// teardown in progress then finds it exited. Does nothing without a VM.
+    pub async fn kill_vm(&self) {
+        let vm = self.session().and_then(|s| s.vm.get().cloned());
+        if let Some(vm) = vm {
+            vm.kill().await;
+        }
+    }
+
+    /// A new connection to the agent of the running VM; `conn_close` closes it with the
+    /// shim's own. Fails at once unless the shim is `Running`.
+    pub async fn agent(&self) -> Result<AgentClient, AgentError> {
+        let state = self.inner.shared.sm.state();
+        let session = self
+            .session()
+            .filter(|_| state == ShimState::Running)
+            .ok_or(AgentError::NotRunning(state))?;
+        let vm = session.vm.get().ok_or(AgentError::NotRunning(state))?;
+        let config = &self.inner.shared.config;
+        let client = dial_with_retry(&vm.agent_address(), config.rpc_timeout, config.dial_retry)
+            .await
+            .map_err(AgentError::Dial)?;
+        lock(&session.clients).push(client.clone());
+        Ok(client)
+    }
+
+    /// Creates the VM: `Idle` → `Creating`, start, agent ready, `Info`, → `Running`.
     ///
-    /// On failure the cleanup runs from the phase matching what was set up (from
-    /// `mount_cleanup` when the boot failed — the manager has undone the boot itself — and
-    /// every phase once the VM was up), the shim returns to `Idle`, and the error names the
-    /// failed step.
+    /// The configuration is validated first; an invalid one changes nothing. On failure
+    /// every cleanup phase runs, the shim returns to `Idle`, and the error names the failed
+    /// step. Cancel-safe: dropping the future tears down what it started (on a task of its
+    /// own) and returns the shim to `Idle`, and a concurrent [`Shim::shutdown`] completes.
     pub async fn create(&self) -> Result<Created, CreateError> {
-        let events = &self.inner.events;
-        if let Err(e) = announced(
-            events,
-            self.inner.sm.try_start_creating(),
-            ShimState::Creating,
-        ) {
+        let shared = &self.inner.shared;
+        shared.config.validate().map_err(CreateError::Config)?;
+        if let Err(e) = shared.sm.try_start_creating() {
             return Err(match e.observed() {
                 ShimState::Creating => CreateError::CreationInProgress,
                 ShimState::Running => CreateError::AlreadyCreated,
@@ -422,111 +315,187 @@ impl Shim {
                 ShimState::Idle | ShimState::ShuttingDown => CreateError::ShuttingDown,
             });
         }
-        let generation = Arc::new(Generation::new(self.parts()));
-        *lock(&self.inner.generation) = Some(Arc::clone(&generation));
-        let result = self.boot(&generation).await;
-        let outcome = match result {
-            Ok(created) => {
-                if announced(events, self.inner.sm.try_mark_created(), ShimState::Running).is_ok() {
-                    Ok(created)
-                } else {
-                    // Shutdown took the shim while it was creating: tear the new VM down.
-                    let _ = generation.cleanup.execute().await;
-                    Err(CreateError::ShutDownDuringCreate)
-                }
+        // A new creation is not an intentional shutdown, unless a shutdown came in since.
+        shared.sm.set_intentional_shutdown(false);
+        if shared.sm.is_shutting_down() {
+            shared.sm.set_intentional_shutdown(true);
+        }
+        let session = Session::new(Arc::clone(shared), shared.config.spec(shared.id.clone()));
+        {
+            // Under the slot's lock, so a shutdown either sees this session (and tears it
+            // down) or has already installed its own (and this creation stops here).
+            let mut slot = lock(&self.inner.session);
+            if shared.sm.is_shutting_down() {
+                drop(slot);
+                let _ = shared.sm.try_mark_creation_failed();
+                return Err(CreateError::ShutDownDuringCreate);
             }
-            Err((error, from)) => {
-                let _ = generation.cleanup.execute_from(from).await;
-                let _ = announced(
-                    events,
-                    self.inner.sm.try_mark_creation_failed(),
-                    ShimState::Idle,
-                );
-                Err(error)
-            }
+            *slot = Some(Arc::clone(&session));
+        }
+        let mut guard = CancelGuard {
+            shim: self.clone(),
+            session: Some(Arc::clone(&session)),
         };
-        generation.created.send_replace(true);
-        outcome
+        let result = self.create_in(&session).await;
+        guard.session = None;
+        match result {
+            Ok(created) => Ok(created),
+            Err(Failure::Creation(reason, error)) => {
+                self.fail_creation(&session, reason).await;
+                Err(self.creation_error(&session, error))
+            }
+            Err(Failure::Crashed) => {
+                // A shutdown or the VM's exit moved the shim to ShuttingDown just as it was
+                // created; whoever claimed the teardown runs it (a shutdown that has not
+                // claimed it yet finds it claimed in its name).
+                session.mark_final();
+                let _ = session.claim(Reason::Shutdown);
+                let _ = session.tear_down().await;
+                Err(self.creation_error(&session, CreateError::ShutDownDuringCreate))
+            }
+        }
     }
 
-    /// Boots and checks the VM; on failure, the error and the phase cleanup must start from.
-    async fn boot(
-        &self,
-        generation: &Arc<Generation>,
-    ) -> Result<Created, (CreateError, CleanupPhase)> {
-        let parts = &generation.parts;
-        let timings = match parts.manager.create(self.spec()).await {
-            Ok(timings) => timings,
-            // The manager undid the boot; only leftovers in directories may remain.
-            Err(e) => return Err((CreateError::Boot(e), CleanupPhase::MountCleanup)),
+    async fn create_in(&self, session: &Arc<Session>) -> Result<Created, Failure> {
+        let shared = &self.inner.shared;
+        let fail = |e| Failure::Creation(Reason::CreateFailed, e);
+        let vm = match session.spawn_start().await {
+            Ok(Ok(vm)) => vm,
+            Ok(Err(e)) => return Err(fail(CreateError::Boot(e))),
+            Err(_) => return Err(fail(CreateError::StartPanicked)),
         };
-        self.inner.events.send(ShimEvent::Booted(timings));
-        let instance = parts.manager.instance().ok_or((
-            CreateError::Boot(ManagerError::NoVm),
-            CleanupPhase::HotplugStop,
-        ))?;
-        let qemu_pid = instance.pid();
-        let _ = parts.console.set(ConsoleForwarder::start(
-            instance.serial_log(),
-            Arc::clone(&parts.events),
-        ));
-        // Collect what QMP says about the VM's end; the task ends with the QMP connection.
-        let mut qmp_events = instance.qmp().events();
-        let clues = Arc::clone(&parts.clues);
-        tokio::spawn(async move {
-            loop {
-                let event = match qmp_events.recv().await {
-                    Ok(event) => event,
-                    // Missed some events: the later ones still count.
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                };
-                match event.kind {
-                    QmpEventKind::Shutdown { reason, .. } => {
-                        lock(&clues).shutdown_reason = Some(reason);
-                    }
-                    QmpEventKind::GuestPanicked { .. } => lock(&clues).guest_panicked = true,
-                    _ => {}
-                }
+        let claimed = || Failure::Creation(Reason::CreateFailed, CreateError::ShutDownDuringCreate);
+        let ready = match session.until_claimed(vm.wait_ready()).await {
+            None => return Err(claimed()),
+            Some(Ok(ready)) => ready,
+            Some(Err(BootError::ExitedBeforeReady { exit, console_tail })) => {
+                // An exit nobody asked for: claim it as such (or find the watcher did).
+                let _ = session.claim_exit(exit.clone());
+                return Err(Failure::Creation(
+                    Reason::ExitedDuringBoot,
+                    CreateError::Boot(BootError::ExitedBeforeReady { exit, console_tail }),
+                ));
             }
-        });
-        // Observe the VM's exit without keeping the shim alive.
-        let weak = Arc::downgrade(&self.inner);
-        let this_generation = Arc::downgrade(generation);
-        parts
-            .manager
-            .on_exit(move |status| {
-                tokio::spawn(on_vm_exit(weak, this_generation, status));
-            })
-            .map_err(|e| (CreateError::Agent(e), CleanupPhase::HotplugStop))?;
-        // The shim's own connection (closed by `conn_close`); the manager keeps its cached
-        // one for the graceful shutdown in `vm_shutdown`.
-        let client = parts
-            .manager
-            .dial_with_retry(self.inner.config.dial_retry)
+            Some(Err(e)) => return Err(fail(CreateError::Boot(e))),
+        };
+        session.set_ready();
+        let after_ready = Instant::now();
+        let config = &shared.config;
+        let client = session
+            .until_claimed(dial_with_retry(
+                &vm.agent_address(),
+                config.rpc_timeout,
+                config.dial_retry,
+            ))
             .await
-            .map_err(|e| (CreateError::Agent(e), CleanupPhase::HotplugStop))?;
-        lock(&parts.clients).push(client.clone());
-        let info = client
-            .info()
+            .ok_or_else(claimed)?
+            .map_err(|e| fail(CreateError::Agent(e)))?;
+        let first_rpc = ready + after_ready.elapsed();
+        lock(&session.clients).push(client.clone());
+        *lock(&session.control) = Some(client.clone());
+        let info = session
+            .until_claimed(client.info())
             .await
-            .map_err(|e| (CreateError::Info(e), CleanupPhase::HotplugStop))?;
+            .ok_or_else(claimed)?
+            .map_err(|e| fail(CreateError::Info(e)))?;
+        // The agent answered; the VM may still have died since.
+        let exited = vm.exit_watch().borrow().clone();
+        if let Some(exit) = exited {
+            let _ = session.claim_exit(exit.clone());
+            let cause = session
+                .cause
+                .get()
+                .cloned()
+                .unwrap_or_else(|| ExitCause::new(exit, false));
+            return Err(Failure::Creation(
+                Reason::ExitedDuringBoot,
+                CreateError::VmExited(cause),
+            ));
+        }
+        let timings = BootTimings {
+            ready,
+            ready_to_first_rpc: first_rpc.saturating_sub(ready),
+            first_rpc,
+        };
+        shared.events.send(ShimEvent::Booted(timings));
+        if session.state.try_publish().is_err() {
+            return Err(claimed());
+        }
+        if shared.sm.try_mark_created().is_err() {
+            // A shutdown (or the exit watcher) moved the shim to ShuttingDown.
+            return Err(Failure::Crashed);
+        }
+        if !session.state.is_up() {
+            // The VM exited between the publication and the transition.
+            return Err(Failure::Crashed);
+        }
         Ok(Created {
             timings,
             info,
-            qemu_pid,
+            vm_pid: vm.pid(),
         })
     }
 
-    /// Deletes the VM: `Running` → `Deleting`, every cleanup phase, → `ShuttingDown`. Returns the
-    /// cleanup report (check [`CleanupReport::has_errors`]).
+    /// The error `create` returns: the claimant's story when someone else claimed the
+    /// teardown, else `own`.
+    fn creation_error(&self, session: &Session, own: CreateError) -> CreateError {
+        match (session.reason(), own) {
+            (_, e @ CreateError::VmExited(_)) => e,
+            (Some(Reason::Shutdown), _) => CreateError::ShutDownDuringCreate,
+            (Some(Reason::ExitedDuringBoot | Reason::Crash), CreateError::Boot(e))
+                if !matches!(e, BootError::ExitedBeforeReady { .. }) =>
+            {
+                self.exit_error(session).unwrap_or(CreateError::Boot(e))
+            }
+            (Some(Reason::ExitedDuringBoot | Reason::Crash), CreateError::ShutDownDuringCreate) => {
+                self.exit_error(session)
+                    .unwrap_or(CreateError::ShutDownDuringCreate)
+            }
+            (_, e) => e,
+        }
+    }
+
+    fn exit_error(&self, session: &Session) -> Option<CreateError> {
+        let cause = session.cause.get()?.clone();
+        Some(if session.was_ready() {
+            CreateError::VmExited(cause)
+        } else {
+            CreateError::Boot(BootError::ExitedBeforeReady {
+                console_tail: session.console_tail(),
+                exit: crate::vm::ExitInfo {
+                    status: cause.status,
+                    shutdown_reason: cause.shutdown_reason,
+                    guest_panicked: cause.guest_panicked,
+                },
+            })
+        })
+    }
+
+    /// A creation failed (or was dropped): claim or join the teardown, then back to `Idle`
+    /// unless a shutdown came in.
+    async fn fail_creation(&self, session: &Arc<Session>, reason: Reason) {
+        let _ = session.claim(reason);
+        let _ = session.tear_down().await;
+        {
+            let mut slot = lock(&self.inner.session);
+            if slot.as_ref().is_some_and(|s| Arc::ptr_eq(s, session)) {
+                *slot = None;
+                lock(&self.inner.last_cause).clone_from(&session.cause.get().cloned());
+            }
+        }
+        let shared = &self.inner.shared;
+        if shared.sm.try_mark_creation_failed().is_err() && shared.sm.is_shutting_down() {
+            shared.events.close();
+        }
+    }
+
+    /// Deletes the VM: `Running` → `Deleting`, every cleanup phase, → `ShuttingDown`.
+    /// Returns the cleanup report (check [`CleanupReport::has_errors`]). Sets the
+    /// intentional-shutdown flag. If the VM crashed meanwhile, this joins the crash's
+    /// teardown.
     pub async fn delete(&self) -> Result<ShimReport, DeleteError> {
-        let started = announced(
-            &self.inner.events,
-            self.inner.sm.try_start_deleting(),
-            ShimState::Deleting,
-        );
-        if let Err(e) = started {
+        let shared = &self.inner.shared;
+        if let Err(e) = shared.sm.try_start_deleting() {
             return Err(match e.observed() {
                 ShimState::Idle => DeleteError::NotCreated,
                 ShimState::Creating => DeleteError::CreationInProgress,
@@ -534,103 +503,73 @@ impl Shim {
                 ShimState::Running | ShimState::ShuttingDown => DeleteError::ShuttingDown,
             });
         }
-        Ok(self.teardown().await)
+        shared.sm.set_intentional_shutdown(true);
+        // A Running shim holds the session that created it.
+        let Some(session) = self.session() else {
+            return Err(DeleteError::NotCreated);
+        };
+        session.mark_final();
+        let _ = session.claim(Reason::Delete);
+        let report = session.tear_down().await;
+        let _ = shared.sm.try_shut_down();
+        shared.events.close();
+        Ok(report)
     }
 
-    /// Shuts the shim down from any state: sets the intentional-shutdown flag, → `ShuttingDown`,
-    /// runs every cleanup phase (joining a teardown already in progress, and waiting for a
-    /// creation in progress to finish first), and returns the report. Idempotent.
+    /// Shuts the shim down from any state: sets the intentional-shutdown flag, →
+    /// `ShuttingDown`, runs every cleanup phase (or joins the teardown in progress, which
+    /// includes stopping a VM still being started), and returns the report. Idempotent:
+    /// later calls return the same report.
     pub async fn shutdown(&self) -> ShimReport {
-        self.inner.sm.set_intentional_shutdown(true);
-        let _ = announced(
-            &self.inner.events,
-            self.inner.sm.try_shut_down(),
-            ShimState::ShuttingDown,
-        );
-        self.teardown().await
-    }
-
-    /// Runs (or joins) the current VM's cleanup as the shim's final teardown.
-    async fn teardown(&self) -> ShimReport {
-        self.inner.final_teardown.store(true, Ordering::Release);
-        let generation = lock(&self.inner.generation).clone();
-        let report = match generation {
-            Some(generation) => {
-                // A creation in progress finishes (or fails) first, so the VM it may still
-                // boot is torn down too.
-                let mut created = generation.created.subscribe();
-                let _ = created.wait_for(|done| *done).await;
-                let report = generation.cleanup.execute().await;
-                self.record_exit(&generation, true);
-                report
-            }
-            None => {
-                // Nothing was ever created: the phases find nothing to do but end the stream.
-                Generation::new(self.parts()).cleanup.execute().await
+        let shared = &self.inner.shared;
+        let _ = shared.sm.try_shut_down();
+        shared.sm.set_intentional_shutdown(true);
+        let session = {
+            let mut slot = lock(&self.inner.session);
+            match slot.as_ref() {
+                Some(s) => Arc::clone(s),
+                None => {
+                    // Nothing was created: a session with no VM whose phases end the stream.
+                    let s = Session::empty_final(
+                        Arc::clone(shared),
+                        shared.config.spec(shared.id.clone()),
+                    );
+                    *slot = Some(Arc::clone(&s));
+                    s
+                }
             }
         };
-        // The event_close phase did this unless an earlier (failed-creation) run had already
-        // done the phases; both are idempotent.
-        if let Some(generation) = lock(&self.inner.generation).clone() {
-            generation.parts.finish();
-        } else {
-            self.inner.events.close();
-        }
+        session.mark_final();
+        let _ = session.claim(Reason::Shutdown);
+        let report = session.tear_down().await;
+        shared.events.close();
         report
-    }
-
-    fn record_exit(&self, generation: &Generation, intentional: bool) {
-        let Some(instance) = generation.parts.manager.instance() else {
-            return;
-        };
-        let Some(status) = instance.exit_status() else {
-            return;
-        };
-        let clues = lock(&generation.parts.clues);
-        let mut cause = lock(&self.inner.exit_cause);
-        if cause.is_none() {
-            *cause = Some(ExitCause {
-                status,
-                shutdown_reason: clues.shutdown_reason.clone(),
-                guest_panicked: clues.guest_panicked,
-                intentional,
-            });
-        }
     }
 }
 
-/// QEMU exited. If nobody asked for it and the shim is `Running`, the shim claims the
-/// teardown (`Running` → `Deleting`), records the cause, cleans up and shuts down.
-async fn on_vm_exit(
-    shim: Weak<Inner>,
-    generation: Weak<Generation>,
-    status: std::process::ExitStatus,
-) {
-    let (Some(inner), Some(generation)) = (shim.upgrade(), generation.upgrade()) else {
-        return;
-    };
-    let shim = Shim { inner };
-    if shim.inner.sm.is_intentional_shutdown()
-        || announced(
-            &shim.inner.events,
-            shim.inner.sm.try_start_deleting(),
-            ShimState::Deleting,
-        )
-        .is_err()
-    {
-        // A delete, a shutdown or a failing creation owns the teardown.
-        return;
+/// How `create_in` failed.
+enum Failure {
+    /// Before the shim went `Running`: claim (for this reason) or join, then `Idle`.
+    Creation(Reason, CreateError),
+    /// After: the crash (or shutdown) that owns the teardown moves the shim on.
+    Crashed,
+}
+
+impl Session {
+
+    fn console_tail(&self) -> String {
+        let Some(path) = self.vm.get().and_then(|vm| vm.console_log()) else {
+            return String::new();
+        };
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().rev().take(30).collect();
+        lines.into_iter().rev().collect::<Vec<_>>().join("\n")
     }
-    // Give QMP's last events a moment to be read: they are already in the socket buffer.
-    tokio::task::yield_now().await;
-    shim.record_exit(&generation, false);
-    let cause = shim.exit_cause().unwrap_or(ExitCause {
-        status,
-        shutdown_reason: None,
-        guest_panicked: false,
-        intentional: false,
-    });
-    tracing::warn!(id = %shim.inner.id, %cause, "VM exited unexpectedly");
-    shim.inner.events.send(ShimEvent::VmExited(cause));
-    let _ = shim.teardown().await;
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Shim>();
+    let _ = SessionState::Booting;
 }

@@ -254,3 +254,39 @@ pub async fn dial_with_retry(
         delay = (delay * 2).min(policy.max_delay);
     }
 }
+
+/// The graceful step of a stop ([`StopRequest::graceful`](super::StopRequest)): the agent's
+/// `PrepareShutdown` (sync filesystems) then `Shutdown`, on `client` or, without one, on a
+/// fresh connection to `address`; the connection is closed afterwards, which tells the
+/// agent its reply arrived and it may power off.
+pub fn shutdown_hook(
+    address: AgentAddress,
+    timeout: Duration,
+    client: Option<AgentClient>,
+) -> super::stop::GracefulHook {
+    use super::stop::GracefulError;
+    use std::sync::Arc;
+    Box::new(move || {
+        Box::pin(async move {
+            let client = match client {
+                Some(c) => c,
+                None => dial(&address, timeout)
+                    .await
+                    .map_err(|e| GracefulError::Dial(Arc::new(e)))?,
+            };
+            client
+                .prepare_shutdown()
+                .await
+                .map_err(|e| GracefulError::Rpc {
+                    call: "PrepareShutdown",
+                    source: Arc::new(e),
+                })?;
+            client.shutdown().await.map_err(|e| GracefulError::Rpc {
+                call: "Shutdown",
+                source: Arc::new(e),
+            })?;
+            drop(client);
+            Ok(())
+        })
+    })
+}

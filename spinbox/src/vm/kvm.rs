@@ -2,7 +2,7 @@
 //!
 //! This only proves the *device* works. Whether QEMU can actually run a guest with it
 //! (nested or software hypervisors often cannot) is decided by the probe in
-//! [`super::host_probe`].
+//! [`super::qemu::accel`].
 
 use std::fs::OpenOptions;
 use std::io;

@@ -82,7 +82,9 @@ impl QemuProcess {
             .open(log)
             .map_err(log_err)?;
         let stdout = stderr.try_clone().map_err(log_err)?;
-        let mut child = Command::new(binary)
+        let mut command = Command::new(binary);
+        super::harden::harden(&mut command);
+        let mut child = command
             .args(argv)
             .stdin(Stdio::null())
             .stdout(stdout)

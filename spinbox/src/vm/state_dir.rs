@@ -5,10 +5,7 @@ use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
-use super::config::VmId;
-
-/// Environment variable that overrides the default state root.
-pub const STATE_ROOT_ENV: &str = "SPINBOX_STATE_ROOT";
+use super::VmId;
 
 /// Errors creating or removing a state directory.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +18,15 @@ pub enum StateDirError {
         /// The underlying error.
         #[source]
         source: io::Error,
+    },
+    /// The root (or a shared directory in it) is not a private directory of ours: a symlink,
+    /// not a directory, owned by another user, or writable by others.
+    #[error("{} is not a safe state root: {why}", path.display())]
+    UnsafeRoot {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: &'static str,
     },
     /// A directory for this VM ID already exists (another VM, or a leftover of a crash).
     #[error("state directory {} already exists", path.display())]
@@ -48,49 +54,174 @@ pub enum StateDirError {
     },
 }
 
-/// The default root for state directories: `$SPINBOX_STATE_ROOT`, else
-/// `$XDG_RUNTIME_DIR/spinbox`, else `/run/spinbox`.
-pub fn default_state_root() -> PathBuf {
-    if let Some(root) = std::env::var_os(STATE_ROOT_ENV).filter(|v| !v.is_empty()) {
+/// The system-wide state root, used when nothing else is configured.
+pub const SYSTEM_STATE_ROOT: &str = "/run/spinbox";
+
+/// The state root from the environment's values, read by the caller at its edge (the CLI):
+/// `state_root_env` (`$SPINBOX_STATE_ROOT`), else `xdg_runtime_dir` (`$XDG_RUNTIME_DIR`)
+/// joined with `spinbox`, else [`SYSTEM_STATE_ROOT`]. Empty values count as unset.
+pub fn state_root_from(
+    state_root_env: Option<std::ffi::OsString>,
+    xdg_runtime_dir: Option<std::ffi::OsString>,
+) -> PathBuf {
+    if let Some(root) = state_root_env.filter(|v| !v.is_empty()) {
         return PathBuf::from(root);
     }
-    if let Some(xdg) = std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
+    if let Some(xdg) = xdg_runtime_dir.filter(|v| !v.is_empty()) {
         return PathBuf::from(xdg).join("spinbox");
     }
-    PathBuf::from("/run/spinbox")
+    PathBuf::from(SYSTEM_STATE_ROOT)
 }
 
-/// A VM's private directory, `<root>/<vm id>`, mode 0700.
+/// Creates `dir` (and its parents) with mode 0700 if missing, then checks that it is safe
+/// to create and delete VM files in: a real directory (not a symlink), owned by the
+/// effective user, not writable by group or others. Within such a directory nobody else can
+/// plant or swap an entry, so nothing below it is followed through another user's link.
+pub fn prepare_root(dir: &Path) -> Result<(), StateDirError> {
+    use std::os::unix::fs::MetadataExt;
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| StateDirError::CreateRoot {
+            path: dir.to_owned(),
+            source,
+        })?;
+    let unsafe_root = |why| StateDirError::UnsafeRoot {
+        path: dir.to_owned(),
+        why,
+    };
+    let meta = std::fs::symlink_metadata(dir).map_err(|source| StateDirError::CreateRoot {
+        path: dir.to_owned(),
+        source,
+    })?;
+    if meta.file_type().is_symlink() {
+        return Err(unsafe_root("it is a symbolic link"));
+    }
+    if !meta.is_dir() {
+        return Err(unsafe_root("it is not a directory"));
+    }
+    // SAFETY: geteuid has no preconditions.
+    if meta.uid() != unsafe { libc::geteuid() } {
+        return Err(unsafe_root("it is owned by another user"));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(unsafe_root("it is writable by group or others"));
+    }
+    Ok(())
+}
+
+/// A VM's private directory, `<root>/<vm id>`, mode 0700, locked (`flock` on its `lock`
+/// file) for as long as any clone of this value lives.
+///
+/// The lock is what tells a live VM's directory from a dead shim's leftovers: a directory
+/// whose lock is held belongs to a live VM and is never touched; one whose lock is free
+/// was left by a shim that died, and [`StateDir::create`] removes it (with a warning) before
+/// creating its own. A directory without a lock file (being created this instant) counts as
+/// live.
 ///
 /// It is removed by [`StateDir::remove`]; dropping it without removing leaves it in place
 /// (the owning instance removes it during shutdown, after QEMU has been reaped).
 #[derive(Debug, Clone)]
 pub struct StateDir {
     path: PathBuf,
+    _lock: std::sync::Arc<std::fs::File>,
+    stale_removed: bool,
+}
+
+/// The lock file's name inside a state directory.
+const LOCK_FILE: &str = "lock";
+
+/// Takes `flock(LOCK_EX | LOCK_NB)` on `file`: `Ok(false)` when another holder has it.
+fn try_lock(file: &std::fs::File) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor we own.
+    let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    if e.kind() == io::ErrorKind::WouldBlock {
+        Ok(false)
+    } else {
+        Err(e)
+    }
+}
+
+fn open_lock(path: &Path, create: bool) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(create)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path.join(LOCK_FILE))
 }
 
 impl StateDir {
-    /// Creates `<root>/<id>` with mode 0700 (the root is created too, also 0700).
+    /// Creates `<root>/<id>` with mode 0700 and locks it (the root is created too, also
+    /// 0700, and must be safe: see [`prepare_root`]).
     ///
-    /// Fails if the directory already exists, so two VMs never share sockets.
+    /// A directory held by a live VM is [`StateDirError::AlreadyExists`] and is not
+    /// touched, so two VMs never share sockets. One left by a dead shim (its lock is free)
+    /// is removed first; [`StateDir::stale_removed`] says so.
     pub fn create(root: &Path, id: &VmId) -> Result<Self, StateDirError> {
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(root)
-            .map_err(|source| StateDirError::CreateRoot {
-                path: root.to_owned(),
-                source,
-            })?;
+        prepare_root(root)?;
         // `id` is validated: no separators, no `..`, so this stays under `root`.
         let path = root.join(id.as_str());
-        match DirBuilder::new().mode(0o700).create(&path) {
-            Ok(()) => Ok(Self { path }),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                Err(StateDirError::AlreadyExists { path })
+        let mut stale_removed = false;
+        for _ in 0..3 {
+            match DirBuilder::new().mode(0o700).create(&path) {
+                Ok(()) => {
+                    let lock = open_lock(&path, true)
+                        .and_then(|f| try_lock(&f).map(|held| (f, held)))
+                        .map_err(|source| StateDirError::Create {
+                            path: path.clone(),
+                            source,
+                        })?;
+                    return match lock {
+                        (file, true) => Ok(Self {
+                            path,
+                            _lock: std::sync::Arc::new(file),
+                            stale_removed,
+                        }),
+                        // Someone judged our fresh directory stale and locked it: theirs now.
+                        (_, false) => Err(StateDirError::AlreadyExists { path }),
+                    };
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    let Ok(lock) = open_lock(&path, false) else {
+                        // No lock file (or a symlink in its place): being created, or not
+                        // ours to judge. Leave it.
+                        return Err(StateDirError::AlreadyExists { path });
+                    };
+                    match try_lock(&lock) {
+                        Ok(true) => {
+                            tracing::warn!(
+                                path = %path.display(),
+                                "removing the stale state directory of a VM whose shim died"
+                            );
+                            std::fs::remove_dir_all(&path).map_err(|source| {
+                                StateDirError::Remove {
+                                    path: path.clone(),
+                                    source,
+                                }
+                            })?;
+                            stale_removed = true;
+                        }
+                        _ => return Err(StateDirError::AlreadyExists { path }),
+                    }
+                }
+                Err(source) => return Err(StateDirError::Create { path, source }),
             }
-            Err(source) => Err(StateDirError::Create { path, source }),
         }
+        Err(StateDirError::AlreadyExists { path })
+    }
+
+    /// Whether creating this directory first removed a dead shim's leftover.
+    pub fn stale_removed(&self) -> bool {
+        self.stale_removed
     }
 
     /// The directory's path.
@@ -156,5 +287,72 @@ mod tests {
         dir.remove().unwrap();
         assert!(!dir.path().exists());
         dir.remove().unwrap();
+    }
+
+    #[test]
+    fn a_live_directory_is_refused_and_a_stale_one_replaced() {
+        let root = tempfile::tempdir().unwrap();
+        let id = VmId::new("vm-1").unwrap();
+        let live = StateDir::create(root.path(), &id).unwrap();
+        std::fs::write(live.serial_log(), b"live").unwrap();
+        // Held (by this process's other open file description): refused, untouched.
+        assert!(matches!(
+            StateDir::create(root.path(), &id),
+            Err(StateDirError::AlreadyExists { .. })
+        ));
+        assert_eq!(std::fs::read(live.serial_log()).unwrap(), b"live");
+        assert!(!live.stale_removed());
+        // The holder goes away without removing it (a shim that died): stale.
+        let path = live.path().to_owned();
+        drop(live);
+        assert!(path.join("console.log").exists());
+        let fresh = StateDir::create(root.path(), &id).unwrap();
+        assert!(fresh.stale_removed());
+        assert!(!fresh.serial_log().exists(), "the stale files were removed");
+        // A directory with no lock file is not ours to judge.
+        let other = VmId::new("vm-2").unwrap();
+        std::fs::create_dir(root.path().join("vm-2")).unwrap();
+        assert!(matches!(
+            StateDir::create(root.path(), &other),
+            Err(StateDirError::AlreadyExists { .. })
+        ));
+        assert!(root.path().join("vm-2").exists());
+    }
+
+    #[test]
+    fn unsafe_roots_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let shared = tmp.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let err = prepare_root(&shared).unwrap_err();
+        assert!(err.to_string().contains("writable by group or others"), "{err}");
+        let elsewhere = tmp.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+        let err = prepare_root(&link).unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        let id = VmId::new("vm-1").unwrap();
+        assert!(StateDir::create(&link, &id).is_err());
+        assert!(!elsewhere.join("vm-1").exists(), "created through the link");
+        let file = tmp.path().join("file");
+        std::fs::write(&file, b"").unwrap();
+        assert!(prepare_root(&file).is_err());
+        prepare_root(&tmp.path().join("fresh/nested")).unwrap();
+    }
+
+    #[test]
+    fn state_root_from_the_environment_values() {
+        assert_eq!(
+            state_root_from(Some("/a".into()), Some("/x".into())),
+            PathBuf::from("/a")
+        );
+        assert_eq!(
+            state_root_from(Some("".into()), Some("/x".into())),
+            PathBuf::from("/x/spinbox")
+        );
+        assert_eq!(state_root_from(None, None), PathBuf::from(SYSTEM_STATE_ROOT));
     }
 }

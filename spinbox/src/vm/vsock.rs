@@ -1,14 +1,15 @@
 //! Reaching a guest's vsock port from the host, as a ttrpc connection.
 //!
-//! Two forms:
-//! - **`AF_VSOCK`** (`cid:port`), on hosts with `/dev/vhost-vsock` (QEMU's
-//!   `vhost-vsock-pci`);
 //! - **hybrid vsock**: a unix socket served by the VMM or a vhost-user backend
 //!   (Firecracker, Cloud Hypervisor, `vhost-device-vsock`). The host connects, writes
 //!   `CONNECT <port>\n` in one write, and reads one line; `OK …` means the stream is now
 //!   connected to the guest port. Anything else, or EOF first, means it is not.
 //!
-//! A plain unix socket (a ttrpc server on the host, e.g. in tests) is a third form.
+//! - a plain unix socket with a ttrpc server behind it (the fake backend's in-process agent).
+//!
+//! Kernel `AF_VSOCK` (QEMU's `vhost-vsock-pci`, which needs `/dev/vhost-vsock`) is not
+//! offered: no backend here starts such a device, and the hosts spinbox is tested on lack
+//! `/dev/vhost-vsock`. It would be a third variant, added with the device and a test.
 
 use std::io;
 use std::path::PathBuf;
@@ -23,13 +24,6 @@ const MAX_LINE: usize = 128;
 /// Where an agent listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentAddress {
-    /// `AF_VSOCK`: the guest's CID and port.
-    Vsock {
-        /// The guest's context ID.
-        cid: u32,
-        /// The port.
-        port: u32,
-    },
     /// Hybrid vsock: the VMM's or backend's unix socket and the guest port.
     Hybrid {
         /// The unix socket (`uds-path` of `vhost-device-vsock`).
@@ -44,7 +38,6 @@ pub enum AgentAddress {
 impl std::fmt::Display for AgentAddress {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            AgentAddress::Vsock { cid, port } => write!(f, "vsock://{cid}:{port}"),
             AgentAddress::Hybrid { socket, port } => {
                 write!(f, "hvsock://{}:{port}", socket.display())
             }
@@ -117,6 +110,8 @@ pub fn is_transient_io(e: &io::Error) -> bool {
             | io::ErrorKind::ConnectionAborted
             | io::ErrorKind::BrokenPipe
             | io::ErrorKind::UnexpectedEof
+            // A full listen backlog (EAGAIN on a non-blocking unix connect).
+            | io::ErrorKind::WouldBlock
     )
 }
 
@@ -141,17 +136,6 @@ async fn connect_socket(
         source,
     };
     match address {
-        AgentAddress::Vsock { cid, port } => {
-            let addr = tokio_vsock::VsockAddr::new(*cid, *port);
-            let s = tokio::time::timeout(timeout, tokio_vsock::VsockStream::connect(addr))
-                .await
-                .map_err(|_| ConnectError::HandshakeTimeout {
-                    address: name.clone(),
-                    after: timeout,
-                })?
-                .map_err(connect_err)?;
-            Ok(Socket::new(s))
-        }
         AgentAddress::Unix(path) => {
             let s = UnixStream::connect(path).await.map_err(connect_err)?;
             Ok(Socket::new(s))

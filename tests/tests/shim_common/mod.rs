@@ -2,9 +2,12 @@
 //! serialization (the leak checks look at the whole test process), and the leak check.
 #![allow(dead_code)] // each suite uses a different subset
 
-use spinbox::shim::{Shim, ShimConfig, ShimEvent};
-use spinbox::vm::config::VmId;
+use spinbox::shim::{EventReceiver, Shim, ShimConfig, ShimEvent};
+use spinbox::vm::assets::Assets;
+use spinbox::vm::qemu::{AccelChoice, Accelerator, QemuBackend, QemuBackendConfig};
+use spinbox::vm::VmId;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Real-VM tests in one binary run one at a time, so "no child, no extra fd" is meaningful.
@@ -51,9 +54,11 @@ pub struct TestVm {
     fds_before: usize,
 }
 
-/// Open file descriptors of this process.
+/// Open file descriptors of this process. Fails closed: an unreadable `/proc` fails the test.
 pub fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count)
+    std::fs::read_dir("/proc/self/fd")
+        .expect("cannot list /proc/self/fd: the leak check cannot run")
+        .count()
 }
 
 /// What each open file descriptor refers to (for failure messages).
@@ -71,36 +76,48 @@ pub fn fd_targets() -> Vec<String> {
         .collect()
 }
 
-/// Pids of this process's children (all threads), from /proc.
+/// Pids of this process's children (all threads), from /proc. Fails closed: if a task's
+/// `children` file cannot be read, the test fails rather than seeing no child.
 pub fn children() -> Vec<u32> {
     let mut pids = Vec::new();
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return pids;
-    };
-    for task in tasks.flatten() {
-        if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
-            pids.extend(
+    let tasks = std::fs::read_dir("/proc/self/task")
+        .expect("cannot list /proc/self/task: the leak check cannot run");
+    for task in tasks {
+        let task = task.expect("cannot read a /proc/self/task entry");
+        match std::fs::read_to_string(task.path().join("children")) {
+            Ok(text) => pids.extend(
                 text.split_whitespace()
                     .filter_map(|p| p.parse::<u32>().ok()),
-            );
+            ),
+            // The thread ended between the listing and the read: it has no children now.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => panic!("cannot read {}/children: {e}", task.path().display()),
         }
     }
     pids
+}
+
+/// The QEMU backend on the provisioned assets, under TCG (nested KVM is unusable on the CI
+/// machines; see notes/VM-HOST-FACTS.md).
+pub fn backend(assets: Assets) -> Arc<QemuBackend> {
+    let mut config = QemuBackendConfig::new(assets);
+    config.accel = AccelChoice::Fixed(Accelerator::Tcg);
+    config.qmp_timeout = Duration::from_secs(1);
+    Arc::new(QemuBackend::new(config))
 }
 
 /// A config with short bounds, so fault paths finish quickly; the root is private.
 pub fn config(root: &Path) -> ShimConfig {
     let defaults = ShimConfig::default();
     ShimConfig {
-        state_root: Some(root.to_owned()),
+        state_root: root.to_owned(),
         start_timeout: Duration::from_mins(1),
         rpc_timeout: Duration::from_secs(2),
-        qmp_timeout: Duration::from_secs(1),
         dial_retry: spinbox::vm::agent::RetryPolicy {
             total: Duration::from_secs(3),
             ..defaults.dial_retry
         },
-        shutdown: spinbox::vm::escalation::EscalationPolicy {
+        shutdown: spinbox::vm::stop::EscalationPolicy {
             graceful: Duration::from_secs(3),
             guest_request_wait: Duration::from_millis(500),
             quit: Duration::from_millis(500),
@@ -113,22 +130,30 @@ pub fn config(root: &Path) -> ShimConfig {
 }
 
 impl TestVm {
-    /// A shim with `config` (made by [`config`] on `root`), fd baseline taken now.
-    pub fn with(root: tempfile::TempDir, config: ShimConfig, id: &str) -> Self {
+    /// A shim with `config` (made by [`config`] on `root`) on `assets`, fd baseline taken now.
+    pub fn with(root: tempfile::TempDir, config: ShimConfig, id: &str, assets: Assets) -> Self {
         let id: VmId = id.parse().expect("valid id");
         let fds_before = open_fds();
         Self {
-            shim: Shim::new(id, config),
+            shim: Shim::new(id, config, backend(assets)),
             root,
             fds_before,
         }
     }
 
-    /// A shim with the default test config.
+    /// A shim with the default test config and the production agent.
     pub fn new(id: &str) -> Self {
         let root = tempfile::tempdir().expect("tempdir");
         let config = config(root.path());
-        Self::with(root, config, id)
+        Self::with(root, config, id, tests::assets::assets())
+    }
+
+    /// Asserts `pid` is alive and our child now (so a later "gone" means something).
+    pub fn assert_alive(pid: u32) {
+        assert!(
+            children().contains(&pid),
+            "pid {pid} is not a live child: the leak check would prove nothing"
+        );
     }
 
     pub fn root(&self) -> PathBuf {
@@ -145,7 +170,7 @@ impl TestVm {
             let kids = children();
             let fds = open_fds();
             let leftovers = leftovers(self.root.path());
-            if kids.is_empty() && fds <= self.fds_before && leftovers.is_empty() {
+            if kids.is_empty() && fds == self.fds_before && leftovers.is_empty() {
                 return;
             }
             assert!(
@@ -159,18 +184,21 @@ impl TestVm {
     }
 }
 
-/// Everything under the state root except the (empty) `.vsock` parent directory.
+/// Everything under the state root except the (empty) `.vsock` parent directory. Fails
+/// closed: a root that exists but cannot be listed fails the test.
 fn leftovers(root: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir(root) else {
-        return found;
+    let entries = match std::fs::read_dir(root) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return found,
+        Err(e) => panic!("cannot list {}: {e}", root.display()),
     };
-    for entry in entries.flatten() {
-        let path = entry.path();
+    for entry in entries {
+        let path = entry.expect("cannot read a state root entry").path();
         if path.file_name().is_some_and(|n| n == ".vsock") {
-            if let Ok(inner) = std::fs::read_dir(&path) {
-                found.extend(inner.flatten().map(|e| e.path()));
-            }
+            let inner = std::fs::read_dir(&path)
+                .unwrap_or_else(|e| panic!("cannot list {}: {e}", path.display()));
+            found.extend(inner.map(|e| e.expect("entry").path()));
         } else {
             found.push(path);
         }
@@ -179,7 +207,7 @@ fn leftovers(root: &Path) -> Vec<PathBuf> {
 }
 
 /// Drains the event stream to its end (bounded), returning every event.
-pub async fn drain(events: &mut tokio::sync::mpsc::UnboundedReceiver<ShimEvent>) -> Vec<ShimEvent> {
+pub async fn drain(events: &mut EventReceiver) -> Vec<ShimEvent> {
     let mut all = Vec::new();
     tokio::time::timeout(HANG_GUARD, async {
         while let Some(e) = events.recv().await {

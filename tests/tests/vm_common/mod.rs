@@ -4,11 +4,13 @@
 #![allow(dead_code)] // each suite uses a different subset
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use spinbox::vm::{
-    AccelChoice, Accelerator, Machine, QemuConfig, QemuInstance, StartOptions, VmId,
-};
+use spinbox::vm::qemu::config::{Machine, QemuConfig};
+use spinbox::vm::qemu::instance::{QemuInstance, StartOptions};
+use spinbox::vm::qemu::{AccelChoice, Accelerator, QemuBackend, QemuBackendConfig, QemuVm};
+use spinbox::vm::{Vm, VmId, VmSpec};
 
 /// Hang guard for anything that should finish in milliseconds.
 pub const HANG_GUARD: Duration = Duration::from_mins(1);
@@ -66,18 +68,29 @@ pub fn none_config(id: &str) -> QemuConfig {
     c
 }
 
-/// Pids of this test process's children (all threads), from /proc.
+/// Pids of this test process's children (all threads), from /proc. Fails closed: an
+/// unreadable listing fails the test rather than showing no child.
 pub fn children() -> Vec<u32> {
     let mut out = Vec::new();
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return out;
-    };
-    for t in tasks.flatten() {
-        if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
-            out.extend(s.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+    let tasks = std::fs::read_dir("/proc/self/task")
+        .expect("cannot list /proc/self/task: the leak check cannot run");
+    for t in tasks {
+        let t = t.expect("cannot read a /proc/self/task entry");
+        match std::fs::read_to_string(t.path().join("children")) {
+            Ok(s) => out.extend(s.split_whitespace().filter_map(|p| p.parse::<u32>().ok())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => panic!("cannot read {}/children: {e}", t.path().display()),
         }
     }
     out
+}
+
+/// Asserts `pid` is a live child now, so that a later "gone" proves something.
+pub fn assert_alive(pid: u32) {
+    assert!(
+        children().contains(&pid),
+        "pid {pid} is not a live child: the leak check would prove nothing"
+    );
 }
 
 /// QEMU `pid` is gone: not our child (not even a zombie), and no state dir or socket.
@@ -109,16 +122,26 @@ pub fn assert_vm_gone(pid: u32, state_dir: &Path) {
     );
 }
 
-/// A manager spec for a real guest booted from the provisioned assets, under TCG (nested
-/// KVM is unusable on the CI machines; see notes/VM-HOST-FACTS.md), state in `fx`.
-pub fn guest_spec(fx: &Fixture, id: &str) -> spinbox::vm::VmSpec {
-    let mut spec = spinbox::vm::VmSpec::new(VmId::new(id).expect("valid id"));
-    spec.assets = Some(spinbox::vm::Assets::locate().expect(
-        "VM assets missing: run scripts/provision (scripts/test-all does) before the tests",
-    ));
-    spec.accel = AccelChoice::Fixed(Accelerator::Tcg);
-    spec.start = fx.opts();
-    spec
+/// A QEMU backend for a real guest booted from the provisioned assets, under TCG (nested
+/// KVM is unusable on the CI machines; see notes/VM-HOST-FACTS.md), and a spec with its
+/// state in `fx`.
+pub fn guest(fx: &Fixture, id: &str) -> (QemuBackend, VmSpec) {
+    guest_with(fx, id, tests::assets::assets())
+}
+
+/// [`guest`] with the given assets (e.g. the test agent's).
+pub fn guest_with(fx: &Fixture, id: &str, assets: spinbox::vm::assets::Assets) -> (QemuBackend, VmSpec) {
+    let mut config = QemuBackendConfig::new(assets);
+    config.accel = AccelChoice::Fixed(Accelerator::Tcg);
+    let spec = VmSpec {
+        id: VmId::new(id).expect("valid id"),
+        cpus: 1,
+        memory_mib: 256,
+        kernel_args: Vec::new(),
+        state_root: fx.root(),
+        ready_timeout: Duration::from_mins(1),
+    };
+    (QemuBackend::new(config), spec)
 }
 
 /// `pid` is not alive as our child (neither running nor a zombie).
@@ -160,18 +183,17 @@ impl Fixture {
 /// Hang guard for booting and tearing down a real guest under TCG.
 pub const BOOT_GUARD: Duration = Duration::from_mins(3);
 
-/// Boots `spec` in `mgr` (hang-guarded) and prints the boot timings for the notes.
-pub async fn boot(
-    mgr: &spinbox::vm::manager::VmManager,
-    spec: spinbox::vm::VmSpec,
-) -> spinbox::vm::manager::BootTimings {
-    let timings = tokio::time::timeout(BOOT_GUARD, mgr.create(spec))
+/// Starts `spec` on `backend` and waits for the agent's readiness (hang-guarded); prints
+/// the time to readiness for the notes.
+pub async fn boot(backend: &QemuBackend, spec: &VmSpec) -> Arc<QemuVm> {
+    let vm = tokio::time::timeout(BOOT_GUARD, backend.start_qemu(spec))
         .await
-        .expect("create hung")
-        .expect("create failed");
-    eprintln!(
-        "boot: QEMU start -> ready {:?}, ready -> first Ping {:?}, QEMU start -> first Ping {:?}",
-        timings.ready, timings.ready_to_first_ping, timings.first_ping
-    );
-    timings
+        .expect("start hung")
+        .expect("start failed");
+    let ready = tokio::time::timeout(BOOT_GUARD, vm.wait_ready())
+        .await
+        .expect("boot hung")
+        .expect("the agent did not get ready");
+    eprintln!("boot: QEMU start -> agent ready {ready:?}");
+    vm
 }

@@ -6,33 +6,15 @@
 //! values that QEMU would reinterpret anyway (NUL bytes, commas in `-initrd`) are refused.
 
 use std::ffi::{OsStr, OsString};
-use std::fmt;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
-use super::host_probe::{AccelChoice, Accelerator};
-
-/// Longest VM ID accepted, as in containerd's identifier rules.
-pub const MAX_ID_LEN: usize = 76;
-
-/// Longest unix socket path in bytes (`sun_path` is 108 bytes including the NUL).
-pub const MAX_SOCKET_PATH: usize = 107;
+use super::accel::{AccelChoice, Accelerator};
+use crate::vm::{check_socket, range, VmId};
 
 /// Errors in a [`QemuConfig`] or in the paths it is combined with.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
-    /// The VM ID breaks containerd's identifier rules.
-    #[error(
-        "invalid VM id {id:?}: {why} (allowed: letters, digits and `_ . -` between them, \
-         starting with a letter or digit, at most {MAX_ID_LEN} characters)"
-    )]
-    InvalidId {
-        /// The rejected ID (as given).
-        id: String,
-        /// Which rule it breaks.
-        why: &'static str,
-    },
     /// A QEMU object ID (disk, chardev name) is not `[A-Za-z][A-Za-z0-9_-]*`.
     #[error("invalid {what} {value:?}: must start with a letter and hold only letters, digits, `_` and `-`")]
     InvalidName {
@@ -56,97 +38,19 @@ pub enum ConfigError {
         value: String,
     },
     /// A unix socket path is longer than `sun_path` allows.
-    #[error(
-        "unix socket path {} is {len} bytes, longer than the {MAX_SOCKET_PATH}-byte limit: \
-         choose a shorter state root",
-        path.display()
-    )]
-    SocketPathTooLong {
-        /// The socket path.
-        path: PathBuf,
-        /// Its length in bytes.
-        len: usize,
-    },
-    /// The vCPU count or memory size is zero or out of range.
-    #[error("{what} must be between {min} and {max}, got {got}")]
-    OutOfRange {
-        /// Which setting.
-        what: &'static str,
-        /// Smallest allowed.
-        min: u64,
-        /// Largest allowed.
-        max: u64,
-        /// The value given.
-        got: u64,
-    },
+    #[error(transparent)]
+    Socket(#[from] crate::vm::SocketPathError),
+    /// The vCPU count or memory size is out of range.
+    #[error(transparent)]
+    Range(#[from] crate::vm::SpecError),
     /// An initrd or kernel command line was given without a kernel.
     #[error("{what} given without a kernel")]
     NeedsKernel {
         /// `initrd` or `kernel command line`.
         what: &'static str,
     },
-    /// The accelerator named in `SPINBOX_ACCEL` or a config is not `kvm` or `tcg`.
-    #[error("unknown accelerator {0:?}: expected `kvm` or `tcg`")]
-    UnknownAccelerator(String),
 }
 
-/// A VM identifier, valid under containerd's identifier rules: `[A-Za-z0-9]+` groups
-/// joined by single `.`, `_` or `-`, at most 76 characters. It never contains a path
-/// separator or `..`, so it is safe as a directory name and as a QEMU value.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct VmId(String);
-
-impl VmId {
-    /// Validates `id`.
-    pub fn new(id: impl Into<String>) -> Result<Self, ConfigError> {
-        let id = id.into();
-        let bad = |why| ConfigError::InvalidId {
-            id: id.chars().take(100).collect(),
-            why,
-        };
-        if id.is_empty() {
-            return Err(bad("empty"));
-        }
-        if id.len() > MAX_ID_LEN {
-            return Err(bad("too long"));
-        }
-        let mut prev_sep = true; // the first character must not be a separator
-        for c in id.chars() {
-            if c.is_ascii_alphanumeric() {
-                prev_sep = false;
-            } else if matches!(c, '.' | '_' | '-') {
-                if prev_sep {
-                    return Err(bad("a separator must sit between letters or digits"));
-                }
-                prev_sep = true;
-            } else {
-                return Err(bad("contains a character outside [A-Za-z0-9._-]"));
-            }
-        }
-        if prev_sep {
-            return Err(bad("ends with a separator"));
-        }
-        Ok(Self(id))
-    }
-
-    /// The ID as a string.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for VmId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl FromStr for VmId {
-    type Err = ConfigError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::new(s)
-    }
-}
 
 /// The QEMU machine type.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -214,13 +118,6 @@ pub enum AgentChannel {
         /// The backend's vhost-user socket (the backend must be started before QEMU).
         backend_socket: PathBuf,
     },
-    /// A virtio-serial port; QEMU listens on `socket` and the guest sees port `name`.
-    VirtioSerial {
-        /// Unix socket QEMU serves (server, no wait).
-        socket: PathBuf,
-        /// The port name seen by the guest (`/dev/virtio-ports/<name>`).
-        name: String,
-    },
 }
 
 /// Whether to pass `-sandbox on` (QEMU's seccomp filter).
@@ -244,7 +141,7 @@ pub struct QemuConfig {
     pub binary: PathBuf,
     /// The machine type.
     pub machine: Machine,
-    /// Accelerator choice; [`AccelChoice::Auto`] probes (see [`super::host_probe`]).
+    /// Accelerator choice; [`AccelChoice::Auto`] probes (see [`super::accel`]).
     pub accel: AccelChoice,
     /// Number of vCPUs (1–255). Not passed for [`Machine::None`].
     pub cpus: u16,
@@ -287,8 +184,19 @@ impl QemuConfig {
     /// Checks everything that does not depend on the host or the state directory.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.machine != Machine::None {
-            range("vCPU count", u64::from(self.cpus), 1, 255)?;
-            range("memory (MiB)", u64::from(self.memory_mib), 16, 1 << 20)?;
+            // QEMU's own bounds; the guest's floor (`MIN_MEMORY_MIB`) is checked on the spec.
+            range(
+                "vCPU count",
+                self.cpus.into(),
+                crate::vm::MIN_CPUS.into(),
+                crate::vm::MAX_CPUS.into(),
+            )?;
+            range(
+                "memory (MiB)",
+                self.memory_mib.into(),
+                16,
+                crate::vm::MAX_MEMORY_MIB.into(),
+            )?;
         }
         no_nul("QEMU binary", self.binary.as_os_str())?;
         if let Some(k) = &self.kernel {
@@ -320,20 +228,6 @@ impl QemuConfig {
             no_nul("disk path", d.path.as_os_str())?;
         }
         match &self.agent {
-            Some(AgentChannel::VirtioSerial { socket, name }) => {
-                no_nul("agent socket", socket.as_os_str())?;
-                // Port names are free text to QEMU, but keep them to plain names.
-                if name.is_empty()
-                    || !name
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-                {
-                    return Err(ConfigError::InvalidName {
-                        what: "virtio-serial port name",
-                        value: name.clone(),
-                    });
-                }
-            }
             Some(AgentChannel::VhostUserVsock { backend_socket }) => {
                 no_nul("vhost-user socket", backend_socket.as_os_str())?;
             }
@@ -501,34 +395,6 @@ impl QemuConfig {
                         .build(),
                 );
             }
-            Some(AgentChannel::VirtioSerial { socket, name }) => {
-                let p = paths.resolve(socket);
-                check_socket(&p)?;
-                a.opt(
-                    "-device",
-                    KeyVal::new()
-                        .kv("driver", &format!("virtio-serial-{suffix}"))
-                        .kv("id", "agent-serial")
-                        .build(),
-                );
-                a.opt(
-                    "-chardev",
-                    KeyVal::with_head("socket")
-                        .kv("id", "agent")
-                        .kv_os("path", p.as_os_str())
-                        .kv("server", "on")
-                        .kv("wait", "off")
-                        .build(),
-                );
-                a.opt(
-                    "-device",
-                    KeyVal::new()
-                        .kv("driver", "virtserialport")
-                        .kv("chardev", "agent")
-                        .kv("name", name)
-                        .build(),
-                );
-            }
             None => {}
         }
         Ok(())
@@ -563,32 +429,6 @@ pub struct HostFeatures {
     pub accelerator: Accelerator,
     /// Whether to pass `-sandbox on`.
     pub sandbox: bool,
-}
-
-/// Checks a unix socket path's length against `sun_path`.
-pub fn check_socket(path: &Path) -> Result<(), ConfigError> {
-    let len = path.as_os_str().as_bytes().len();
-    no_nul("socket path", path.as_os_str())?;
-    if len > MAX_SOCKET_PATH {
-        return Err(ConfigError::SocketPathTooLong {
-            path: path.to_owned(),
-            len,
-        });
-    }
-    Ok(())
-}
-
-fn range(what: &'static str, got: u64, min: u64, max: u64) -> Result<(), ConfigError> {
-    if (min..=max).contains(&got) {
-        Ok(())
-    } else {
-        Err(ConfigError::OutOfRange {
-            what,
-            min,
-            max,
-            got,
-        })
-    }
 }
 
 fn no_nul(what: &'static str, v: &OsStr) -> Result<(), ConfigError> {
@@ -734,9 +574,8 @@ mod tests {
             format: DiskFormat::Raw,
             read_only: true,
         });
-        c.agent = Some(AgentChannel::VirtioSerial {
-            socket: "agent.sock".into(),
-            name: "agent".into(),
+        c.agent = Some(AgentChannel::VhostUserVsock {
+            backend_socket: "vhost.sock".into(),
         });
         c
     }
@@ -762,7 +601,7 @@ mod tests {
             .any(|a| a == "socket,id=qmp,path=/run/spinbox/vm/qmp.sock"));
         assert!(s
             .iter()
-            .any(|a| a == "socket,id=agent,path=/run/spinbox/vm/agent.sock,server=on,wait=off"));
+            .any(|a| a == "socket,id=agent,path=/run/spinbox/vm/vhost.sock"));
     }
 
     #[test]
@@ -799,20 +638,6 @@ mod tests {
     }
 
     #[test]
-    fn hostile_ids_are_refused() {
-        let long = "a".repeat(MAX_ID_LEN + 1);
-        for id in [
-            "", "../x", "a/b", "..", ".a", "a.", "a..b", "a,b", "a=b", "a\nb", "a b", "-a", "é",
-            &long,
-        ] {
-            assert!(VmId::new(id).is_err(), "{id:?} accepted");
-        }
-        for id in ["a", "A1", "a.b-c_d", &"b".repeat(MAX_ID_LEN)] {
-            assert!(VmId::new(id).is_ok(), "{id:?} refused");
-        }
-    }
-
-    #[test]
     fn refusals() {
         let mut c = QemuConfig::new(VmId::new("a").unwrap());
         c.initrd = Some("/x".into());
@@ -839,13 +664,12 @@ mod tests {
         assert!(matches!(c.validate(), Err(ConfigError::InvalidName { .. })));
         c.disks.clear();
         c.cpus = 0;
-        assert!(matches!(c.validate(), Err(ConfigError::OutOfRange { .. })));
+        assert!(matches!(c.validate(), Err(ConfigError::Range(_))));
         c.cpus = 1;
-        c.agent = Some(AgentChannel::VirtioSerial {
-            socket: "s".into(),
-            name: "x,y=z".into(),
+        c.agent = Some(AgentChannel::VhostUserVsock {
+            backend_socket: PathBuf::from(OsString::from_vec(b"s\0".to_vec())),
         });
-        assert!(matches!(c.validate(), Err(ConfigError::InvalidName { .. })));
+        assert!(matches!(c.validate(), Err(ConfigError::NulByte { .. })));
     }
 
     #[test]
@@ -858,7 +682,7 @@ mod tests {
             dir,
         };
         let err = c.to_argv(&p, &host()).unwrap_err();
-        assert!(matches!(err, ConfigError::SocketPathTooLong { .. }));
+        assert!(matches!(err, ConfigError::Socket(_)));
         assert!(err.to_string().contains("107"));
         let ok = PathBuf::from(format!("/{}", "s".repeat(106)));
         assert!(check_socket(&ok).is_ok());
@@ -894,12 +718,11 @@ mod tests {
             path in proptest::collection::vec(any::<u8>(), 1..80),
             text in ".{0,80}",
             id in ".{0,90}",
-            name in ".{0,20}",
         ) {
             let path = PathBuf::from(OsString::from_vec(path));
             let id = VmId::new(id).unwrap_or_else(|_| VmId::new("fallback").unwrap());
             let mut c = config_with(&path, text, id.as_str());
-            c.agent = Some(AgentChannel::VirtioSerial { socket: path.clone(), name });
+            c.agent = Some(AgentChannel::VhostUserVsock { backend_socket: path.clone() });
             let Ok(argv) = c.to_argv(&paths(), &host()) else { return Ok(()); };
             let mut i = 0;
             while i < argv.len() {

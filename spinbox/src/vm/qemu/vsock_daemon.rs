@@ -1,6 +1,6 @@
 //! The `vhost-device-vsock` child: a vhost-user vsock backend that gives a QEMU guest a
 //! real virtio-vsock device on hosts without `/dev/vhost-vsock`, and exposes it to the
-//! host as hybrid vsock (see [`super::vsock`]).
+//! host as hybrid vsock (see [`crate::vm::vsock`]).
 //!
 //! It runs in its own process group, is started before QEMU (QEMU connects to its
 //! vhost-user socket at start) and stopped after QEMU has exited; it is reaped by the
@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use super::config::check_socket;
-use super::process::{ProcessError, QemuProcess};
+use crate::vm::check_socket;
+use crate::vm::process::{ProcessError, QemuProcess};
 
 /// How often start-up checks whether the backend's socket exists yet.
 const SOCKET_POLL: Duration = Duration::from_millis(5);
@@ -23,7 +23,7 @@ const SOCKET_POLL: Duration = Duration::from_millis(5);
 pub enum DaemonError {
     /// A socket path would not fit `sun_path`.
     #[error("invalid vsock socket path")]
-    Path(#[source] super::config::ConfigError),
+    Path(#[source] crate::vm::SocketPathError),
     /// The binary could not be executed.
     #[error("cannot start vhost-device-vsock")]
     Spawn(#[source] ProcessError),

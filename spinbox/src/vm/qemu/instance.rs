@@ -9,13 +9,15 @@ use std::time::{Duration, Instant};
 
 use tokio::net::UnixListener;
 
-use super::config::{ConfigError, HostFeatures, QemuConfig, RuntimePaths, SandboxMode, VmId};
-use super::escalation::{escalate, EscalationPolicy, GracefulHook, ShutdownStep, StepReport};
-use super::host_probe::{resolve_accelerator, sandbox_supported, Accelerator};
-use super::process::{ProcessError, QemuProcess};
+use super::accel::{resolve_accelerator, sandbox_supported, Accelerator};
+use super::config::{ConfigError, HostFeatures, QemuConfig, RuntimePaths, SandboxMode};
+use super::escalation::escalate;
 use super::qmp::{QmpClient, QmpError};
-use super::shared_task::SharedTask;
-use super::state_dir::{default_state_root, StateDir, StateDirError};
+use crate::vm::process::{ProcessError, QemuProcess};
+use crate::vm::shared_task::SharedTask;
+use crate::vm::state_dir::{StateDir, StateDirError};
+use crate::vm::stop::{EscalationPolicy, GracefulError, GracefulHook, ShutdownStep, StepReport};
+use crate::vm::VmId;
 
 /// How much of QEMU's stderr log a start error carries.
 const STDERR_TAIL_BYTES: u64 = 4096;
@@ -23,7 +25,7 @@ const STDERR_TAIL_BYTES: u64 = 4096;
 /// Options for [`QemuInstance::start`].
 #[derive(Debug, Clone)]
 pub struct StartOptions {
-    /// Parent of the per-VM state directory (default: [`default_state_root`]).
+    /// Parent of the per-VM state directory (default: `/run/spinbox`).
     pub state_root: PathBuf,
     /// Bound on exec → QMP connection accepted (default 10 s; only a wedged QEMU hits it,
     /// an exiting one is reported as soon as it exits).
@@ -35,7 +37,7 @@ pub struct StartOptions {
 impl Default for StartOptions {
     fn default() -> Self {
         Self {
-            state_root: default_state_root(),
+            state_root: PathBuf::from(crate::vm::state_dir::SYSTEM_STATE_ROOT),
             connect_timeout: Duration::from_secs(10),
             qmp_timeout: Duration::from_secs(5),
         }
@@ -150,7 +152,7 @@ pub enum ShutdownError {
 }
 
 /// How a shutdown ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ShutdownOutcome {
     /// The step during which QEMU exited.
     pub ended_by: ShutdownStep,
@@ -160,6 +162,8 @@ pub struct ShutdownOutcome {
     pub elapsed: Duration,
     /// Every escalation step attempted.
     pub steps: Vec<StepReport>,
+    /// The graceful hook's error, if it ran and failed.
+    pub graceful_error: Option<GracefulError>,
 }
 
 /// The shared result of the (single) shutdown.
@@ -210,9 +214,23 @@ impl QemuInstance {
     /// it happens, with the tail of QEMU's stderr. On any failure nothing is left behind.
     pub async fn start(config: &QemuConfig, opts: &StartOptions) -> Result<Self, StartError> {
         config.validate().map_err(StartError::Config)?;
-        let accelerator = resolve_accelerator(&config.binary, config.accel)
-            .await
-            .map_err(StartError::Config)?;
+        let state_dir =
+            StateDir::create(&opts.state_root, &config.id).map_err(StartError::StateDir)?;
+        Self::start_in_dir(config, opts, state_dir).await
+    }
+
+    /// [`Self::start`] in a state directory the caller created (and locked) already; it is
+    /// removed if the start fails.
+    pub async fn start_in_dir(
+        config: &QemuConfig,
+        opts: &StartOptions,
+        state_dir: StateDir,
+    ) -> Result<Self, StartError> {
+        if let Err(e) = config.validate() {
+            let _ = state_dir.remove();
+            return Err(StartError::Config(e));
+        }
+        let accelerator = resolve_accelerator(&config.binary, config.accel).await;
         let sandbox = match config.sandbox {
             SandboxMode::On => true,
             SandboxMode::Off => false,
@@ -222,8 +240,6 @@ impl QemuInstance {
             accelerator,
             sandbox,
         };
-        let state_dir =
-            StateDir::create(&opts.state_root, &config.id).map_err(StartError::StateDir)?;
         match Self::start_in(config, opts, host, &state_dir).await {
             Ok(i) => Ok(i),
             Err(e) => {
@@ -471,6 +487,7 @@ async fn run_shutdown(
         exit_status: escalated.exit_status,
         elapsed,
         steps: escalated.steps,
+        graceful_error: escalated.graceful_error,
     })
 }
 

@@ -123,6 +123,8 @@ struct Pending {
 struct Shared {
     pending: Mutex<Pending>,
     events: broadcast::Sender<QmpEvent>,
+    /// Set once the reader has stopped: every event it read was broadcast before this.
+    ended: tokio::sync::watch::Sender<bool>,
 }
 
 impl Shared {
@@ -238,6 +240,7 @@ impl QmpClient {
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending::default()),
             events,
+            ended: tokio::sync::watch::Sender::new(false),
         });
         let reader = tokio::spawn(read_loop(reader, Arc::clone(&shared)));
         let client = Self {
@@ -256,6 +259,14 @@ impl QmpClient {
     /// Subscribes to events received from now on.
     pub fn events(&self) -> broadcast::Receiver<QmpEvent> {
         self.inner.shared.events.subscribe()
+    }
+
+    /// Waits until the connection has ended (QEMU closed it, or [`Self::close`]). Every
+    /// event read from it was broadcast before this returns, so a subscriber that drains
+    /// its receiver afterwards has seen them all.
+    pub async fn ended(&self) {
+        let mut rx = self.inner.shared.ended.subscribe();
+        let _ = rx.wait_for(|ended| *ended).await;
     }
 
     /// Runs a command with the default timeout and returns its `return` value.
@@ -389,6 +400,7 @@ impl QmpClient {
     pub async fn close(&self) {
         self.inner.shared.close("client closed");
         self.inner.reader.abort();
+        self.inner.shared.ended.send_replace(true);
         if let Some(mut w) = self.inner.writer.lock().await.take() {
             let _ = w.shutdown().await;
         }
@@ -467,6 +479,7 @@ async fn read_loop<R: AsyncBufRead + Unpin>(mut reader: R, shared: Arc<Shared>) 
     };
     tracing::debug!(%reason, "QMP connection ended");
     shared.close(&reason);
+    shared.ended.send_replace(true);
 }
 
 fn route(shared: &Shared, id: Option<&Value>, reply: Reply) {
@@ -547,7 +560,7 @@ mod tests {
         );
         assert_eq!(
             ev.recv().await.unwrap().kind,
-            crate::vm::qmp::QmpEventKind::Stop
+            crate::vm::qemu::qmp::QmpEventKind::Stop
         );
         let err = c.execute("bogus", None).await.unwrap_err();
         assert!(

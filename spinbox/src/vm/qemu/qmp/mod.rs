@@ -7,5 +7,8 @@
 pub mod client;
 pub mod wire;
 
+// The module's public paths; with `test-util` the integration tests use them all.
+#[allow(unused_imports)]
 pub use client::{QmpClient, QmpError, RunStatus, DEFAULT_COMMAND_TIMEOUT, MAX_LINE_LEN};
+#[allow(unused_imports)]
 pub use wire::{DecodeError, QmpEvent, QmpEventKind, QmpMessage};

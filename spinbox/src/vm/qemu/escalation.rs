@@ -6,99 +6,17 @@
 //! whose action fails (e.g. QMP is gone) moves on to the next step at once.
 
 use std::future::Future;
-use std::pin::Pin;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use super::process::QemuProcess;
+use crate::vm::process::QemuProcess;
+use crate::vm::stop::{EscalationPolicy, GracefulError, GracefulHook, GuestRequest, ShutdownStep, StepReport};
 use super::qmp::QmpClient;
 
-/// A graceful shutdown request supplied by a higher layer (e.g. the guest agent's
-/// `PrepareShutdown` + `Shutdown`). It should return once the request is delivered; the
-/// escalation then waits for QEMU to exit, bounded by [`EscalationPolicy::graceful`].
-pub type GracefulHook =
-    Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send>;
-
-/// Which request(s) to make of the guest through QEMU before quitting it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum GuestRequest {
-    /// Skip this step.
-    None,
-    /// ACPI power button (`system_powerdown`); the guest must watch the button.
-    Powerdown,
-    /// `send-key ctrl-alt-delete`; with `-no-reboot` the resulting reset ends QEMU.
-    CtrlAltDelete,
-    /// Both, power button first.
-    #[default]
-    Both,
-}
-
-/// Timeouts and choices for the escalation. Defaults suit TCG on a loaded 2-core host;
-/// under KVM they are merely generous, since each step ends early when QEMU exits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EscalationPolicy {
-    /// How long to wait for exit after the graceful hook (default 10 s). Unused without a hook.
-    pub graceful: Duration,
-    /// Which guest request to make (default both).
-    pub guest_request: GuestRequest,
-    /// How long to wait for exit after the guest request (default 5 s).
-    pub guest_request_wait: Duration,
-    /// Bound on `quit`'s reply and the exit that follows (default 3 s).
-    pub quit: Duration,
-    /// How long to wait for exit after SIGTERM (default 3 s).
-    pub sigterm: Duration,
-    /// How long to wait for the reaper after SIGKILL (default 5 s; only an
-    /// uninterruptible sleep in the kernel can make this expire).
-    pub sigkill: Duration,
-}
-
-impl Default for EscalationPolicy {
-    fn default() -> Self {
-        Self {
-            graceful: Duration::from_secs(10),
-            guest_request: GuestRequest::Both,
-            guest_request_wait: Duration::from_secs(5),
-            quit: Duration::from_secs(3),
-            sigterm: Duration::from_secs(3),
-            sigkill: Duration::from_secs(5),
-        }
-    }
-}
-
-/// A step of the escalation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ShutdownStep {
-    /// QEMU had already exited when shutdown began.
-    AlreadyExited,
-    /// The higher layer's graceful hook.
-    Graceful,
-    /// `system_powerdown` / ctrl-alt-delete.
-    GuestRequest,
-    /// QMP `quit`.
-    QmpQuit,
-    /// SIGTERM to the process group.
-    SigTerm,
-    /// SIGKILL to the process group.
-    SigKill,
-}
-
-/// What one attempted step did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StepReport {
-    /// The step.
-    pub step: ShutdownStep,
-    /// Time from the step's start to QEMU's exit or the step's timeout.
-    pub elapsed: Duration,
-    /// Whether QEMU exited during this step.
-    pub ended_vm: bool,
-    /// What went wrong in the step's action, if anything (it then fell through).
-    pub note: Option<String>,
-}
-
 /// The result of a completed escalation.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Escalated {
     /// The step during which QEMU exited.
     pub ended_by: ShutdownStep,
@@ -106,6 +24,8 @@ pub struct Escalated {
     pub exit_status: ExitStatus,
     /// Every step attempted, in order.
     pub steps: Vec<StepReport>,
+    /// The graceful hook's error, if it ran and failed.
+    pub graceful_error: Option<GracefulError>,
 }
 
 /// QEMU survived every step, SIGKILL included (a process stuck in the kernel).
@@ -131,19 +51,29 @@ pub async fn escalate(
             ended_by: ShutdownStep::AlreadyExited,
             exit_status: status,
             steps,
+            graceful_error: None,
         });
     }
+    let mut graceful_error = None;
     if let Some(hook) = graceful {
-        if let Some(done) = run_step(
+        let request = hook();
+        let action = async {
+            request.await.map_err(|e| {
+                let note = e.to_string();
+                graceful_error = Some(e);
+                note
+            })
+        };
+        let done = run_step(
             process,
             ShutdownStep::Graceful,
             policy.graceful,
             &mut steps,
-            hook(),
+            action,
         )
-        .await
-        {
-            return Ok(done.into_escalated(steps));
+        .await;
+        if let Some(done) = done {
+            return Ok(done.into_escalated(steps, graceful_error));
         }
     }
     if policy.guest_request != GuestRequest::None {
@@ -175,7 +105,7 @@ pub async fn escalate(
         )
         .await
         {
-            return Ok(done.into_escalated(steps));
+            return Ok(done.into_escalated(steps, graceful_error));
         }
     }
     let quit = async { qmp.quit(policy.quit).await.map_err(|e| e.to_string()) };
@@ -188,7 +118,7 @@ pub async fn escalate(
     )
     .await
     {
-        return Ok(done.into_escalated(steps));
+        return Ok(done.into_escalated(steps, graceful_error));
     }
     for (step, signal, wait) in [
         (ShutdownStep::SigTerm, Signal::SIGTERM, policy.sigterm),
@@ -196,7 +126,7 @@ pub async fn escalate(
     ] {
         let action = async move { process.signal(signal).await.map_err(|e| e.to_string()) };
         if let Some(done) = run_step(process, step, wait, &mut steps, action).await {
-            return Ok(done.into_escalated(steps));
+            return Ok(done.into_escalated(steps, graceful_error));
         }
     }
     Err(NotReaped {
@@ -208,11 +138,16 @@ pub async fn escalate(
 struct Ended(ShutdownStep, ExitStatus);
 
 impl Ended {
-    fn into_escalated(self, steps: Vec<StepReport>) -> Escalated {
+    fn into_escalated(
+        self,
+        steps: Vec<StepReport>,
+        graceful_error: Option<GracefulError>,
+    ) -> Escalated {
         Escalated {
             ended_by: self.0,
             exit_status: self.1,
             steps,
+            graceful_error,
         }
     }
 }

@@ -7,14 +7,14 @@
 //! run a guest with it: nested or paravirtual hypervisors can refuse the MSRs `-cpu host`
 //! sets (QEMU aborts at start) or fail later. The probe therefore:
 //!
-//! 1. runs [`check_kvm`](super::kvm::check_kvm) (cheap; failure → TCG);
+//! 1. runs [`check_kvm`](crate::vm::kvm::check_kvm) (cheap; failure → TCG);
 //! 2. starts `qemu -machine microvm -accel kvm -cpu host -S` with QMP on stdio and asks
 //!    `query-status`. `-S` creates and initialises the vCPUs (this is where MSRs are set
 //!    and where broken nested KVM aborts) without running guest code. An answer → KVM.
 //!
 //! Limits, stated plainly: the probe cannot see failures that only appear while guest
 //! code runs (emulation failures, hangs at 100 % CPU in early boot). On such hosts set
-//! [`ACCEL_ENV`]`=tcg` or pass [`AccelChoice::Fixed`]. `-machine none` is useless as a
+//! pass [`AccelChoice::Fixed`] (the CLI's `SPINBOX_ACCEL=tcg`). `-machine none` is useless as a
 //! probe: it creates no vCPU, so it succeeds wherever `/dev/kvm` opens.
 
 use std::collections::HashMap;
@@ -26,11 +26,7 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
-use super::config::ConfigError;
 use super::qmp::QmpClient;
-
-/// Environment variable forcing the accelerator: `kvm` or `tcg`.
-pub const ACCEL_ENV: &str = "SPINBOX_ACCEL";
 
 /// How long the KVM probe may take before KVM is declared unusable.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -62,13 +58,18 @@ impl Accelerator {
     }
 }
 
+/// An accelerator name other than `kvm` or `tcg`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown accelerator {0:?}: expected `kvm` or `tcg`")]
+pub struct UnknownAccelerator(pub String);
+
 impl FromStr for Accelerator {
-    type Err = ConfigError;
+    type Err = UnknownAccelerator;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.trim().to_ascii_lowercase().as_str() {
             "kvm" => Ok(Accelerator::Kvm),
             "tcg" => Ok(Accelerator::Tcg),
-            _ => Err(ConfigError::UnknownAccelerator(s.to_owned())),
+            _ => Err(UnknownAccelerator(s.to_owned())),
         }
     }
 }
@@ -76,7 +77,7 @@ impl FromStr for Accelerator {
 /// How the accelerator is chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AccelChoice {
-    /// [`ACCEL_ENV`] if set, else the cached result of the KVM probe.
+    /// The cached result of the KVM probe.
     #[default]
     Auto,
     /// This one, no probe.
@@ -102,18 +103,12 @@ fn sandbox_cache() -> &'static Mutex<HashMap<PathBuf, bool>> {
     CACHE.get_or_init(Mutex::default)
 }
 
-/// Resolves `choice` for `binary`: fixed, then [`ACCEL_ENV`], then the (cached) probe.
-pub async fn resolve_accelerator(
-    binary: &Path,
-    choice: AccelChoice,
-) -> Result<Accelerator, ConfigError> {
-    if let AccelChoice::Fixed(a) = choice {
-        return Ok(a);
+/// Resolves `choice` for `binary`: the fixed one, or the (cached) probe's.
+pub async fn resolve_accelerator(binary: &Path, choice: AccelChoice) -> Accelerator {
+    match choice {
+        AccelChoice::Fixed(a) => a,
+        AccelChoice::Auto => probe_accelerator(binary).await.accelerator,
     }
-    if let Some(v) = std::env::var_os(ACCEL_ENV).filter(|v| !v.is_empty()) {
-        return v.to_string_lossy().parse();
-    }
-    Ok(probe_accelerator(binary).await.accelerator)
 }
 
 /// The KVM probe, cached per binary. Never fails: anything wrong means TCG.
@@ -148,7 +143,7 @@ async fn run_kvm_probe(binary: &Path) -> (ProbeResult, bool) {
         accelerator: Accelerator::Tcg,
         reason,
     };
-    if let Err(e) = super::kvm::check_kvm() {
+    if let Err(e) = crate::vm::kvm::check_kvm() {
         return (tcg(format!("KVM device unusable: {e}")), true);
     }
     let mut child = match Command::new(binary)
@@ -261,9 +256,7 @@ mod tests {
     async fn fixed_choice_skips_the_probe_and_missing_binaries_fall_back() {
         let missing = Path::new("/nonexistent/qemu");
         assert_eq!(
-            resolve_accelerator(missing, AccelChoice::Fixed(Accelerator::Kvm))
-                .await
-                .unwrap(),
+            resolve_accelerator(missing, AccelChoice::Fixed(Accelerator::Kvm)).await,
             Accelerator::Kvm
         );
         assert!(!sandbox_supported(missing).await);

@@ -1,0 +1,650 @@
+//! The facade's races and faults on the fake backend (no QEMU): each test asserts the final
+//! state, the report, the event sequence and the exit cause. Races run on a multi-thread
+//! runtime with the racers on separate tasks.
+
+use super::*;
+use crate::vm::fake::{FakeBackend, FakeScript, FakeVm};
+use crate::vm::stop::EscalationPolicy;
+use lifecycle_core::{PhaseKind, PhaseOutcome};
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+const BOUND: Duration = Duration::from_secs(10);
+
+struct Rig {
+    shim: Shim,
+    backend: Arc<FakeBackend>,
+    events: EventReceiver,
+    root: tempfile::TempDir,
+}
+
+fn rig(script: FakeScript) -> Rig {
+    rig_with(script, |_| {})
+}
+
+fn rig_with(script: FakeScript, tweak: impl FnOnce(&mut ShimConfig)) -> Rig {
+    let root = tempfile::tempdir().unwrap();
+    let mut config = ShimConfig {
+        state_root: root.path().to_owned(),
+        start_timeout: Duration::from_secs(5),
+        rpc_timeout: Duration::from_secs(2),
+        shutdown: EscalationPolicy {
+            graceful: Duration::from_millis(500),
+            ..EscalationPolicy::default()
+        },
+        ..ShimConfig::default()
+    };
+    tweak(&mut config);
+    let backend = Arc::new(FakeBackend::new(script));
+    let shim = Shim::new(
+        VmId::new("vm1").unwrap(),
+        config,
+        Arc::clone(&backend) as Arc<dyn VmBackend>,
+    );
+    let events = shim.events().unwrap();
+    Rig {
+        shim,
+        backend,
+        events,
+        root,
+    }
+}
+
+impl Rig {
+    /// Every event until the stream ends.
+    async fn drain(&mut self) -> Vec<ShimEvent> {
+        let mut out = Vec::new();
+        loop {
+            match tokio::time::timeout(BOUND, self.events.recv()).await {
+                Ok(Some(e)) => out.push(e),
+                Ok(None) => return out,
+                Err(_) => panic!("the stream did not end; so far: {out:#?}"),
+            }
+        }
+    }
+
+    /// The events available now (the stream stays open).
+    fn pending(&mut self) -> Vec<ShimEvent> {
+        std::iter::from_fn(|| self.events.try_recv().ok()).collect()
+    }
+
+    fn vm(&self) -> Arc<FakeVm> {
+        self.backend.last_vm().expect("a VM was started")
+    }
+
+    fn vm_dir_exists(&self) -> bool {
+        self.root.path().join("vm1").exists()
+    }
+
+    /// `create` on a task of its own.
+    fn spawn_create(&self) -> tokio::task::JoinHandle<Result<Created, CreateError>> {
+        let shim = self.shim.clone();
+        tokio::spawn(async move { shim.create().await })
+    }
+
+    /// Waits (bounded) until `done` holds.
+    async fn wait_for(&self, what: &str, done: impl Fn(&Self) -> bool) {
+        let deadline = tokio::time::Instant::now() + BOUND;
+        while !done(self) {
+            assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+fn vm_started(r: &Rig) -> bool {
+    r.backend.last_vm().is_some()
+}
+
+fn start_called(r: &Rig) -> bool {
+    r.backend.starts() > 0
+}
+
+fn states(events: &[ShimEvent]) -> Vec<(ShimState, ShimState)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            ShimEvent::State { from, to } => Some((*from, *to)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `(phase, started?)` for starts and `(phase, outcome)` names for finishes, in order.
+fn phases(events: &[ShimEvent]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            ShimEvent::PhaseStarted { phase, .. } => Some(format!("{phase}:start")),
+            ShimEvent::PhaseFinished { phase, outcome, .. } => Some(format!(
+                "{phase}:{}",
+                match outcome {
+                    PhaseOutcome::Ok => "ok",
+                    PhaseOutcome::Failed(_) => "failed",
+                    PhaseOutcome::TimedOut(_) => "timed_out",
+                    PhaseOutcome::Panicked(_) => "panicked",
+                    PhaseOutcome::Cancelled => "cancelled",
+                    PhaseOutcome::Skipped => "skipped",
+                    PhaseOutcome::AlreadyDone(_) => "already_done",
+                }
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// All seven phases, started and finished ok, in order.
+fn all_phases_ok() -> Vec<String> {
+    CleanupPhase::ALL
+        .iter()
+        .flat_map(|p| [format!("{p}:start"), format!("{p}:ok")])
+        .collect()
+}
+
+fn exited(events: &[ShimEvent]) -> Vec<ExitCause> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            ShimEvent::VmExited(c) => Some(c.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+use ShimState::{Creating, Deleting, Idle, Running, ShuttingDown};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_then_delete_runs_every_phase_once_and_ends_the_stream() {
+    let mut r = rig(FakeScript::default());
+    let created = r.shim.create().await.unwrap();
+    assert_eq!(created.info.kernel_release, "fake");
+    assert_eq!(r.shim.state().state, Running);
+    assert!(r.vm_dir_exists());
+    let report = r.shim.delete().await.unwrap();
+    assert!(!report.has_errors(), "{report}");
+    let events = r.drain().await;
+    assert_eq!(
+        states(&events),
+        [
+            (Idle, Creating),
+            (Creating, Running),
+            (Running, Deleting),
+            (Deleting, ShuttingDown)
+        ]
+    );
+    assert_eq!(phases(&events), all_phases_ok());
+    // The no-op phases are reported as such, and the stream's last event is event_close's.
+    assert!(events.iter().any(|e| matches!(
+        e,
+        ShimEvent::PhaseStarted { phase: CleanupPhase::HotplugStop, kind: PhaseKind::Noop }
+    )));
+    assert!(matches!(
+        events.last(),
+        Some(ShimEvent::PhaseFinished { phase: CleanupPhase::EventClose, .. })
+    ));
+    assert!(events.iter().any(|e| matches!(e, ShimEvent::Booted(_))));
+    let cause = r.shim.exit_cause().unwrap();
+    assert!(cause.intentional && cause.status.success(), "{cause}");
+    assert_eq!(cause.shutdown_reason.as_deref(), Some("guest-shutdown"));
+    assert_eq!(r.vm().stops(), 1);
+    assert!(!r.vm_dir_exists(), "mount_cleanup left the VM's directory");
+    assert!(r.shim.state().intentional_shutdown);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_of_an_idle_shim_ends_the_stream_without_a_vm() {
+    let mut r = rig(FakeScript::default());
+    let report = r.shim.shutdown().await;
+    assert!(!report.has_errors(), "{report}");
+    let events = r.drain().await;
+    assert_eq!(states(&events), [(Idle, ShuttingDown)]);
+    assert_eq!(phases(&events), all_phases_ok());
+    assert_eq!(r.backend.starts(), 0);
+    assert!(r.shim.exit_cause().is_none());
+    // Idempotent: the same report again, no new phase run.
+    let again = r.shim.shutdown().await;
+    assert_eq!(again.phases().len(), report.phases().len());
+    assert!(matches!(r.shim.create().await, Err(CreateError::ShuttingDown)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_start_returns_to_idle_and_the_next_create_works() {
+    let mut r = rig(FakeScript {
+        fail_start: true,
+        ..FakeScript::default()
+    });
+    let err = r.shim.create().await.unwrap_err();
+    assert!(
+        matches!(err, CreateError::Boot(BootError::Start { .. })),
+        "{err:?}"
+    );
+    assert_eq!(r.shim.state().state, Idle);
+    let events = r.pending();
+    assert_eq!(states(&events), [(Idle, Creating), (Creating, Idle)]);
+    assert_eq!(phases(&events), all_phases_ok());
+    assert!(r.shim.exit_cause().is_none());
+    // The stream stays open and a new creation succeeds.
+    r.backend.set_script(FakeScript::default());
+    r.shim.create().await.unwrap();
+    assert_eq!(r.shim.state().state, Running);
+    let report = r.shim.shutdown().await;
+    assert!(!report.has_errors(), "{report}");
+    let events = r.drain().await;
+    assert_eq!(
+        states(&events),
+        [(Idle, Creating), (Creating, Running), (Running, ShuttingDown)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_never_gets_ready_fails_in_bounded_time_and_leaves_nothing() {
+    let mut r = rig_with(
+        FakeScript {
+            never_ready: true,
+            ..FakeScript::default()
+        },
+        |c| c.start_timeout = Duration::from_millis(300),
+    );
+    let err = r.shim.create().await.unwrap_err();
+    assert!(
+        matches!(err, CreateError::Boot(BootError::ReadyTimeout { .. })),
+        "{err:?}"
+    );
+    assert_eq!(r.shim.state().state, Idle);
+    assert_eq!(r.vm().stops(), 1);
+    assert!(!r.vm_dir_exists());
+    assert_eq!(r.backend.running(), 0);
+    let events = r.pending();
+    assert_eq!(states(&events), [(Idle, Creating), (Creating, Idle)]);
+    assert_eq!(phases(&events), all_phases_ok());
+    // The VM was stopped by the shim: an intentional exit.
+    assert!(r.shim.exit_cause().unwrap().intentional);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_vm_exiting_while_booting_fails_the_creation_with_its_cause() {
+    let mut r = rig(FakeScript {
+        exit_during_boot: true,
+        ready_delay: Duration::from_millis(50),
+        ..FakeScript::default()
+    });
+    let err = r.shim.create().await.unwrap_err();
+    let CreateError::Boot(BootError::ExitedBeforeReady { exit, .. }) = &err else {
+        panic!("{err:?}");
+    };
+    assert_eq!(exit.status.code(), Some(1));
+    assert!(exit.guest_panicked);
+    assert_eq!(r.shim.state().state, Idle);
+    let cause = r.shim.exit_cause().unwrap();
+    assert!(!cause.intentional && cause.guest_panicked);
+    let events = r.pending();
+    assert_eq!(states(&events), [(Idle, Creating), (Creating, Idle)]);
+    let exits = exited(&events);
+    assert_eq!(exits.len(), 1, "{events:#?}");
+    assert!(!exits[0].intentional && exits[0].guest_panicked);
+    assert_eq!(phases(&events), all_phases_ok());
+    assert!(!r.vm_dir_exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_vm_exiting_after_the_agent_answered_never_reaches_running() {
+    let mut r = rig(FakeScript {
+        exit_on_info: true,
+        ..FakeScript::default()
+    });
+    let err = r.shim.create().await.unwrap_err();
+    let CreateError::VmExited(cause) = &err else {
+        panic!("{err:?}");
+    };
+    assert!(!cause.intentional);
+    assert_eq!(cause.shutdown_reason.as_deref(), Some("guest-reset"));
+    assert_eq!(r.shim.state().state, Idle);
+    let events = r.pending();
+    assert_eq!(states(&events), [(Idle, Creating), (Creating, Idle)]);
+    assert!(!events.iter().any(|e| matches!(e, ShimEvent::State { to: Running, .. })));
+    assert_eq!(phases(&events), all_phases_ok());
+    assert_eq!(r.backend.running(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_while_running_shuts_down_with_the_cause_and_no_delete() {
+    let mut r = rig(FakeScript::default());
+    r.shim.create().await.unwrap();
+    r.vm().crash(ExitStatus::from_raw(9), Some("host-signal"), false);
+    let events = r.drain().await;
+    assert_eq!(
+        states(&events),
+        [(Idle, Creating), (Creating, Running), (Running, ShuttingDown)]
+    );
+    let exits = exited(&events);
+    assert_eq!(exits.len(), 1);
+    assert_eq!(exits[0].status.signal(), Some(9));
+    assert!(!exits[0].intentional);
+    assert_eq!(phases(&events), all_phases_ok());
+    assert_eq!(r.shim.exit_cause().unwrap(), exits[0]);
+    assert!(!r.shim.state().intentional_shutdown);
+    assert!(!r.vm_dir_exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_after_a_crash_is_refused_and_shutdown_returns_the_crash_report() {
+    let mut r = rig(FakeScript::default());
+    r.shim.create().await.unwrap();
+    r.vm().crash(ExitStatus::from_raw(9), None, false);
+    let events = r.drain().await;
+    assert_eq!(exited(&events).len(), 1);
+    assert!(matches!(r.shim.delete().await, Err(DeleteError::ShuttingDown)));
+    let report = r.shim.shutdown().await;
+    assert!(!report.has_errors(), "{report}");
+    assert_eq!(r.vm().stops(), 1);
+    let cause = r.shim.exit_cause().unwrap();
+    assert!(!cause.intentional, "a shutdown after the crash does not rewrite its cause");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_concurrent_deletes_one_runs_the_other_is_refused() {
+    let mut r = rig(FakeScript {
+        stop_delay: Duration::from_millis(100),
+        ..FakeScript::default()
+    });
+    r.shim.create().await.unwrap();
+    let (a, b) = (r.shim.clone(), r.shim.clone());
+    let ta = tokio::spawn(async move { a.delete().await });
+    let tb = tokio::spawn(async move { b.delete().await });
+    let (ra, rb) = (ta.await.unwrap(), tb.await.unwrap());
+    let (ok, refused): (Vec<_>, Vec<_>) = [ra, rb].into_iter().partition(Result::is_ok);
+    assert_eq!(ok.len(), 1);
+    assert!(matches!(
+        refused[0],
+        Err(DeleteError::AlreadyDeleting | DeleteError::ShuttingDown)
+    ));
+    assert_eq!(r.vm().stops(), 1);
+    let events = r.drain().await;
+    assert_eq!(phases(&events), all_phases_ok());
+    assert_eq!(states(&events).last(), Some(&(Deleting, ShuttingDown)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_racing_a_create_is_refused_until_it_is_running() {
+    let mut r = rig(FakeScript {
+        ready_delay: Duration::from_millis(200),
+        ..FakeScript::default()
+    });
+    let create = r.spawn_create();
+    let deleter = r.shim.clone();
+    let delete = tokio::spawn(async move {
+        loop {
+            match deleter.delete().await {
+                Err(DeleteError::NotCreated | DeleteError::CreationInProgress) => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                other => return other,
+            }
+        }
+    });
+    create.await.unwrap().unwrap();
+    let report = delete.await.unwrap().unwrap();
+    assert!(!report.has_errors(), "{report}");
+    let events = r.drain().await;
+    assert_eq!(
+        states(&events),
+        [
+            (Idle, Creating),
+            (Creating, Running),
+            (Running, Deleting),
+            (Deleting, ShuttingDown)
+        ]
+    );
+    assert!(r.shim.exit_cause().unwrap().intentional);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_during_boot_stops_the_booting_vm_and_fails_the_create() {
+    let mut r = rig(FakeScript {
+        ready_delay: Duration::from_secs(30),
+        ..FakeScript::default()
+    });
+    let create = r.spawn_create();
+    r.wait_for("the VM to start", vm_started).await;
+    let report = tokio::time::timeout(BOUND, r.shim.shutdown()).await.unwrap();
+    assert!(!report.has_errors(), "{report}");
+    let err = create.await.unwrap().unwrap_err();
+    assert!(matches!(err, CreateError::ShutDownDuringCreate), "{err:?}");
+    assert_eq!(r.shim.state().state, ShuttingDown);
+    assert!(r.shim.state().intentional_shutdown);
+    assert_eq!(r.vm().stops(), 1);
+    assert_eq!(r.backend.running(), 0);
+    let events = r.drain().await;
+    assert_eq!(states(&events), [(Idle, Creating), (Creating, ShuttingDown)]);
+    assert_eq!(phases(&events), all_phases_ok());
+    assert!(r.shim.exit_cause().unwrap().intentional);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_while_the_backend_is_still_starting_waits_and_stops_it() {
+    let mut r = rig(FakeScript {
+        start_delay: Duration::from_millis(200),
+        ..FakeScript::default()
+    });
+    let create = r.spawn_create();
+    r.wait_for("the start to begin", start_called).await;
+    let report = r.shim.shutdown().await;
+    assert!(!report.has_errors(), "{report}");
+    assert!(matches!(
+        create.await.unwrap(),
+        Err(CreateError::ShutDownDuringCreate)
+    ));
+    assert_eq!(r.vm().stops(), 1, "the VM started after the claim was not stopped");
+    assert_eq!(r.backend.running(), 0);
+    assert!(!r.vm_dir_exists());
+    let events = r.drain().await;
+    assert_eq!(phases(&events), all_phases_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_create_tears_down_and_returns_to_idle() {
+    let mut r = rig(FakeScript {
+        ready_delay: Duration::from_secs(30),
+        ..FakeScript::default()
+    });
+    let create = r.spawn_create();
+    r.wait_for("the VM to start", vm_started).await;
+    create.abort();
+    assert!(create.await.unwrap_err().is_cancelled());
+    r.wait_for("the shim to return to Idle", |r| r.shim.state().state == Idle)
+        .await;
+    assert_eq!(r.vm().stops(), 1);
+    assert_eq!(r.backend.running(), 0);
+    assert!(!r.vm_dir_exists());
+    let events = r.pending();
+    assert_eq!(states(&events), [(Idle, Creating), (Creating, Idle)]);
+    assert_eq!(phases(&events), all_phases_ok());
+    // The shim is usable again, and its shutdown completes.
+    let report = tokio::time::timeout(BOUND, r.shim.shutdown()).await.unwrap();
+    assert!(!report.has_errors(), "{report}");
+    r.drain().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_dropped_during_start_then_shutdown_at_once_leaves_nothing() {
+    let mut r = rig(FakeScript {
+        start_delay: Duration::from_millis(100),
+        ..FakeScript::default()
+    });
+    let create = r.spawn_create();
+    r.wait_for("the start to begin", start_called).await;
+    create.abort();
+    let report = tokio::time::timeout(BOUND, r.shim.shutdown()).await.unwrap();
+    assert!(!report.has_errors(), "{report}");
+    // The start completes on its own task; what it started is stopped.
+    r.wait_for("the started VM to be stopped", |r| {
+        r.backend.last_vm().is_some_and(|vm| vm.stops() > 0)
+    })
+    .await;
+    assert_eq!(r.backend.running(), 0);
+    assert_eq!(r.shim.state().state, ShuttingDown);
+    r.drain().await;
+    assert!(!r.vm_dir_exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_vm_exiting_during_delete_is_joined_not_fought() {
+    let mut r = rig(FakeScript {
+        stop_delay: Duration::from_millis(200),
+        ..FakeScript::default()
+    });
+    r.shim.create().await.unwrap();
+    let deleter = r.shim.clone();
+    let delete = tokio::spawn(async move { deleter.delete().await });
+    r.wait_for("the stop to begin", |r| r.vm().stops() > 0).await;
+    r.vm().crash(ExitStatus::from_raw(9), Some("host-signal"), false);
+    let report = delete.await.unwrap().unwrap();
+    assert!(!report.has_errors(), "{report}");
+    let events = r.drain().await;
+    // The exit watcher lost the claim to the delete: no crash event, no second teardown.
+    assert!(exited(&events).is_empty(), "{events:#?}");
+    assert_eq!(phases(&events), all_phases_ok());
+    assert_eq!(states(&events).last(), Some(&(Deleting, ShuttingDown)));
+    let cause = r.shim.exit_cause().unwrap();
+    assert!(cause.intentional);
+    assert_eq!(cause.status.signal(), Some(9));
+    assert_eq!(r.vm().stops(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_that_ignores_shutdown_is_forced_off() {
+    let mut r = rig(FakeScript {
+        ignore_shutdown: true,
+        ..FakeScript::default()
+    });
+    r.shim.create().await.unwrap();
+    let report = r.shim.delete().await.unwrap();
+    assert!(!report.has_errors(), "{report}");
+    let cause = r.shim.exit_cause().unwrap();
+    assert_eq!(cause.status.signal(), Some(9));
+    assert!(cause.intentional);
+    let events = r.drain().await;
+    assert_eq!(phases(&events), all_phases_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_stop_is_reported_and_the_vm_files_are_kept() {
+    let mut r = rig(FakeScript {
+        fail_stop: true,
+        ..FakeScript::default()
+    });
+    r.shim.create().await.unwrap();
+    let report = r.shim.delete().await.unwrap();
+    assert_eq!(
+        report.failed_phases(),
+        [CleanupPhase::VmShutdown, CleanupPhase::MountCleanup]
+    );
+    let events = r.drain().await;
+    let p = phases(&events);
+    assert!(p.contains(&"vm_shutdown:failed".to_owned()), "{p:?}");
+    assert!(p.contains(&"event_close:ok".to_owned()), "{p:?}");
+    assert_eq!(r.shim.state().state, ShuttingDown);
+    assert!(r.vm_dir_exists(), "files of a VM that may still run were removed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_shutdowns_share_one_teardown() {
+    let mut r = rig(FakeScript {
+        stop_delay: Duration::from_millis(50),
+        ..FakeScript::default()
+    });
+    r.shim.create().await.unwrap();
+    let callers: Vec<_> = (0..8)
+        .map(|_| {
+            let shim = r.shim.clone();
+            tokio::spawn(async move { shim.shutdown().await })
+        })
+        .collect();
+    for c in callers {
+        let report = c.await.unwrap();
+        assert!(!report.has_errors(), "{report}");
+    }
+    assert_eq!(r.vm().stops(), 1);
+    let events = r.drain().await;
+    assert_eq!(phases(&events), all_phases_ok());
+    assert_eq!(
+        states(&events),
+        [(Idle, Creating), (Creating, Running), (Running, ShuttingDown)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creates_admit_one() {
+    let mut r = rig(FakeScript {
+        ready_delay: Duration::from_millis(50),
+        ..FakeScript::default()
+    });
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let shim = r.shim.clone();
+            tokio::spawn(async move { shim.create().await })
+        })
+        .collect();
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(CreateError::CreationInProgress | CreateError::AlreadyCreated) => {}
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert_eq!(ok, 1);
+    assert_eq!(r.backend.starts(), 1);
+    assert!(!r.shim.shutdown().await.has_errors());
+    r.drain().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_settings_are_refused_before_anything_starts() {
+    let mut r = rig_with(FakeScript::default(), |c| c.memory_mib = 1);
+    let err = r.shim.create().await.unwrap_err();
+    assert!(matches!(err, CreateError::Config(_)), "{err:?}");
+    assert_eq!(r.shim.state().state, Idle);
+    assert_eq!(r.backend.starts(), 0);
+    assert!(r.pending().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_is_refused_at_once_unless_running() {
+    let r = rig(FakeScript::default());
+    assert!(matches!(
+        r.shim.agent().await,
+        Err(AgentError::NotRunning(Idle))
+    ));
+    r.shim.create().await.unwrap();
+    let client = r.shim.agent().await.unwrap();
+    client.ping().await.unwrap();
+    assert!(!r.shim.shutdown().await.has_errors());
+    let started = std::time::Instant::now();
+    assert!(matches!(
+        r.shim.agent().await,
+        Err(AgentError::NotRunning(ShuttingDown))
+    ));
+    assert!(started.elapsed() < Duration::from_secs(1));
+    // conn_close closed the connection handed out.
+    assert!(client.ping().await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_vm_directory_is_refused_and_left_untouched() {
+    let r = rig(FakeScript::default());
+    let theirs = r.root.path().join("vm1");
+    std::fs::create_dir(&theirs).unwrap();
+    std::fs::write(theirs.join("console.log"), b"another VM's").unwrap();
+    let err = r.shim.create().await.unwrap_err();
+    assert!(
+        matches!(err, CreateError::Boot(BootError::AlreadyExists(_))),
+        "{err:?}"
+    );
+    assert_eq!(
+        std::fs::read(theirs.join("console.log")).unwrap(),
+        b"another VM's"
+    );
+    assert_eq!(r.shim.state().state, Idle);
+}
