@@ -1,6 +1,6 @@
 //! `spinbox-assets`: provisions everything a real spinbox VM needs, in one command, into
-//! the assets directory (`$SPINBOX_ASSETS`, else `target/assets`), and records it in
-//! `manifest.json` for [`spinbox::vm::assets`]:
+//! the assets directory (`$SPINBOX_ASSETS`, else `target/assets` of this workspace), and
+//! records it in `manifest.json` ([`spinbox_manifest`]):
 //!
 //! 1. QEMU and xz-utils from Debian (`apt-get install`) when missing;
 //! 2. the current Debian kernel: the package `linux-image-amd64` depends on is
@@ -22,7 +22,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use spinbox::vm::assets::{assets_dir, Assets, MANIFEST_FILE};
+use spinbox_manifest::{Assets, ASSETS_ENV, MANIFEST_FILE};
 
 /// The `vhost-device-vsock` release installed.
 const VHOST_DEVICE_VSOCK_VERSION: &str = "0.3.0";
@@ -74,6 +74,17 @@ fn main() {
             std::process::exit(1);
         }
     }
+}
+
+/// Where to provision: `$SPINBOX_ASSETS`, else `target/assets` of the workspace this tool
+/// belongs to (it is a development tool, run by cargo from the workspace).
+fn assets_dir() -> PathBuf {
+    std::env::var_os(ASSETS_ENV)
+        .filter(|v| !v.is_empty())
+        .map_or_else(
+            || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/assets"),
+            PathBuf::from,
+        )
 }
 
 fn provision(dir: &Path) -> Result<Assets, ProvisionError> {
