@@ -9,7 +9,9 @@
 //!    needs resolved from their `depends=` modinfo — cached per package version;
 //! 3. `vhost-device-vsock` (`cargo install --locked`), cached per version;
 //! 4. the static musl agent (`cargo build --profile agent`) and the gzip'd `newc`
-//!    initramfs holding it as `/init` with the modules and their load order.
+//!    initramfs holding it as `/init` with the modules and their load order; then the same
+//!    with the agent's `test-knobs` feature, the test initramfs (`test_initramfs` in the
+//!    manifest) that the host's fault tests boot.
 //!
 //! Run it again at any time: cached steps cost a few milliseconds.
 
@@ -82,16 +84,26 @@ fn assets_dir() -> PathBuf {
     std::env::var_os(ASSETS_ENV)
         .filter(|v| !v.is_empty())
         .map_or_else(
-            || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/assets"),
+            || {
+                let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR")); // <workspace>/spinbox/assets
+                crate_dir
+                    .ancestors()
+                    .nth(2)
+                    .unwrap_or(crate_dir)
+                    .join("target/assets")
+            },
             PathBuf::from,
         )
 }
 
 fn provision(dir: &Path) -> Result<Assets, ProvisionError> {
-    std::fs::create_dir_all(dir).map_err(|source| ProvisionError::Write {
-        path: dir.to_owned(),
-        source,
-    })?;
+    // Canonical, so the manifest's paths are absolute even for a relative $SPINBOX_ASSETS.
+    let dir = &std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::canonicalize(dir))
+        .map_err(|source| ProvisionError::Write {
+            path: dir.to_owned(),
+            source,
+        })?;
     let qemu = tools::ensure_host_packages()?;
     let kernel = kernel::provision(&dir.join("kernel"))?;
     let vdv = tools::ensure_vhost_device_vsock(
@@ -99,9 +111,16 @@ fn provision(dir: &Path) -> Result<Assets, ProvisionError> {
             .join(VHOST_DEVICE_VSOCK_VERSION),
         VHOST_DEVICE_VSOCK_VERSION,
     )?;
-    let agent = tools::build_agent()?;
+    tools::ensure_agent_target()?;
+    // Each build overwrites the binary: pack it before the next one.
     let initramfs = dir.join("initramfs.cpio.gz");
-    kernel::write_initramfs(&agent, &kernel, &initramfs)?;
+    kernel::write_initramfs(&tools::build_agent(&[])?, &kernel, &initramfs)?;
+    let test_initramfs = dir.join("initramfs-test.cpio.gz");
+    kernel::write_initramfs(
+        &tools::build_agent(&["test-knobs"])?,
+        &kernel,
+        &test_initramfs,
+    )?;
     let assets = Assets {
         qemu,
         kernel_package: kernel.package.clone(),
@@ -110,11 +129,10 @@ fn provision(dir: &Path) -> Result<Assets, ProvisionError> {
         bzimage: kernel.bzimage.clone(),
         vmlinux: kernel.vmlinux.clone(),
         initramfs,
+        test_initramfs: Some(test_initramfs),
         vhost_device_vsock: vdv,
     };
-    let manifest = dir.join(MANIFEST_FILE);
-    let json = serde_json::to_string_pretty(&assets).expect("plain struct serialises");
-    write_atomic(&manifest, json.as_bytes())?;
+    write_atomic(&dir.join(MANIFEST_FILE), assets.to_manifest().as_bytes())?;
     Ok(assets)
 }
 
