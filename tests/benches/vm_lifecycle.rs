@@ -60,6 +60,7 @@ fn row(name: &str, samples: &[Duration]) -> f64 {
 fn config(root: &std::path::Path) -> ShimConfig {
     ShimConfig {
         state_root: Some(root.to_owned()),
+        assets: Some(tests::assets::assets()),
         ..ShimConfig::default()
     }
 }
@@ -91,7 +92,7 @@ async fn main() {
     }
     let runs = runs_from_args();
     let root = tempfile::tempdir().expect("tempdir");
-    let assets = spinbox::vm::assets::Assets::locate().expect("run scripts/provision first");
+    let assets = tests::assets::assets();
     let accel = probe_accelerator(&assets.qemu).await;
     println!("accelerator: {:?} ({})", accel.accelerator, accel.reason);
     println!("runs per scenario: {runs}\n");
@@ -133,6 +134,7 @@ async fn main() {
         let id: VmId = format!("bench-go{i}").parse().unwrap();
         let mut spec = VmSpec::new(id);
         spec.start.state_root = root.path().to_owned();
+        spec.assets = Some(assets.clone());
         manager.create(spec).await.expect("boot");
         go_policy.push(go_fixed_sleep_policy(&manager).await);
         let _ = manager.shutdown().await;
@@ -140,6 +142,7 @@ async fn main() {
 
     let mut stubborn = Vec::new();
     let mut stubborn_config = config(root.path());
+    stubborn_config.assets = Some(tests::assets::test_assets());
     stubborn_config.kernel_args = vec!["spinbox.agent=stubborn".to_owned()];
     stubborn_config.shutdown.graceful = Duration::from_secs(1);
     stubborn_config.shutdown.guest_request_wait = Duration::from_millis(500);

@@ -10,7 +10,6 @@ use shim_common::{config, drain, serial, TestVm, HANG_GUARD};
 use spinbox::cleanup::CleanupPhase;
 use spinbox::shim::{CreateError, DeleteError, ShimEvent};
 use spinbox::state::ShimState;
-use spinbox::vm::assets::Assets;
 use spinbox::vm::manager::ManagerError;
 use std::os::unix::process::ExitStatusExt;
 use std::time::Instant;
@@ -98,6 +97,7 @@ fn agent_that_never_answers() {
     serial(|| async {
         let root = tempfile::tempdir().unwrap();
         let mut cfg = config(root.path());
+        cfg.assets = Some(tests::assets::test_assets());
         cfg.kernel_args = vec!["spinbox.agent=mute".to_owned()];
         let vm = TestVm::with(root, cfg, "fault-mute");
         let started = Instant::now();
@@ -126,7 +126,7 @@ fn missing_qemu_binary() {
     serial(|| async {
         let root = tempfile::tempdir().unwrap();
         let mut cfg = config(root.path());
-        let mut assets = Assets::locate().expect("provisioned assets");
+        let mut assets = tests::assets::assets();
         assets.qemu = "/nonexistent/qemu-system-x86_64".into();
         cfg.assets = Some(assets);
         let vm = TestVm::with(root, cfg, "fault-noqemu");
@@ -143,7 +143,7 @@ fn missing_kernel() {
     serial(|| async {
         let root = tempfile::tempdir().unwrap();
         let mut cfg = config(root.path());
-        let mut assets = Assets::locate().expect("provisioned assets");
+        let mut assets = tests::assets::assets();
         assets.vmlinux = "/nonexistent/vmlinux".into();
         cfg.assets = Some(assets);
         let vm = TestVm::with(root, cfg, "fault-nokernel");

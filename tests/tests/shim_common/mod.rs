@@ -93,6 +93,7 @@ pub fn config(root: &Path) -> ShimConfig {
     let defaults = ShimConfig::default();
     ShimConfig {
         state_root: Some(root.to_owned()),
+        assets: Some(tests::assets::assets()),
         start_timeout: Duration::from_mins(1),
         rpc_timeout: Duration::from_secs(2),
         qmp_timeout: Duration::from_secs(1),

@@ -113,9 +113,7 @@ pub fn assert_vm_gone(pid: u32, state_dir: &Path) {
 /// KVM is unusable on the CI machines; see notes/VM-HOST-FACTS.md), state in `fx`.
 pub fn guest_spec(fx: &Fixture, id: &str) -> spinbox::vm::VmSpec {
     let mut spec = spinbox::vm::VmSpec::new(VmId::new(id).expect("valid id"));
-    spec.assets = Some(spinbox::vm::Assets::locate().expect(
-        "VM assets missing: run scripts/provision (scripts/test-all does) before the tests",
-    ));
+    spec.assets = Some(tests::assets::assets());
     spec.accel = AccelChoice::Fixed(Accelerator::Tcg);
     spec.start = fx.opts();
     spec
