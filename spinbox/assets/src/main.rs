@@ -146,3 +146,57 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<(), ProvisionError> {
             source,
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read as _;
+
+    use super::*;
+
+    /// The bytes of `/init` in a gzip'd `newc` initramfs.
+    fn init_of(initramfs: &Path) -> Vec<u8> {
+        let gz = std::fs::read(initramfs).expect("read the initramfs");
+        let mut archive = Vec::new();
+        flate2::read::GzDecoder::new(gz.as_slice())
+            .read_to_end(&mut archive)
+            .expect("gunzip the initramfs");
+        cpio::parse(&archive)
+            .into_iter()
+            .find(|(name, ..)| name == "init")
+            .expect("an /init entry")
+            .4
+    }
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
+    /// The provisioned production agent has no test knobs; the test agent has them all.
+    #[test]
+    fn test_knobs_are_only_in_the_test_initramfs() {
+        let dir = assets_dir();
+        let assets = Assets::load(&dir)
+            .unwrap_or_else(|e| panic!("{e}: run scripts/provision before the tests"));
+        let production = init_of(&assets.initramfs);
+        let test = init_of(
+            assets
+                .test_initramfs
+                .as_deref()
+                .expect("the provisioner records a test initramfs"),
+        );
+        assert!(production.starts_with(b"\x7fELF"), "/init is not ELF");
+        assert!(test.starts_with(b"\x7fELF"), "test /init is not ELF");
+        // The test agent logs the knob it obeys, so each argument is in it whole.
+        for knob in ["spinbox.agent=mute", "spinbox.agent=stubborn"] {
+            assert!(
+                contains(&test, knob.as_bytes()),
+                "{knob} is not in the test agent"
+            );
+        }
+        assert!(
+            !contains(&production, b"spinbox.agent="),
+            "a test knob is in the production agent of {}",
+            assets.initramfs.display()
+        );
+    }
+}
