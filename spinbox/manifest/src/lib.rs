@@ -117,12 +117,6 @@ pub struct Assets {
 }
 
 impl Assets {
-    /// Transitional: loads from [`assets_dir`]. Removed once its callers pass a directory.
-    #[doc(hidden)]
-    pub fn locate() -> Result<Self, AssetsError> {
-        Self::load(&assets_dir())
-    }
-
     /// Reads `<dir>/manifest.json`, checks its [format](MANIFEST_FORMAT) and that every file
     /// it names exists.
     pub fn load(dir: &Path) -> Result<Self, AssetsError> {
@@ -209,18 +203,6 @@ struct Format {
 
 fn format_1() -> u32 {
     1
-}
-
-/// Transitional: `$SPINBOX_ASSETS`, else `target/assets` of this workspace. Removed once its
-/// callers pass a directory.
-#[doc(hidden)]
-pub fn assets_dir() -> PathBuf {
-    std::env::var_os(ASSETS_ENV)
-        .filter(|v| !v.is_empty())
-        .map_or_else(
-            || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/assets"),
-            PathBuf::from,
-        )
 }
 
 /// The `assets` directory of the cargo target directory `exe` was built in: for

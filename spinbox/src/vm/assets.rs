@@ -8,4 +8,4 @@
 //! environment variable and knows no build path. Programs find the directory at their edge,
 //! e.g. from `spinbox_manifest::ASSETS_ENV` or with `spinbox_manifest::dir_beside_exe`.
 
-pub use spinbox_manifest::{assets_dir, Assets, AssetsError, MANIFEST_FILE};
+pub use spinbox_manifest::{Assets, AssetsError, MANIFEST_FILE};
