@@ -7,4 +7,5 @@
 //! The README is included below so that its Rust examples run as doctests.
 #![doc = include_str!("../../README.md")]
 
+pub mod assets;
 pub mod firecracker;

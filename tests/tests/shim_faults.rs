@@ -106,6 +106,7 @@ fn agent_that_never_answers() {
     serial(|| async {
         let root = tempfile::tempdir().unwrap();
         let mut cfg = config(root.path());
+        cfg.assets = Some(tests::assets::test_assets());
         cfg.kernel_args = vec!["spinbox.agent=mute".to_owned()];
         let vm = TestVm::with(root, cfg, "fault-mute", tests::assets::test_assets());
         let started = Instant::now();

@@ -10,6 +10,9 @@
 //! 5. announces readiness by connecting to the host (CID 2, port 1025) — see [`ready`];
 //! 6. powers off on `Shutdown` (once the reply is delivered) or on the power button.
 //!
+//! Built with the `test-knobs` feature (the test initramfs only), it also obeys the kernel
+//! arguments `spinbox.agent=mute` and `spinbox.agent=stubborn`, for the host's fault tests.
+//!
 //! As PID 1 it must never exit: any fatal error or panic is logged to the console, the
 //! filesystems are synced, and the machine is powered off.
 
@@ -18,6 +21,8 @@ mod listener;
 mod power_button;
 mod ready;
 mod service;
+#[cfg(feature = "test-knobs")]
+mod test_knobs;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -92,31 +97,22 @@ fn run(pid1: bool) -> Result<PowerOff, AgentError> {
     rt.block_on(serve())
 }
 
-/// The kernel argument that makes the agent mute: for fault tests of hosts facing an agent
-/// that never answers.
-const MUTE_ARG: &str = "spinbox.agent=mute";
-/// The kernel argument that makes the agent stubborn: it answers every RPC but ignores every
-/// request to power off (the `Shutdown` RPC and the ACPI power button), for tests and
-/// benchmarks of the host's shutdown escalation against an uncooperative guest.
-const STUBBORN_ARG: &str = "spinbox.agent=stubborn";
-
 async fn serve() -> Result<PowerOff, AgentError> {
     let (power_tx, mut power_rx) = mpsc::channel::<PowerOff>(4);
     // Before readiness: a press that arrives after the host sees "ready" must not be lost.
     power_button::watch(power_tx.clone());
 
-    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    if cmdline.split_whitespace().any(|arg| arg == MUTE_ARG) {
-        return serve_mute(power_rx).await;
-    }
-    let stubborn = cmdline.split_whitespace().any(|arg| arg == STUBBORN_ARG);
-    if stubborn {
-        // By default the kernel reboots at once on ctrl-alt-delete (QEMU then exits under
-        // -no-reboot); turned off, it only sends SIGINT to PID 1, which the agent ignores.
-        if let Err(e) = nix::sys::reboot::set_cad_enabled(false) {
-            tracing::warn!(error = %e, "cannot turn off ctrl-alt-delete");
+    #[cfg(feature = "test-knobs")]
+    let stubborn = match test_knobs::from_cmdline() {
+        Some(test_knobs::Knob::Mute) => return test_knobs::serve_mute(power_rx).await,
+        Some(test_knobs::Knob::Stubborn) => {
+            test_knobs::ignore_ctrl_alt_delete();
+            true
         }
-    }
+        None => false,
+    };
+    #[cfg(not(feature = "test-knobs"))]
+    let stubborn = false;
 
     let (listener, connections) = listener::bind(AGENT_PORT).map_err(AgentError::Listen)?;
     let service = service::SystemService::new(power_tx);
@@ -152,26 +148,6 @@ async fn serve() -> Result<PowerOff, AgentError> {
         }
     }
     Ok(reason)
-}
-
-/// Mute mode ([`MUTE_ARG`]): announce readiness and accept connections on the agent port,
-/// but never read or answer; only the power button ends it.
-async fn serve_mute(mut power_rx: mpsc::Receiver<PowerOff>) -> Result<PowerOff, AgentError> {
-    use tokio_vsock::{VsockAddr, VsockListener, VMADDR_CID_ANY};
-    let listener = VsockListener::bind(VsockAddr::new(VMADDR_CID_ANY, AGENT_PORT))
-        .map_err(AgentError::Listen)?;
-    tracing::warn!(
-        port = AGENT_PORT,
-        "mute mode: accepting connections, answering nothing"
-    );
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((stream, _)) = listener.accept().await {
-            held.push(stream);
-        }
-    });
-    tokio::spawn(ready::announce());
-    Ok(power_rx.recv().await.unwrap_or(PowerOff::PowerButton))
 }
 
 /// The error and its sources, as one line.

@@ -94,43 +94,45 @@ impl<W: Write> CpioWriter<W> {
     }
 }
 
+/// Reads an archive back (for tests; panics on a malformed one): per entry before the
+/// trailer, (name, mode, rdevmajor, rdevminor, data).
+#[cfg(test)]
+pub fn parse(mut b: &[u8]) -> Vec<(String, u32, u32, u32, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut off = 0usize;
+    loop {
+        assert_eq!(&b[..6], b"070701");
+        let field = |i: usize| {
+            u32::from_str_radix(std::str::from_utf8(&b[6 + i * 8..14 + i * 8]).unwrap(), 16)
+                .unwrap()
+        };
+        let (mode, size, maj, min, namesize) = (
+            field(1),
+            field(6) as usize,
+            field(9),
+            field(10),
+            field(11) as usize,
+        );
+        let name = std::str::from_utf8(&b[110..110 + namesize - 1])
+            .unwrap()
+            .to_owned();
+        assert_eq!(b[110 + namesize - 1], 0);
+        let data_at = (off + 110 + namesize).next_multiple_of(4) - off;
+        let data = b[data_at..data_at + size].to_vec();
+        let next = (off + data_at + size).next_multiple_of(4) - off;
+        off += next;
+        b = &b[next..];
+        if name == "TRAILER!!!" {
+            assert!(b.is_empty());
+            return out;
+        }
+        out.push((name, mode, maj, min, data));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Parses the archive back: (name, mode, rdevmajor, rdevminor, data).
-    fn parse(mut b: &[u8]) -> Vec<(String, u32, u32, u32, Vec<u8>)> {
-        let mut out = Vec::new();
-        let mut off = 0usize;
-        loop {
-            assert_eq!(&b[..6], b"070701");
-            let field = |i: usize| {
-                u32::from_str_radix(std::str::from_utf8(&b[6 + i * 8..14 + i * 8]).unwrap(), 16)
-                    .unwrap()
-            };
-            let (mode, size, maj, min, namesize) = (
-                field(1),
-                field(6) as usize,
-                field(9),
-                field(10),
-                field(11) as usize,
-            );
-            let name = std::str::from_utf8(&b[110..110 + namesize - 1])
-                .unwrap()
-                .to_owned();
-            assert_eq!(b[110 + namesize - 1], 0);
-            let data_at = (off + 110 + namesize).next_multiple_of(4) - off;
-            let data = b[data_at..data_at + size].to_vec();
-            let next = (off + data_at + size).next_multiple_of(4) - off;
-            off += next;
-            b = &b[next..];
-            if name == "TRAILER!!!" {
-                assert!(b.is_empty());
-                return out;
-            }
-            out.push((name, mode, maj, min, data));
-        }
-    }
 
     #[test]
     fn round_trip_with_padding() {

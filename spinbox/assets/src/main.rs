@@ -1,6 +1,6 @@
 //! `spinbox-assets`: provisions everything a real spinbox VM needs, in one command, into
-//! the assets directory (`$SPINBOX_ASSETS`, else `target/assets`), and records it in
-//! `manifest.json` for [`spinbox::vm::assets`]:
+//! the assets directory (`$SPINBOX_ASSETS`, else `target/assets` of this workspace), and
+//! records it in `manifest.json` ([`spinbox_manifest`]):
 //!
 //! 1. QEMU and xz-utils from Debian (`apt-get install`) when missing;
 //! 2. the current Debian kernel: the package `linux-image-amd64` depends on is
@@ -9,7 +9,9 @@
 //!    needs resolved from their `depends=` modinfo — cached per package version;
 //! 3. `vhost-device-vsock` (`cargo install --locked`), cached per version;
 //! 4. the static musl agent (`cargo build --profile agent`) and the gzip'd `newc`
-//!    initramfs holding it as `/init` with the modules and their load order.
+//!    initramfs holding it as `/init` with the modules and their load order; then the same
+//!    with the agent's `test-knobs` feature, the test initramfs (`test_initramfs` in the
+//!    manifest) that the host's fault tests boot.
 //!
 //! Run it again at any time: cached steps cost a few milliseconds.
 
@@ -22,7 +24,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use spinbox::vm::assets::{assets_dir, Assets, MANIFEST_FILE};
+use spinbox_manifest::{Assets, ASSETS_ENV, MANIFEST_FILE};
 
 /// The `vhost-device-vsock` release installed.
 const VHOST_DEVICE_VSOCK_VERSION: &str = "0.3.0";
@@ -76,11 +78,32 @@ fn main() {
     }
 }
 
+/// Where to provision: `$SPINBOX_ASSETS`, else `target/assets` of the workspace this tool
+/// belongs to (it is a development tool, run by cargo from the workspace).
+fn assets_dir() -> PathBuf {
+    std::env::var_os(ASSETS_ENV)
+        .filter(|v| !v.is_empty())
+        .map_or_else(
+            || {
+                let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR")); // <workspace>/spinbox/assets
+                crate_dir
+                    .ancestors()
+                    .nth(2)
+                    .unwrap_or(crate_dir)
+                    .join("target/assets")
+            },
+            PathBuf::from,
+        )
+}
+
 fn provision(dir: &Path) -> Result<Assets, ProvisionError> {
-    std::fs::create_dir_all(dir).map_err(|source| ProvisionError::Write {
-        path: dir.to_owned(),
-        source,
-    })?;
+    // Canonical, so the manifest's paths are absolute even for a relative $SPINBOX_ASSETS.
+    let dir = &std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::canonicalize(dir))
+        .map_err(|source| ProvisionError::Write {
+            path: dir.to_owned(),
+            source,
+        })?;
     let qemu = tools::ensure_host_packages()?;
     let kernel = kernel::provision(&dir.join("kernel"))?;
     let vdv = tools::ensure_vhost_device_vsock(
@@ -88,9 +111,16 @@ fn provision(dir: &Path) -> Result<Assets, ProvisionError> {
             .join(VHOST_DEVICE_VSOCK_VERSION),
         VHOST_DEVICE_VSOCK_VERSION,
     )?;
-    let agent = tools::build_agent()?;
+    tools::ensure_agent_target()?;
+    // Each build overwrites the binary: pack it before the next one.
     let initramfs = dir.join("initramfs.cpio.gz");
-    kernel::write_initramfs(&agent, &kernel, &initramfs)?;
+    kernel::write_initramfs(&tools::build_agent(&[])?, &kernel, &initramfs)?;
+    let test_initramfs = dir.join("initramfs-test.cpio.gz");
+    kernel::write_initramfs(
+        &tools::build_agent(&["test-knobs"])?,
+        &kernel,
+        &test_initramfs,
+    )?;
     let assets = Assets {
         qemu,
         kernel_package: kernel.package.clone(),
@@ -99,11 +129,10 @@ fn provision(dir: &Path) -> Result<Assets, ProvisionError> {
         bzimage: kernel.bzimage.clone(),
         vmlinux: kernel.vmlinux.clone(),
         initramfs,
+        test_initramfs: Some(test_initramfs),
         vhost_device_vsock: vdv,
     };
-    let manifest = dir.join(MANIFEST_FILE);
-    let json = serde_json::to_string_pretty(&assets).expect("plain struct serialises");
-    write_atomic(&manifest, json.as_bytes())?;
+    write_atomic(&dir.join(MANIFEST_FILE), assets.to_manifest().as_bytes())?;
     Ok(assets)
 }
 
@@ -116,4 +145,58 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<(), ProvisionError> {
             path: path.to_owned(),
             source,
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read as _;
+
+    use super::*;
+
+    /// The bytes of `/init` in a gzip'd `newc` initramfs.
+    fn init_of(initramfs: &Path) -> Vec<u8> {
+        let gz = std::fs::read(initramfs).expect("read the initramfs");
+        let mut archive = Vec::new();
+        flate2::read::GzDecoder::new(gz.as_slice())
+            .read_to_end(&mut archive)
+            .expect("gunzip the initramfs");
+        cpio::parse(&archive)
+            .into_iter()
+            .find(|(name, ..)| name == "init")
+            .expect("an /init entry")
+            .4
+    }
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
+    /// The provisioned production agent has no test knobs; the test agent has them all.
+    #[test]
+    fn test_knobs_are_only_in_the_test_initramfs() {
+        let dir = assets_dir();
+        let assets = Assets::load(&dir)
+            .unwrap_or_else(|e| panic!("{e}: run scripts/provision before the tests"));
+        let production = init_of(&assets.initramfs);
+        let test = init_of(
+            assets
+                .test_initramfs
+                .as_deref()
+                .expect("the provisioner records a test initramfs"),
+        );
+        assert!(production.starts_with(b"\x7fELF"), "/init is not ELF");
+        assert!(test.starts_with(b"\x7fELF"), "test /init is not ELF");
+        // The test agent logs the knob it obeys, so each argument is in it whole.
+        for knob in ["spinbox.agent=mute", "spinbox.agent=stubborn"] {
+            assert!(
+                contains(&test, knob.as_bytes()),
+                "{knob} is not in the test agent"
+            );
+        }
+        assert!(
+            !contains(&production, b"spinbox.agent="),
+            "a test knob is in the production agent of {}",
+            assets.initramfs.display()
+        );
+    }
 }

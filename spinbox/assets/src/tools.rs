@@ -137,8 +137,8 @@ pub fn ensure_vhost_device_vsock(root: &Path, version: &str) -> Result<PathBuf, 
     Ok(bin)
 }
 
-/// Builds the static agent and returns its path.
-pub fn build_agent() -> Result<PathBuf, ToolError> {
+/// Adds the agent's target to the toolchain unless it is there.
+pub fn ensure_agent_target() -> Result<(), ToolError> {
     let installed = run(Command::new("rustup").args(["target", "list", "--installed"]))?;
     if !String::from_utf8_lossy(&installed.stdout)
         .lines()
@@ -147,8 +147,15 @@ pub fn build_agent() -> Result<PathBuf, ToolError> {
         tracing::info!(target = AGENT_TARGET, "rustup target add");
         run(Command::new("rustup").args(["target", "add", AGENT_TARGET]))?;
     }
-    tracing::info!("building the agent");
-    let out = run(cargo().args([
+    Ok(())
+}
+
+/// Builds the static agent with `features` and returns its path. Every build writes the same
+/// path: use the binary before the next build.
+pub fn build_agent(features: &[&str]) -> Result<PathBuf, ToolError> {
+    tracing::info!(?features, "building the agent");
+    let mut build = cargo();
+    build.args([
         "build",
         "--quiet",
         "--locked",
@@ -159,7 +166,11 @@ pub fn build_agent() -> Result<PathBuf, ToolError> {
         "--target",
         AGENT_TARGET,
         "--message-format=json-render-diagnostics",
-    ]))?;
+    ]);
+    if !features.is_empty() {
+        build.arg(format!("--features={}", features.join(",")));
+    }
+    let out = run(&mut build)?;
     let command = "cargo build -p spinbox-agent".to_owned();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {

@@ -24,8 +24,7 @@ use std::time::{Duration, Instant};
 
 /// Environment variable forcing the accelerator: `kvm` or `tcg` (read here, at the edge).
 const ACCEL_ENV: &str = "SPINBOX_ACCEL";
-/// Environment variable naming the provisioned assets directory.
-const ASSETS_ENV: &str = "SPINBOX_ASSETS";
+use spinbox_manifest::ASSETS_ENV;
 
 #[derive(Parser)]
 #[command(
@@ -129,17 +128,17 @@ fn stamp(start: Instant) -> String {
 
 /// The assets directory: `$SPINBOX_ASSETS`, else `assets` in the cargo target directory
 /// this binary sits in (`target/release/spinbox` → `target/assets`).
-fn assets_dir() -> PathBuf {
+fn assets_dir() -> Result<PathBuf, String> {
     if let Some(dir) = std::env::var_os(ASSETS_ENV).filter(|v| !v.is_empty()) {
-        return PathBuf::from(dir);
+        return Ok(PathBuf::from(dir));
     }
-    let exe = std::env::current_exe().unwrap_or_default();
-    let mut dir = exe.parent().map(PathBuf::from).unwrap_or_default();
-    if dir.file_name().is_some_and(|n| n == "deps") {
-        dir.pop();
-    }
-    dir.pop();
-    dir.join("assets")
+    let exe = std::env::current_exe().map_err(|e| format!("cannot locate this program: {e}"))?;
+    spinbox_manifest::dir_beside_exe(&exe).ok_or_else(|| {
+        format!(
+            "{} is not in a cargo target directory: set {ASSETS_ENV} to the provisioned assets",
+            exe.display()
+        )
+    })
 }
 
 /// The shim's and the backend's settings from the flags, the config file and the
@@ -166,7 +165,7 @@ fn config_for(args: &RunArgs) -> Result<(ShimConfig, QemuBackendConfig), String>
         config.state_root = cwd.join(&config.state_root);
     }
     config.validate().map_err(|e| error_chain(&e))?;
-    let dir = assets_dir();
+    let dir = assets_dir()?;
     let mut assets = Assets::load(&dir).map_err(|e| {
         format!(
             "VM assets not found in {} ({}); provision them with `scripts/provision`",
@@ -444,7 +443,7 @@ async fn shutdown(shim: &Shim, start: Instant) -> spinbox::shim::ShimReport {
 }
 
 async fn check() -> Result<(), String> {
-    let findings = check_host(std::env::var_os("PATH").as_deref(), &assets_dir()).await;
+    let findings = check_host(std::env::var_os("PATH").as_deref(), &assets_dir()?).await;
     let mut missing = 0;
     for f in &findings {
         match f.level {
