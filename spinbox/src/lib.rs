@@ -37,19 +37,21 @@
 //!   [`EventReceiver`](shim::EventReceiver), [`ExitCause`](shim::ExitCause), [`ShimReport`](shim::ShimReport),
 //!   [`EVENT_CAPACITY`](shim::EVENT_CAPACITY), [`CONSOLE_RESERVE`](shim::CONSOLE_RESERVE).
 //! - [`vm`]: the seam — [`VmBackend`](vm::VmBackend), [`Vm`](vm::Vm), [`VmSpec`](vm::VmSpec),
-//!   [`SpecError`](vm::SpecError), [`ExitInfo`](vm::ExitInfo), [`ExitWatch`](vm::ExitWatch),
+//!   [`SpecError`](vm::SpecError), [`ExitInfo`](vm::ExitInfo), [`HelperExit`](vm::HelperExit), [`ExitWatch`](vm::ExitWatch),
 //!   [`BootError`](vm::BootError), [`BackendError`](vm::BackendError), [`StopRequest`](vm::StopRequest),
 //!   [`StopOutcome`](vm::StopOutcome), [`StopError`](vm::StopError), [`VmId`](vm::VmId),
 //!   [`IdError`](vm::IdError), the limits ([`MIN_CPUS`](vm::MIN_CPUS), [`MAX_CPUS`](vm::MAX_CPUS),
 //!   [`MIN_MEMORY_MIB`](vm::MIN_MEMORY_MIB), [`MAX_MEMORY_MIB`](vm::MAX_MEMORY_MIB),
 //!   [`MAX_ID_LEN`](vm::MAX_ID_LEN), [`MAX_SOCKET_PATH`](vm::MAX_SOCKET_PATH)),
 //!   [`check_socket`](vm::check_socket), [`SocketPathError`](vm::SocketPathError),
-//!   [`state_root_from`](vm::state_root_from), [`SYSTEM_STATE_ROOT`](vm::SYSTEM_STATE_ROOT);
+//!   [`state_root_from`](vm::state_root_from), [`SYSTEM_STATE_ROOT`](vm::SYSTEM_STATE_ROOT),
+//!   [`StateDirError`](vm::StateDirError);
 //!   [`vm::stop`] (escalation policy, steps, graceful hook and error); [`vm::agent`] (the agent
 //!   client); [`vm::vsock`] (agent addresses); [`vm::kvm`]; [`vm::assets`]; [`vm::qemu`]
 //!   ([`QemuBackend`](vm::qemu::QemuBackend), its config, [`QemuVm`](vm::qemu::QemuVm) and the
 //!   accelerator probe).
-//! - [`check`]: [`check_host`](check::check_host), [`Finding`](check::Finding).
+//! - [`check`]: [`check_host`](check::check_host), [`Finding`](check::Finding), [`Level`](check::Level),
+//!   [`which`](check::which), [`error_chain`](check::error_chain), [`QEMU_BINARY`](check::QEMU_BINARY).
 //!
 //! The feature `test-util` adds `vm::fake` (an in-process backend) and makes the QEMU
 //! backend's parts public, hidden from the docs, for integration tests. The library reads no

@@ -369,3 +369,27 @@ fn children_get_no_leaked_fd_no_capabilities_and_a_seccomp_filter_at_the_minimum
     assert!(out.contains("7 phases, 0 failed"), "{out}");
     drop(leaked);
 }
+
+#[test]
+fn a_dead_vsock_daemon_ends_the_vm_and_is_reported() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut child, mut stdout) = start(&["run", "--keep", "--id", "sig-daemon"], root.path());
+    let seen = read_until(&mut stdout, "VM running; Ctrl-C to delete it");
+    let qemu = qemu_pid(&seen);
+    let daemons: Vec<u32> = processes_mentioning(root.path())
+        .into_iter()
+        .filter(|p| *p != qemu && *p != child.id())
+        .collect();
+    assert_eq!(daemons.len(), 1, "{daemons:?}");
+    assert!(alive(daemons[0]));
+    kill(Pid::from_raw(i32::try_from(daemons[0]).unwrap()), Signal::SIGKILL).unwrap();
+    let (code, out, err) = rest(&mut child, &mut stdout);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("after vhost-device-vsock exited (signal: 9"),
+        "{out}"
+    );
+    assert!(err.contains("the VM exited unexpectedly"), "{err}");
+    assert!(!alive(qemu));
+    assert!(leftovers(root.path()).is_empty(), "{:?}", leftovers(root.path()));
+}

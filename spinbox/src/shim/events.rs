@@ -39,6 +39,8 @@ pub struct ExitCause {
     pub shutdown_reason: Option<String>,
     /// Whether the guest reported a panic.
     pub guest_panicked: bool,
+    /// A helper the VM needed died first, and the backend ended the VM because of it.
+    pub helper_died: Option<crate::vm::HelperExit>,
     /// Whether the exit was requested by the shim (delete or shutdown) rather than a crash.
     pub intentional: bool,
 }
@@ -49,6 +51,7 @@ impl ExitCause {
             status: info.status,
             shutdown_reason: info.shutdown_reason,
             guest_panicked: info.guest_panicked,
+            helper_died: info.helper_died,
             intentional,
         }
     }
@@ -62,6 +65,9 @@ impl std::fmt::Display for ExitCause {
         }
         if self.guest_panicked {
             f.write_str(", guest panicked")?;
+        }
+        if let Some(helper) = &self.helper_died {
+            write!(f, ", after {} exited ({})", helper.what, helper.status)?;
         }
         if !self.intentional {
             f.write_str(", unexpected")?;

@@ -466,6 +466,7 @@ impl Shim {
                     status: cause.status,
                     shutdown_reason: cause.shutdown_reason,
                     guest_panicked: cause.guest_panicked,
+                    helper_died: cause.helper_died,
                 },
             })
         })

@@ -149,6 +149,7 @@ impl FakeVm {
             status,
             shutdown_reason: shutdown_reason.map(str::to_owned),
             guest_panicked,
+            helper_died: None,
         });
     }
 
@@ -361,6 +362,7 @@ impl VmBackend for FakeBackend {
                             status: status(0),
                             shutdown_reason: Some("guest-shutdown".into()),
                             guest_panicked: false,
+                            helper_died: None,
                         });
                     }
                 }

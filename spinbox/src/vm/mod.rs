@@ -224,6 +224,18 @@ pub struct ExitInfo {
     pub shutdown_reason: Option<String>,
     /// Whether the guest reported a panic (QEMU: `GUEST_PANICKED`).
     pub guest_panicked: bool,
+    /// A helper process the VM cannot work without died first, and the backend ended the
+    /// VM because of it (QEMU: `vhost-device-vsock`, the agent's only channel).
+    pub helper_died: Option<HelperExit>,
+}
+
+/// A backend's helper process that exited while its VM ran.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HelperExit {
+    /// Which helper.
+    pub what: &'static str,
+    /// Its exit status.
+    pub status: ExitStatus,
 }
 
 impl fmt::Display for ExitInfo {
@@ -234,6 +246,9 @@ impl fmt::Display for ExitInfo {
         }
         if self.guest_panicked {
             f.write_str(", guest panicked")?;
+        }
+        if let Some(helper) = &self.helper_died {
+            write!(f, ", after {} exited ({})", helper.what, helper.status)?;
         }
         Ok(())
     }

@@ -43,7 +43,7 @@ use crate::vm::assets::Assets;
 use crate::vm::state_dir::{prepare_root, StateDir, StateDirError};
 use crate::vm::vsock::AgentAddress;
 use crate::vm::{
-    BootError, ExitInfo, ExitWatch, StopError, StopOutcome, StopRequest, Vm, VmBackend, VmId,
+    BootError, ExitInfo, ExitWatch, HelperExit, StopError, StopOutcome, StopRequest, Vm, VmBackend, VmId,
     VmSpec,
 };
 
@@ -250,7 +250,7 @@ impl QemuBackend {
                 return Err(start_error("QEMU", QemuStartError::Qemu(e)));
             }
         };
-        let exit = publish_exit(&instance);
+        let exit = publish_exit(&instance, &daemon);
         let address = AgentAddress::Hybrid {
             socket: daemon.uds().to_owned(),
             port: AGENT_PORT,
@@ -312,20 +312,42 @@ fn create_private_dir(dir: &Path, id: &VmId) -> Result<(), BootError> {
 }
 
 /// Publishes the VM's [`ExitInfo`] once QEMU is reaped and its QMP connection has ended.
-fn publish_exit(instance: &QemuInstance) -> ExitWatch {
+/// If the vsock daemon dies first, the agent is unreachable for good: QEMU is killed and
+/// the exit says why.
+fn publish_exit(instance: &QemuInstance, daemon: &VsockDaemon) -> ExitWatch {
     let (tx, rx) = watch::channel(None);
     let mut events = instance.qmp().events();
     let qmp = instance.qmp().clone();
+    let process = instance.process().clone();
     let mut exit = instance.process().exit_watch();
+    let mut daemon_exit = daemon.exit_watch();
     tokio::spawn(async move {
+        let mut helper_died = None;
+        let mut watch_daemon = true;
         let status = loop {
             if let Some(s) = *exit.borrow_and_update() {
                 break s;
             }
-            if exit.changed().await.is_err() {
-                // The process handle is gone without an exit (cannot happen: the reaper
-                // publishes before it ends); nothing to publish.
-                return;
+            let daemon_status = *daemon_exit.borrow_and_update();
+            if let (Some(status), None) = (daemon_status, &helper_died) {
+                tracing::error!(%status, "vhost-device-vsock died; killing its VM");
+                helper_died = Some(HelperExit {
+                    what: "vhost-device-vsock",
+                    status,
+                });
+                let _ = process.signal(nix::sys::signal::Signal::SIGKILL).await;
+                continue;
+            }
+            tokio::select! {
+                changed = exit.changed() => if changed.is_err() {
+                    // The process handle is gone without an exit (cannot happen: the reaper
+                    // publishes before it ends); nothing to publish.
+                    return;
+                },
+                changed = daemon_exit.changed(), if watch_daemon && helper_died.is_none() => {
+                    // Its reaper publishes before it ends; after that only QEMU is left.
+                    watch_daemon = changed.is_ok();
+                }
             }
         };
         // QMP's last events precede its end of stream; wait for it, boundedly.
@@ -334,6 +356,7 @@ fn publish_exit(instance: &QemuInstance) -> ExitWatch {
             status,
             shutdown_reason: None,
             guest_panicked: false,
+            helper_died,
         };
         loop {
             match events.try_recv() {
@@ -569,6 +592,7 @@ impl Vm for QemuVm {
                 status: qemu.exit_status,
                 shutdown_reason: None,
                 guest_panicked: false,
+                helper_died: None,
             },
         };
         tracing::info!(id = %self.id, ended_by = ?qemu.ended_by, "VM and vsock daemon stopped");

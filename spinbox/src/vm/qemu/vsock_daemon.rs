@@ -130,6 +130,11 @@ impl VsockDaemon {
         self.process.pid()
     }
 
+    /// A watch of its exit status (set once it has exited and been reaped).
+    pub fn exit_watch(&self) -> tokio::sync::watch::Receiver<Option<ExitStatus>> {
+        self.process.exit_watch()
+    }
+
     /// The exit status, once it has exited and been reaped.
     pub fn exit_status(&self) -> Option<ExitStatus> {
         self.process.exit_status()
