@@ -3,7 +3,6 @@
 
 mod shim_common;
 
-use lifecycle_core::PhaseOutcome;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use shim_common::{config, drain, serial, TestVm, HANG_GUARD};
@@ -106,7 +105,6 @@ fn agent_that_never_answers() {
     serial(|| async {
         let root = tempfile::tempdir().unwrap();
         let mut cfg = config(root.path());
-        cfg.assets = Some(tests::assets::test_assets());
         cfg.kernel_args = vec!["spinbox.agent=mute".to_owned()];
         let vm = TestVm::with(root, cfg, "fault-mute", tests::assets::test_assets());
         let started = Instant::now();
@@ -214,7 +212,7 @@ fn delete_racing_shutdown() {
         }
         // Whoever claimed the teardown, each phase ran exactly once.
         let events = drain(&mut events).await;
-        for phase in CleanupPhase::ALL {
+        for &phase in CleanupPhase::ALL {
             let runs = events
                 .iter()
                 .filter(|e| matches!(e, ShimEvent::PhaseStarted { phase: p, .. } if *p == phase))

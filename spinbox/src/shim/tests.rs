@@ -648,3 +648,45 @@ async fn an_existing_vm_directory_is_refused_and_left_untouched() {
     );
     assert_eq!(r.shim.state().state, Idle);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_dropped_after_the_agent_answered_the_dial_tears_down() {
+    let mut r = rig(FakeScript {
+        info_delay: Duration::from_secs(30),
+        ..FakeScript::default()
+    });
+    let create = r.spawn_create();
+    // The dial was answered (it pings) and `Info` is in flight.
+    r.wait_for("the Info call", |r| {
+        r.backend.last_vm().is_some_and(|vm| vm.info_calls() > 0)
+    })
+    .await;
+    create.abort();
+    r.wait_for("the shim to return to Idle", |r| r.shim.state().state == Idle)
+        .await;
+    assert_eq!(r.vm().stops(), 1);
+    assert_eq!(r.backend.running(), 0);
+    assert!(!r.vm_dir_exists());
+    let events = r.pending();
+    assert_eq!(states(&events), [(Idle, Creating), (Creating, Idle)]);
+    assert_eq!(phases(&events), all_phases_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_shutdown_still_completes_and_a_later_call_gets_its_report() {
+    let mut r = rig(FakeScript {
+        stop_delay: Duration::from_millis(200),
+        ..FakeScript::default()
+    });
+    r.shim.create().await.unwrap();
+    let shim = r.shim.clone();
+    let first = tokio::spawn(async move { shim.shutdown().await });
+    r.wait_for("the stop to begin", |r| r.vm().stops() > 0).await;
+    first.abort();
+    let report = tokio::time::timeout(BOUND, r.shim.shutdown()).await.unwrap();
+    assert!(!report.has_errors(), "{report}");
+    assert_eq!(r.vm().stops(), 1);
+    assert!(r.vm().has_exited());
+    let events = r.drain().await;
+    assert_eq!(phases(&events), all_phases_ok());
+}

@@ -52,6 +52,8 @@ pub struct FakeScript {
     /// dies after it became ready, while the agent answers; the exit is published before
     /// the reply is sent.
     pub exit_on_info: bool,
+    /// How long the agent takes to answer `Info`.
+    pub info_delay: Duration,
     /// The agent answers `Shutdown` but the guest never powers off: the stop ends with the
     /// forced step (status SIGKILL).
     pub ignore_shutdown: bool,
@@ -119,6 +121,7 @@ pub struct FakeVm {
     server: tokio::sync::Mutex<Option<ttrpc::asynchronous::Server>>,
     stop: SharedTask<Result<StopOutcome, StopError>>,
     stops: AtomicUsize,
+    infos: AtomicUsize,
     ready_timeout: Duration,
     this: Weak<FakeVm>,
 }
@@ -156,6 +159,11 @@ impl FakeVm {
     /// How many stops actually ran (at most one, however many callers).
     pub fn stops(&self) -> usize {
         self.stops.load(Ordering::SeqCst)
+    }
+
+    /// How many `Info` calls the agent has received.
+    pub fn info_calls(&self) -> usize {
+        self.infos.load(Ordering::SeqCst)
     }
 
     /// Whether the VM has exited.
@@ -259,6 +267,13 @@ impl System for FakeAgent {
         let mut r = InfoResponse::new();
         r.kernel_release = "fake".into();
         r.agent_version = "fake".into();
+        let delay = self.vm.upgrade().map(|vm| {
+            vm.infos.fetch_add(1, Ordering::SeqCst);
+            vm.script.info_delay
+        });
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
         if let Some(vm) = self.vm.upgrade() {
             r.uptime_seconds = vm.started.elapsed().as_secs_f64();
             if vm.script.exit_on_info {
@@ -329,6 +344,7 @@ impl VmBackend for FakeBackend {
             server: tokio::sync::Mutex::new(None),
             stop: SharedTask::default(),
             stops: AtomicUsize::new(0),
+            infos: AtomicUsize::new(0),
             ready_timeout: spec.ready_timeout,
             this: this.clone(),
         });

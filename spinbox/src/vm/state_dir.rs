@@ -125,7 +125,8 @@ pub fn prepare_root(dir: &Path) -> Result<(), StateDirError> {
 #[derive(Debug, Clone)]
 pub struct StateDir {
     path: PathBuf,
-    _lock: std::sync::Arc<std::fs::File>,
+    /// Held until [`StateDir::remove`] (or the last clone is dropped).
+    lock: std::sync::Arc<std::sync::Mutex<Option<std::fs::File>>>,
     stale_removed: bool,
 }
 
@@ -183,7 +184,7 @@ impl StateDir {
                     return match lock {
                         (file, true) => Ok(Self {
                             path,
-                            _lock: std::sync::Arc::new(file),
+                            lock: std::sync::Arc::new(std::sync::Mutex::new(Some(file))),
                             stale_removed,
                         }),
                         // Someone judged our fresh directory stale and locked it: theirs now.
@@ -253,16 +254,24 @@ impl StateDir {
         }
     }
 
-    /// Removes the directory and everything in it. Already gone counts as success.
+    /// Removes the directory and everything in it, then releases the lock (the VM's life
+    /// is over). Already gone counts as success; on failure the lock is kept.
     pub fn remove(&self) -> Result<(), StateDirError> {
         match std::fs::remove_dir_all(&self.path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(StateDirError::Remove {
-                path: self.path.clone(),
-                source,
-            }),
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(StateDirError::Remove {
+                    path: self.path.clone(),
+                    source,
+                })
+            }
         }
+        self.lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        Ok(())
     }
 }
 
@@ -317,6 +326,11 @@ mod tests {
             Err(StateDirError::AlreadyExists { .. })
         ));
         assert!(root.path().join("vm-2").exists());
+        // Removing releases the lock: no descriptor outlives the VM's directory.
+        let clone = fresh.clone();
+        assert!(clone.lock.lock().unwrap().is_some());
+        fresh.remove().unwrap();
+        assert!(clone.lock.lock().unwrap().is_none(), "the lock file stayed open");
     }
 
     #[test]
