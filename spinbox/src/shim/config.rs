@@ -267,7 +267,7 @@ mod tests {
         assert!(ShimConfig::from_json(r#"{"memory_mib": 4000000}"#).is_err());
         let relative = ShimConfig::from_json(r#"{"state_root": "run/here"}"#).unwrap_err();
         assert!(
-            format!("{:?}", relative).contains("RelativeStateRoot"),
+            format!("{relative:?}").contains("RelativeStateRoot"),
             "{relative:?}"
         );
         let missing = ShimConfig::from_file(Path::new("/nonexistent/spinbox.json")).unwrap_err();

@@ -130,7 +130,7 @@ pub enum ShimEvent {
 pub type EventReceiver = mpsc::Receiver<ShimEvent>;
 
 struct Tx {
-    tx: Option<mpsc::Sender<ShimEvent>>,
+    sender: Option<mpsc::Sender<ShimEvent>>,
     dropped: u64,
     /// Close once `event_close`'s finish has been sent.
     closing: bool,
@@ -145,7 +145,7 @@ impl std::fmt::Debug for EventSender {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let tx = self.lock();
         f.debug_struct("EventSender")
-            .field("open", &tx.tx.is_some())
+            .field("open", &tx.sender.is_some())
             .field("dropped", &tx.dropped)
             .finish()
     }
@@ -157,7 +157,7 @@ impl EventSender {
         (
             Self {
                 tx: Mutex::new(Tx {
-                    tx: Some(tx),
+                    sender: Some(tx),
                     dropped: 0,
                     closing: false,
                 }),
@@ -173,8 +173,12 @@ impl EventSender {
     /// Sends `event` unless the stream is closed or full (see the module docs).
     pub(crate) fn send(&self, event: ShimEvent) {
         let mut state = self.lock();
-        let Tx { tx, dropped, .. } = &mut *state;
-        let Some(sender) = tx.as_ref() else { return };
+        let Tx {
+            sender: slot,
+            dropped,
+            ..
+        } = &mut *state;
+        let Some(sender) = slot.as_ref() else { return };
         if matches!(event, ShimEvent::Console(_)) && sender.capacity() <= CONSOLE_RESERVE {
             *dropped += 1;
             return;
@@ -192,7 +196,7 @@ impl EventSender {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => *dropped += 1,
             // The consumer went away: nothing to keep.
-            Err(mpsc::error::TrySendError::Closed(_)) => *tx = None,
+            Err(mpsc::error::TrySendError::Closed(_)) => *slot = None,
         }
     }
 
@@ -206,13 +210,13 @@ impl EventSender {
         self.send(event);
         let mut state = self.lock();
         if state.closing {
-            state.tx = None;
+            state.sender = None;
         }
     }
 
     /// Ends the stream now: the consumer receives what was sent, then `None`.
     pub(crate) fn close(&self) {
-        self.lock().tx = None;
+        self.lock().sender = None;
     }
 }
 

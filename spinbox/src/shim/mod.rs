@@ -1,4 +1,4 @@
-//! The shim facade (SPEC §4.7, §8): [`ShimStateMachine`] + [`CleanupOrchestrator`] + a
+//! The shim facade (SPEC §4.7, §8): [`ShimStateMachine`] + [`CleanupOrchestrator`](crate::cleanup::CleanupOrchestrator) + a
 //! [`VmBackend`] as one lifecycle. It knows the backend only through the trait.
 //!
 //! | operation | states | cleanup |
@@ -198,15 +198,14 @@ impl Drop for CancelGuard {
             return;
         };
         let shim = self.shim.clone();
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => {
-                handle.spawn(async move {
-                    shim.fail_creation(&session, Reason::Cancelled).await;
-                });
-            }
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                shim.fail_creation(&session, Reason::Cancelled).await;
+            });
+        } else {
             // No runtime (it is shutting down): the backend's handles kill what they
             // started when the session is dropped.
-            Err(_) => tracing::warn!("create cancelled outside a runtime; no cleanup ran"),
+            tracing::warn!("create cancelled outside a runtime; no cleanup ran");
         }
     }
 }
@@ -342,7 +341,7 @@ impl Shim {
             Ok(created) => Ok(created),
             Err(Failure::Creation(reason, error)) => {
                 self.fail_creation(&session, reason).await;
-                Err(self.creation_error(&session, error))
+                Err(Self::creation_error(&session, error))
             }
             Err(Failure::Crashed) => {
                 // A shutdown or the VM's exit moved the shim to ShuttingDown just as it was
@@ -351,7 +350,7 @@ impl Shim {
                 session.mark_final();
                 let _ = session.claim(Reason::Shutdown);
                 let _ = session.tear_down().await;
-                Err(self.creation_error(&session, CreateError::ShutDownDuringCreate))
+                Err(Self::creation_error(&session, CreateError::ShutDownDuringCreate))
             }
         }
     }
@@ -438,24 +437,24 @@ impl Shim {
 
     /// The error `create` returns: the claimant's story when someone else claimed the
     /// teardown, else `own`.
-    fn creation_error(&self, session: &Session, own: CreateError) -> CreateError {
+    fn creation_error(session: &Session, own: CreateError) -> CreateError {
         match (session.reason(), own) {
             (_, e @ CreateError::VmExited(_)) => e,
             (Some(Reason::Shutdown), _) => CreateError::ShutDownDuringCreate,
             (Some(Reason::ExitedDuringBoot | Reason::Crash), CreateError::Boot(e))
                 if !matches!(e, BootError::ExitedBeforeReady { .. }) =>
             {
-                self.exit_error(session).unwrap_or(CreateError::Boot(e))
+                Self::exit_error(session).unwrap_or(CreateError::Boot(e))
             }
             (Some(Reason::ExitedDuringBoot | Reason::Crash), CreateError::ShutDownDuringCreate) => {
-                self.exit_error(session)
+                Self::exit_error(session)
                     .unwrap_or(CreateError::ShutDownDuringCreate)
             }
             (_, e) => e,
         }
     }
 
-    fn exit_error(&self, session: &Session) -> Option<CreateError> {
+    fn exit_error(session: &Session) -> Option<CreateError> {
         let cause = session.cause.get()?.clone();
         Some(if session.was_ready() {
             CreateError::VmExited(cause)
@@ -527,17 +526,16 @@ impl Shim {
         shared.sm.set_intentional_shutdown(true);
         let session = {
             let mut slot = lock(&self.inner.session);
-            match slot.as_ref() {
-                Some(s) => Arc::clone(s),
-                None => {
-                    // Nothing was created: a session with no VM whose phases end the stream.
-                    let s = Session::empty_final(
-                        Arc::clone(shared),
-                        shared.config.spec(shared.id.clone()),
-                    );
-                    *slot = Some(Arc::clone(&s));
-                    s
-                }
+            if let Some(s) = slot.as_ref() {
+                Arc::clone(s)
+            } else {
+                // Nothing was created: a session with no VM whose phases end the stream.
+                let s = Session::empty_final(
+                    Arc::clone(shared),
+                    shared.config.spec(shared.id.clone()),
+                );
+                *slot = Some(Arc::clone(&s));
+                s
             }
         };
         session.mark_final();

@@ -59,7 +59,9 @@ impl Rig {
             match tokio::time::timeout(BOUND, self.events.recv()).await {
                 Ok(Some(e)) => out.push(e),
                 Ok(None) => return out,
-                Err(_) => panic!("the stream did not end; so far: {out:#?}"),
+                Err(tokio::time::error::Elapsed { .. }) => {
+                    panic!("the stream did not end; so far: {out:#?}")
+                }
             }
         }
     }

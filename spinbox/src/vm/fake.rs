@@ -36,6 +36,8 @@ use super::{
 
 /// What the fake VMs started from now on do. The default is a well-behaved VM that is
 /// ready at once and powers off when the agent is asked to.
+// A script is a set of independent switches; bools read best here.
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Debug, Clone, Default)]
 pub struct FakeScript {
     /// How long `start` takes.

@@ -20,7 +20,7 @@
 //!
 //! Only async-signal-safe calls (raw syscalls) run in the child.
 
-/// `CLOSE_RANGE_CLOEXEC` (linux/close_range.h).
+/// `CLOSE_RANGE_CLOEXEC` (`linux/close_range.h`).
 const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
 
 /// System calls the children never need; refused with `EPERM`.
@@ -74,8 +74,8 @@ fn seccomp_program() -> Vec<libc::sock_filter> {
         jf,
         k,
     };
-    let ld = u32::try_from(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS).expect("BPF opcode");
-    let ret = u32::try_from(libc::BPF_RET | libc::BPF_K).expect("BPF opcode");
+    let ld = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
+    let ret = libc::BPF_RET | libc::BPF_K;
     // offsetof(struct seccomp_data, arch) = 4, nr = 0.
     let mut p = vec![
         stmt(ld, 4),

@@ -1,8 +1,8 @@
 //! `check_kvm()`: is `/dev/kvm` present, accessible and speaking the stable KVM API?
 //!
 //! This only proves the *device* works. Whether QEMU can actually run a guest with it
-//! (nested or software hypervisors often cannot) is decided by the probe in
-//! [`super::qemu::accel`].
+//! (nested or software hypervisors often cannot) is decided by the QEMU backend's
+//! accelerator probe ([`super::qemu::probe_accelerator`]).
 
 use std::fs::OpenOptions;
 use std::io;

@@ -243,7 +243,7 @@ impl QemuConfig {
     pub fn to_argv(
         &self,
         paths: &RuntimePaths,
-        host: &HostFeatures,
+        host: HostFeatures,
     ) -> Result<Vec<OsString>, ConfigError> {
         self.validate()?;
         let mut a = Argv::default();
@@ -583,7 +583,7 @@ mod tests {
     #[test]
     fn argv_has_the_safety_flags_and_no_shell() {
         let c = config_with(Path::new("/img/root.raw"), "console=ttyS0".into(), "vm1");
-        let argv = c.to_argv(&paths(), &host()).unwrap();
+        let argv = c.to_argv(&paths(), host()).unwrap();
         let s: Vec<String> = argv
             .iter()
             .map(|a| a.to_string_lossy().into_owned())
@@ -610,7 +610,7 @@ mod tests {
         let argv = c
             .to_argv(
                 &paths(),
-                &HostFeatures {
+                HostFeatures {
                     accelerator: Accelerator::Kvm,
                     sandbox: false,
                 },
@@ -623,7 +623,7 @@ mod tests {
     #[test]
     fn commas_in_paths_are_doubled() {
         let c = config_with(Path::new("/img/a,b,driver=nbd"), "x".into(), "vm1");
-        let argv = c.to_argv(&paths(), &host()).unwrap();
+        let argv = c.to_argv(&paths(), host()).unwrap();
         let bd = argv
             .iter()
             .find(|a| a.to_string_lossy().contains("filename="))
@@ -681,7 +681,7 @@ mod tests {
             serial_log: dir.join("console.log"),
             dir,
         };
-        let err = c.to_argv(&p, &host()).unwrap_err();
+        let err = c.to_argv(&p, host()).unwrap_err();
         assert!(matches!(err, ConfigError::Socket(_)));
         assert!(err.to_string().contains("107"));
         let ok = PathBuf::from(format!("/{}", "s".repeat(106)));
@@ -723,7 +723,7 @@ mod tests {
             let id = VmId::new(id).unwrap_or_else(|_| VmId::new("fallback").unwrap());
             let mut c = config_with(&path, text, id.as_str());
             c.agent = Some(AgentChannel::VhostUserVsock { backend_socket: path.clone() });
-            let Ok(argv) = c.to_argv(&paths(), &host()) else { return Ok(()); };
+            let Ok(argv) = c.to_argv(&paths(), host()) else { return Ok(()); };
             let mut i = 0;
             while i < argv.len() {
                 let opt = argv[i].to_string_lossy().into_owned();

@@ -262,7 +262,7 @@ impl QemuInstance {
             qmp_socket: state_dir.qmp_socket(),
             serial_log: state_dir.serial_log(),
         };
-        let argv = config.to_argv(&paths, &host).map_err(StartError::Config)?;
+        let argv = config.to_argv(&paths, host).map_err(StartError::Config)?;
         let listener =
             UnixListener::bind(&paths.qmp_socket).map_err(|source| StartError::Listen {
                 path: paths.qmp_socket.clone(),
@@ -423,7 +423,7 @@ impl QemuInstance {
         self.shutdown_with(policy, None).await
     }
 
-    /// Shuts the VM down: escalation (see [`super::escalation`]), reap, close QMP, remove
+    /// Shuts the VM down: escalation (graceful hook, guest request, quit, SIGTERM, SIGKILL), reap, close QMP, remove
     /// the state directory.
     ///
     /// Idempotent and concurrency-safe: the first call starts the work on its own task

@@ -52,7 +52,7 @@ pub enum QmpError {
     /// A line could not be decoded during the handshake.
     #[error("malformed QMP message")]
     Decode(#[source] DecodeError),
-    /// The server sent a line longer than [`MAX_LINE_LEN`].
+    /// The server sent a line longer than `MAX_LINE_LEN` (1 MiB).
     #[error("QMP line longer than {MAX_LINE_LEN} bytes")]
     LineTooLong,
     /// No reply arrived in time.
