@@ -6,7 +6,9 @@
 //! - [`state`]: transition tables, [`TransitionError`], and the [`LifecycleState`] /
 //!   [`StateMachine`] traits every generated machine implements.
 //! - [`cleanup`]: the ordered, at-most-once cleanup engine behind `#[cleanup_phases]`.
-//! - [`sync`]: the atomics and locks all of the above use; `--cfg loom` swaps them for loom's.
+//!
+//! Every atomic and lock comes from one internal module, so building with
+//! `RUSTFLAGS="--cfg loom"` model-checks all of them with [loom](https://docs.rs/loom).
 //!
 //! # Example
 //!
@@ -70,7 +72,7 @@
 
 pub mod cleanup;
 pub mod state;
-pub mod sync;
+mod sync;
 
 pub use cleanup::{
     BoxError, CleanupEngine, CleanupError, CleanupReport, Phase, PhaseError, PhaseFailure, PhaseId,

@@ -300,10 +300,12 @@ pub fn expand(model: &Model, krate: Path) -> TokenStream {
         .iter()
         .enumerate()
         .map(|(i, t)| cx.try_method(i, t));
-    let dispatch = model.transitions.iter().map(|t| {
+    // By name, then by value: names are unique in the table, and the whole entry must match
+    // for it to count as this machine's.
+    let dispatch = model.transitions.iter().enumerate().map(|(i, t)| {
         let name = &t.name;
         let method = format_ident!("try_{}", t.name);
-        quote!(#name => ::core::option::Option::Some(self.#method()),)
+        quote!(#name if *transition == #e::TRANSITIONS[#i] => self.#method(),)
     });
     let predicates = enm.states.iter().enumerate().map(|(i, s)| {
         let method = format_ident!("is_{}", s.name);
@@ -501,13 +503,15 @@ pub fn expand(model: &Model, krate: Path) -> TokenStream {
             type State = #e;
             fn state(&self) -> #e { #machine::state(self) }
             fn force(&self, to: #e) -> #e { #machine::force(self, to) }
-            fn try_transition(
+            fn try_apply(
                 &self,
-                name: &str,
-            ) -> ::core::option::Option<::core::result::Result<#e, #krate::TransitionError<#e>>> {
-                match name {
+                transition: &'static #krate::Transition<#e>,
+            ) -> ::core::result::Result<#e, #krate::TransitionError<#e>> {
+                match transition.name {
                     #(#dispatch)*
-                    _ => ::core::option::Option::None,
+                    _ => ::core::result::Result::Err(
+                        #krate::TransitionError::new(transition, #machine::state(self)),
+                    ),
                 }
             }
         }
