@@ -6,6 +6,7 @@
 //! - [`state`]: transition tables, [`TransitionError`], and the [`LifecycleState`] /
 //!   [`StateMachine`] traits every generated machine implements.
 //! - [`cleanup`]: the ordered, at-most-once cleanup engine behind `#[cleanup_phases]`.
+//! - [`observe`]: observers of transitions ([`TransitionObserver`]), free when unused.
 //!
 //! Every atomic and lock comes from one internal module, so building with
 //! `RUSTFLAGS="--cfg loom"` model-checks all of them with [loom](https://docs.rs/loom).
@@ -71,6 +72,7 @@
 //! ```
 
 pub mod cleanup;
+pub mod observe;
 pub mod state;
 mod sync;
 
@@ -79,6 +81,7 @@ pub use cleanup::{
     PhaseOutcome, PhaseReport,
 };
 pub use lifecycle_macros::{cleanup_phases, state_machine};
+pub use observe::{NoObserver, TransitionObserver};
 pub use state::{LifecycleState, StateMachine, Transition, TransitionError, UnknownStateError};
 
 /// Items used by macro expansions. Not a public API: no stability guarantees.
