@@ -115,7 +115,8 @@ pub fn state_machine(args: TokenStream, input: TokenStream) -> TokenStream {
 /// (the field's `snake_case` name), `index()`, `default_timeout()`, `Display` and
 /// `lifecycle_core::PhaseId`; and the orchestrator with `new(phases)`, `execute()`,
 /// `execute_from(phase)`, `completed_phases()`, `is_complete()`, `reset()`, `with_timeout`,
-/// `set_timeout`, `timeout`. It wraps `lifecycle_core::CleanupEngine`, which documents the
+/// `set_timeout`, `timeout`, `with_observer` and `set_observer` (a
+/// `lifecycle_core::PhaseObserver` that sees every phase start and finish). It wraps `lifecycle_core::CleanupEngine`, which documents the
 /// semantics: phases strictly in order, each at most once until `reset`, a failing, panicking
 /// or timed-out phase recorded and the next one run, concurrent runs sharing the work.
 ///
