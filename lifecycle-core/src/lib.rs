@@ -6,7 +6,11 @@
 //! - [`state`]: transition tables, [`TransitionError`], and the [`LifecycleState`] /
 //!   [`StateMachine`] traits every generated machine implements.
 //! - [`cleanup`]: the ordered, at-most-once cleanup engine behind `#[cleanup_phases]`.
-//! - [`sync`]: the atomics and locks all of the above use; `--cfg loom` swaps them for loom's.
+//! - [`observe`]: observers of transitions ([`TransitionObserver`]) and of cleanup phases
+//!   ([`PhaseObserver`]), free when unused.
+//!
+//! Every atomic and lock comes from one internal module, so building with
+//! `RUSTFLAGS="--cfg loom"` model-checks all of them with [loom](https://docs.rs/loom).
 //!
 //! # Example
 //!
@@ -69,14 +73,16 @@
 //! ```
 
 pub mod cleanup;
+pub mod observe;
 pub mod state;
-pub mod sync;
+mod sync;
 
 pub use cleanup::{
     BoxError, CleanupEngine, CleanupError, CleanupReport, Phase, PhaseError, PhaseFailure, PhaseId,
-    PhaseOutcome, PhaseReport,
+    PhaseKind, PhaseOutcome, PhaseReport,
 };
 pub use lifecycle_macros::{cleanup_phases, state_machine};
+pub use observe::{NoObserver, PhaseObserver, TransitionObserver};
 pub use state::{LifecycleState, StateMachine, Transition, TransitionError, UnknownStateError};
 
 /// Items used by macro expansions. Not a public API: no stability guarantees.

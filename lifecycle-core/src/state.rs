@@ -33,10 +33,25 @@ impl<S: PartialEq + Copy> Transition<S> {
 ///
 /// Carries the transition (name, allowed sources, target) and the state the machine was
 /// observed in at the instant the compare-and-swap failed.
+///
+/// [`StateMachine::try_apply`] also refuses an entry that is not in the machine's transition
+/// table; [`is_undeclared`](Self::is_undeclared) tells that case apart.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TransitionError<S: 'static> {
     transition: &'static Transition<S>,
     observed: S,
+}
+
+impl<S: LifecycleState> TransitionError<S> {
+    /// Whether the transition is not in `S`'s table ([`LifecycleState::TRANSITIONS`], compared
+    /// by value), so it was refused whatever the state: only [`StateMachine::try_apply`]
+    /// given a hand-built entry refuses for that reason.
+    ///
+    /// Computed on demand (a scan of the table), so refusals from `try_*` carry nothing
+    /// more than the entry and the observed state.
+    pub fn is_undeclared(&self) -> bool {
+        !S::TRANSITIONS.contains(self.transition)
+    }
 }
 
 impl<S: Copy> TransitionError<S> {
@@ -74,13 +89,21 @@ impl<S: Copy> TransitionError<S> {
     }
 }
 
-impl<S: fmt::Display> fmt::Display for TransitionError<S> {
+impl<S: LifecycleState> fmt::Display for TransitionError<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "transition `{}` to `{}` refused: machine is `{}`, expected ",
-            self.transition.name, self.transition.target, self.observed
+            "transition `{}` to `{}` refused: ",
+            self.transition.name, self.transition.target
         )?;
+        if self.is_undeclared() {
+            return write!(
+                f,
+                "not in the machine's transition table (machine is `{}`)",
+                self.observed
+            );
+        }
+        write!(f, "machine is `{}`, expected ", self.observed)?;
         if self.transition.from_any {
             return f.write_str("any non-terminal state");
         }
@@ -96,17 +119,21 @@ impl<S: fmt::Display> fmt::Display for TransitionError<S> {
     }
 }
 
-impl<S: fmt::Display> fmt::Debug for TransitionError<S> {
+impl<S: LifecycleState> fmt::Debug for TransitionError<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TransitionError")
+        let mut debug = f.debug_struct("TransitionError");
+        debug
             .field("transition", &self.transition.name)
             .field("target", &format_args!("{}", self.transition.target))
-            .field("observed", &format_args!("{}", self.observed))
-            .finish()
+            .field("observed", &format_args!("{}", self.observed));
+        if self.is_undeclared() {
+            debug.field("undeclared", &true);
+        }
+        debug.finish()
     }
 }
 
-impl<S: fmt::Display> std::error::Error for TransitionError<S> {}
+impl<S: LifecycleState> std::error::Error for TransitionError<S> {}
 
 /// A raw integer that is not the discriminant of any state of the named enum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -159,7 +186,8 @@ pub trait LifecycleState:
     fn can_transition(from: Self, to: Self) -> bool;
 }
 
-/// Implemented by every generated atomic machine.
+/// Implemented by every generated atomic machine (with any observer whose type is `Send +
+/// Sync`).
 pub trait StateMachine: Send + Sync {
     /// The state enum.
     type State: LifecycleState;
@@ -167,11 +195,15 @@ pub trait StateMachine: Send + Sync {
     fn state(&self) -> Self::State;
     /// Sets the state unconditionally and returns the previous one (the escape hatch).
     fn force(&self, to: Self::State) -> Self::State;
-    /// Attempts the transition named `name`, exactly as the generated `try_<name>` does.
+    /// Attempts `transition`, an entry of [`LifecycleState::TRANSITIONS`], exactly as its
+    /// generated `try_<name>` method does (observer included).
     ///
-    /// Returns `None` when no transition has that name.
-    fn try_transition(
+    /// An entry is recognized by value: a copy of a table entry works too. An entry that is
+    /// not in the table (a `Transition` built by hand) changes nothing and is refused with a
+    /// [`TransitionError`] carrying it and the current state, whose
+    /// [`is_undeclared`](TransitionError::is_undeclared) is true; this never panics.
+    fn try_apply(
         &self,
-        name: &str,
-    ) -> Option<Result<Self::State, TransitionError<Self::State>>>;
+        transition: &'static Transition<Self::State>,
+    ) -> Result<Self::State, TransitionError<Self::State>>;
 }

@@ -46,12 +46,16 @@ use proc_macro::TokenStream;
 /// `snake_case` name), `TryFrom<repr>`, `From<Enum> for repr` and
 /// `lifecycle_core::LifecycleState`.
 ///
-/// The machine: one atomic of the repr's width (`size_of` is the repr's), `const fn new`,
-/// `Default`, `state`, `is_<state>` per state, `try_<transition>` per transition (returns the
-/// state it left, or a `TransitionError` naming the transition, its sources and target and the
-/// state observed), `force` (unconditional swap; the escape hatch), `Debug` and
-/// `lifecycle_core::StateMachine`. With `lifecycle-core`'s `tracing` feature, each successful
-/// transition emits a debug event (machine, transition, from, to).
+/// The machine, `Machine<O = NoObserver>`: one atomic of the repr's width plus an observer
+/// `O` (`lifecycle_core::TransitionObserver`; the default `NoObserver` is zero-sized, so
+/// `size_of` is the repr's), `const fn new` and `Default` (unobserved), `const fn
+/// with_observer(observer)`, `observer()`, `state`, `is_<state>` per state,
+/// `try_<transition>` per transition (returns the state it left, or a `TransitionError`
+/// naming the transition, its sources and target and the state observed; a success is
+/// reported to the observer), `force` (unconditional swap, the escape hatch; reported to the
+/// observer's `on_force`), `Debug` and `lifecycle_core::StateMachine` (whose `try_apply` takes
+/// a table entry). With `lifecycle-core`'s `tracing` feature, each successful transition
+/// emits a debug event (machine, transition, from, to).
 ///
 /// Successful transitions and `force` are `AcqRel`; reads are `Acquire`: writes made before a
 /// successful transition are visible to whoever observes the state it entered.
@@ -111,7 +115,8 @@ pub fn state_machine(args: TokenStream, input: TokenStream) -> TokenStream {
 /// (the field's `snake_case` name), `index()`, `default_timeout()`, `Display` and
 /// `lifecycle_core::PhaseId`; and the orchestrator with `new(phases)`, `execute()`,
 /// `execute_from(phase)`, `completed_phases()`, `is_complete()`, `reset()`, `with_timeout`,
-/// `set_timeout`, `timeout`. It wraps `lifecycle_core::CleanupEngine`, which documents the
+/// `set_timeout`, `timeout`, `with_observer` and `set_observer` (a
+/// `lifecycle_core::PhaseObserver` that sees every phase start and finish). It wraps `lifecycle_core::CleanupEngine`, which documents the
 /// semantics: phases strictly in order, each at most once until `reset`, a failing, panicking
 /// or timed-out phase recorded and the next one run, concurrent runs sharing the work.
 ///

@@ -9,10 +9,15 @@
 //! Baselines: a hand-written `AtomicU8` doing exactly the same compare-exchanges, a
 //! `Mutex<enum>` machine, and rust-fsm (a `&mut self` state-machine crate) behind a `Mutex`.
 //! "contended" variants run the same loop on 2 threads sharing one machine.
+//!
+//! The single-source group also runs the generated machine with a counting
+//! `TransitionObserver` (one relaxed atomic add per transition), beside the hand-written
+//! machine doing the same add: the observer hook itself should cost nothing more.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use lifecycle_core::{Transition, TransitionObserver};
 use std::hint::black_box;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Barrier, Mutex};
 use std::time::{Duration, Instant};
 use tests::firecracker::{FirecrackerVm, VmState};
@@ -78,6 +83,30 @@ impl HandWritten {
     }
 }
 
+/// An observer that counts transitions: one relaxed atomic add each.
+#[derive(Default)]
+struct Counting(AtomicU64);
+
+impl TransitionObserver<VmState> for Counting {
+    #[inline]
+    fn on_transition(&self, _: &'static Transition<VmState>, _: VmState) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The hand-written machine plus the same count, by hand.
+struct HandWrittenCounting(HandWritten, AtomicU64);
+
+impl HandWrittenCounting {
+    #[inline]
+    fn counted(&self, result: Result<u8, u8>) -> Result<u8, u8> {
+        if result.is_ok() {
+            self.1.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+}
+
 /// A `Mutex<enum>` machine, the usual lock-based alternative.
 struct Locked(Mutex<VmState>);
 
@@ -128,6 +157,22 @@ fn single_source(c: &mut Criterion) {
             black_box(vm.try_resume()).ok();
         });
     });
+    let hand_counting = HandWrittenCounting(HandWritten(AtomicU8::new(RUNNING)), AtomicU64::new(0));
+    g.bench_function("hand_written_atomic_counting", |b| {
+        b.iter(|| {
+            black_box(hand_counting.counted(hand_counting.0.pause())).ok();
+            black_box(hand_counting.counted(hand_counting.0.resume())).ok();
+        });
+    });
+    let observed = FirecrackerVm::with_observer(Counting::default());
+    observed.try_start().unwrap();
+    g.bench_function("generated_counting_observer", |b| {
+        b.iter(|| {
+            black_box(observed.try_pause()).ok();
+            black_box(observed.try_resume()).ok();
+        });
+    });
+    assert!(observed.observer().0.load(Ordering::Relaxed) > 0);
     let locked = Locked(Mutex::new(VmState::Running));
     g.bench_function("mutex_enum", |b| {
         b.iter(|| {

@@ -4,6 +4,7 @@
 //! (scripts/test-all does); without `--cfg loom` this file is empty.
 #![cfg(loom)]
 
+use lifecycle_core::{LifecycleState, Transition, TransitionObserver};
 use loom::cell::UnsafeCell;
 use loom::sync::Arc;
 use loom::thread;
@@ -153,5 +154,96 @@ fn writes_before_a_transition_are_visible_to_observers_of_its_target() {
             assert_eq!(seen, 42);
         }
         writer.join().unwrap();
+    });
+}
+
+/// Counts observer reports per (transition, state left) in loom atomics, so loom also
+/// explores where each report falls against the other threads' operations.
+struct Reports([[loom::sync::atomic::AtomicUsize; 5]; 5]);
+
+impl Reports {
+    fn new() -> Self {
+        Self(std::array::from_fn(|_| {
+            std::array::from_fn(|_| loom::sync::atomic::AtomicUsize::new(0))
+        }))
+    }
+
+    fn count(&self, transition: usize, from: usize) -> usize {
+        self.0[transition][from].load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl<S: LifecycleState> TransitionObserver<S> for Reports {
+    fn on_transition(&self, transition: &'static Transition<S>, from: S) {
+        assert!(transition.allows(from), "reported from a state it cannot leave");
+        let index = S::TRANSITIONS
+            .iter()
+            .position(|t| t == transition)
+            .expect("a table entry");
+        let from = S::ALL.iter().position(|&s| s == from).unwrap();
+        self.0[index][from].fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Asserts the observer saw exactly the successes: one report per `Ok`, with its `from`.
+fn assert_reported<S: LifecycleState>(reports: &Reports, successes: &[(usize, S)]) {
+    for (index, _) in S::TRANSITIONS.iter().enumerate() {
+        for (from_index, &from) in S::ALL.iter().enumerate() {
+            let expected = successes
+                .iter()
+                .filter(|&&(i, f)| i == index && f == from)
+                .count();
+            assert_eq!(
+                reports.count(index, from_index),
+                expected,
+                "transition {index} from {from}"
+            );
+        }
+    }
+}
+
+/// Model 6: three threads race transitions on an observed machine (two `start_creating`, one
+/// `shut_down`). Whatever the interleaving, the observer got exactly one report per successful
+/// `try_*`, with the state it really left.
+#[test]
+fn observer_sees_each_success_of_three_racing_threads_once() {
+    loom::model(|| {
+        let sm = Arc::new(AtomicShimState::with_observer(Reports::new()));
+        let creators: Vec<_> = (0..2)
+            .map(|_| {
+                let sm = sm.clone();
+                thread::spawn(move || sm.try_start_creating().map(|from| (0, from)))
+            })
+            .collect();
+        let mut successes: Vec<(usize, ShimState)> =
+            sm.try_shut_down().map(|from| (4, from)).into_iter().collect();
+        for creator in creators {
+            successes.extend(creator.join().unwrap());
+        }
+        assert!(successes.iter().any(|&(i, _)| i == 4), "shut_down always wins");
+        assert_reported(sm.observer(), &successes);
+    });
+}
+
+/// Model 7: two threads, multi-source and single-source transitions on an observed
+/// Firecracker machine (`pause` then `resume` racing `stop`).
+#[test]
+fn observer_sees_each_success_of_two_racing_threads_once() {
+    loom::model(|| {
+        let vm = Arc::new(FirecrackerVm::with_observer(Reports::new()));
+        let _ = vm.force(VmState::Running);
+        let flipper = {
+            let vm = vm.clone();
+            thread::spawn(move || {
+                let pause = vm.try_pause().map(|from| (1, from));
+                let resume = vm.try_resume().map(|from| (2, from));
+                [pause, resume]
+            })
+        };
+        let stop = vm.try_stop().map(|from| (3, from));
+        let mut successes: Vec<(usize, VmState)> = stop.into_iter().collect();
+        successes.extend(flipper.join().unwrap().into_iter().flatten());
+        assert_reported(vm.observer(), &successes);
+        assert_eq!(vm.state(), VmState::Stopped);
     });
 }

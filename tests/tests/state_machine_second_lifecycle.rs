@@ -136,6 +136,6 @@ fn table_and_diagram() {
 "
     );
     let vm = FirecrackerVm::default();
-    assert_eq!(vm.try_transition("start"), Some(Ok(VmState::NotStarted)));
+    assert_eq!(vm.try_apply(&VmState::TRANSITIONS[0]), Ok(VmState::NotStarted));
     assert_eq!(format!("{vm:?}"), "FirecrackerVm { state: Running }");
 }

@@ -1,7 +1,7 @@
 //! Behaviour of spinbox's generated `ShimState` machine: every scenario of the Go package it
 //! descends from, plus the generated introspection.
 
-use lifecycle_core::{LifecycleState, StateMachine, TransitionError};
+use lifecycle_core::{LifecycleState, StateMachine, Transition, TransitionError};
 use spinbox::state::{AtomicShimState, ShimSnapshot, ShimState, ShimStateMachine};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
@@ -74,7 +74,7 @@ fn every_transition_from_every_state() {
     for (index, transition) in ShimState::TRANSITIONS.iter().enumerate() {
         for &state in ShimState::ALL {
             let sm = in_state(state);
-            let result = sm.try_transition(transition.name).expect("declared");
+            let result = sm.try_apply(transition);
             if transition.allows(state) {
                 assert_eq!(result, Ok(state), "{} from {state}", transition.name);
                 assert_eq!(sm.state(), transition.target);
@@ -297,9 +297,44 @@ fn transition_table_and_diagram() {
     assert_eq!(<ShimState as LifecycleState>::TYPE_NAME, "ShimState");
 }
 
+/// `try_apply` knows an entry by value: a copy of a table entry is that transition; an entry
+/// that is not in the table, even one named like a declared transition, is refused as
+/// undeclared and changes nothing.
 #[test]
-fn unknown_transition_name_is_none() {
-    assert!(AtomicShimState::new().try_transition("launch").is_none());
+fn try_apply_refuses_entries_not_in_the_table() {
+    static LAUNCH: Transition<ShimState> = Transition {
+        name: "launch",
+        sources: &[ShimState::Idle],
+        target: ShimState::Running,
+        from_any: false,
+    };
+    static FAKE_START: Transition<ShimState> = Transition {
+        name: "start_creating",
+        sources: &[ShimState::Idle],
+        target: ShimState::Running,
+        from_any: false,
+    };
+    let sm = AtomicShimState::new();
+    for fake in [&LAUNCH, &FAKE_START] {
+        let err = sm.try_apply(fake).unwrap_err();
+        assert!(err.is_undeclared());
+        assert_eq!(err.transition(), fake);
+        assert_eq!(err.observed(), ShimState::Idle);
+        assert_eq!(sm.state(), ShimState::Idle, "a refused entry changes nothing");
+    }
+    assert_eq!(
+        sm.try_apply(&LAUNCH).unwrap_err().to_string(),
+        "transition `launch` to `running` refused: not in the machine's transition table (machine is `idle`)"
+    );
+    // A refusal by state is not "undeclared".
+    let refused = sm.try_apply(&ShimState::TRANSITIONS[1]).unwrap_err();
+    assert!(!refused.is_undeclared());
+    assert!(!format!("{refused:?}").contains("undeclared"));
+    assert!(format!("{:?}", sm.try_apply(&LAUNCH).unwrap_err()).contains("undeclared: true"));
+
+    let copy: &'static Transition<ShimState> = Box::leak(Box::new(ShimState::TRANSITIONS[0]));
+    assert_eq!(sm.try_apply(copy), Ok(ShimState::Idle));
+    assert_eq!(sm.state(), ShimState::Creating);
 }
 
 #[test]

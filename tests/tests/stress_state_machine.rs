@@ -84,7 +84,7 @@ fn threads_racing_every_transition_only_follow_declared_edges() {
                         if transition.name == "shut_down" && i < 190 {
                             continue;
                         }
-                        if let Ok(from) = sm.machine().try_transition(transition.name).unwrap() {
+                        if let Ok(from) = sm.machine().try_apply(transition) {
                             edges.push((from, transition.target));
                         }
                     }

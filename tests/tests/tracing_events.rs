@@ -1,6 +1,6 @@
 //! With lifecycle-core's `tracing` feature: a debug event per successful transition (machine,
 //! transition, from, to), none for a refused one; a span per cleanup phase and a warning
-//! listing the failed phases.
+//! listing the failed phases; a warning for each panic of a phase observer.
 
 use lifecycle_core::Phase;
 use spinbox::cleanup::{CleanupOrchestrator, CleanupPhases};
@@ -123,4 +123,57 @@ fn cleanup_spans_each_phase_and_warns_about_failures() {
         .find(|l| l.starts_with("WARN:"))
         .unwrap_or_else(|| panic!("a warning in {lines:#?}"));
     assert!(warning.contains("conn_close, mount_cleanup"), "{warning}");
+}
+
+#[lifecycle_core::cleanup_phases]
+struct WatchedPhases {
+    stop_vm: Phase,
+    remove_dir: Phase,
+}
+
+/// An observer that panics in both hooks.
+struct BrokenObserver;
+
+impl lifecycle_core::PhaseObserver<WatchedPhase> for BrokenObserver {
+    fn phase_started(&self, phase: WatchedPhase, _: lifecycle_core::PhaseKind) {
+        panic!("observer broke on {phase}");
+    }
+
+    fn phase_finished(
+        &self,
+        phase: WatchedPhase,
+        _: lifecycle_core::PhaseKind,
+        _: &lifecycle_core::PhaseOutcome,
+        _: std::time::Duration,
+    ) {
+        panic!("observer broke after {phase}");
+    }
+}
+
+#[test]
+fn a_panicking_phase_observer_is_ignored_with_a_warning() {
+    let lines = recorded(|| {
+        let orch = WatchedOrchestrator::new(WatchedPhases {
+            stop_vm: Phase::new(|| async { Ok::<(), std::io::Error>(()) }),
+            remove_dir: Phase::sync(|| Ok::<(), std::io::Error>(())),
+        })
+        .with_observer(Arc::new(BrokenObserver));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let report = rt.block_on(orch.execute());
+        assert!(!report.has_errors(), "{report}");
+    });
+    let warnings: Vec<&String> = lines.iter().filter(|l| l.starts_with("WARN:")).collect();
+    assert_eq!(warnings.len(), 4, "{lines:#?}");
+    for (warning, fields) in warnings.iter().zip([
+        ["phase=stop_vm", "hook=phase_started", "panic=observer broke on stop_vm"],
+        ["phase=stop_vm", "hook=phase_finished", "panic=observer broke after stop_vm"],
+        ["phase=remove_dir", "hook=phase_started", "panic=observer broke on remove_dir"],
+        ["phase=remove_dir", "hook=phase_finished", "panic=observer broke after remove_dir"],
+    ]) {
+        for field in fields.iter().chain(&["phase observer panicked"]) {
+            assert!(warning.contains(field), "{field} in {warning}");
+        }
+    }
 }

@@ -36,9 +36,15 @@
 //! lost, and a phase nobody waits for never touches the lock. If the runner's future is
 //! dropped mid-phase, a drop guard records [`PhaseOutcome::Cancelled`] the same way, so
 //! nobody waits forever.
+//!
+//! A [`PhaseObserver`] is called by the claimer while the phase is still `RUNNING`, before the
+//! outcome is published, so its calls are ordered like the phases themselves. A phase skipped
+//! while an observer is attached goes `PENDING → RUNNING → SKIPPED` for the same reason (the
+//! observer is told in between); without one it is claimed `SKIPPED` directly.
 
 use super::phase::{Action, PhaseFuture};
-use super::{CleanupReport, Phase, PhaseId, PhaseOutcome, PhaseReport};
+use super::{CleanupReport, Phase, PhaseId, PhaseKind, PhaseOutcome, PhaseReport};
+use crate::observe::PhaseObserver;
 use crate::sync::{lock, AtomicU8, Mutex, Ordering, UnsafeCell};
 use core::fmt;
 use core::future::Future;
@@ -48,6 +54,7 @@ use core::task::{Context, Poll, Waker};
 use core::time::Duration;
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Not claimed yet.
@@ -121,9 +128,15 @@ impl Slot {
         // reads the cell before observing the DONE published below.
         self.outcome
             .with_mut(|p| unsafe { *p = Some((outcome, duration)) });
+        self.publish(DONE);
+    }
+
+    /// Moves the phase from `RUNNING` to the final state `to` and wakes the waiters, if any.
+    /// Called once, by the phase's claimer.
+    fn publish(&self, to: u8) {
         // Release publishes the outcome; Acquire pairs with the waiter's CAS that set
         // WAITING, so its registered waker is in the list we lock below.
-        let previous = self.state.swap(DONE, Ordering::AcqRel);
+        let previous = self.state.swap(to, Ordering::AcqRel);
         if previous & WAITING != 0 {
             let waiters = core::mem::take(&mut *lock(&self.waiters));
             for waker in waiters {
@@ -167,30 +180,75 @@ impl Slot {
     }
 }
 
-/// Records [`PhaseOutcome::Cancelled`] if the run is dropped while it is running a phase.
-struct RunGuard<'a> {
+/// Calls one hook of a [`PhaseObserver`]. A panic in it is caught (and logged with the
+/// `tracing` feature), so the engine still publishes the phase and its waiters go on.
+fn notify<P: PhaseId>(phase: P, hook: &'static str, call: impl FnOnce()) {
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(call)) {
+        #[cfg(feature = "tracing")]
+        tracing::warn!(
+            phase = phase.name(),
+            hook,
+            panic = %panic_message(&*payload),
+            "phase observer panicked; ignored"
+        );
+        #[cfg(not(feature = "tracing"))]
+        let _ = (phase, hook, payload);
+    }
+}
+
+/// Tells the observer, if any, that `phase` reached its final outcome.
+fn report_finished<P: PhaseId>(
+    observer: Option<&dyn PhaseObserver<P>>,
+    phase: P,
+    kind: PhaseKind,
+    outcome: &PhaseOutcome,
+    duration: Duration,
+) {
+    if let Some(observer) = observer {
+        notify(phase, "phase_finished", || {
+            observer.phase_finished(phase, kind, outcome, duration);
+        });
+    }
+}
+
+/// Records [`PhaseOutcome::Cancelled`] (and reports it to the observer) if the run is dropped
+/// while it is running a phase.
+struct RunGuard<'a, P: PhaseId> {
     slot: &'a Slot,
     start: Instant,
     armed: bool,
+    observer: Option<&'a dyn PhaseObserver<P>>,
+    phase: P,
+    kind: PhaseKind,
 }
 
-impl RunGuard<'_> {
-    /// Records the phase's outcome and disarms the guard; returns it with its duration and
-    /// the instant it ended.
+impl<P: PhaseId> RunGuard<'_, P> {
+    /// Reports and records the phase's outcome and disarms the guard; returns the outcome
+    /// with its duration and the instant it ended.
     fn complete(mut self, outcome: PhaseOutcome) -> (PhaseOutcome, Duration, Instant) {
         self.armed = false;
         let end = Instant::now();
         let duration = end.duration_since(self.start);
+        report_finished(self.observer, self.phase, self.kind, &outcome, duration);
         self.slot.finish(outcome.clone(), duration);
         (outcome, duration, end)
     }
 }
 
-impl Drop for RunGuard<'_> {
+impl<P: PhaseId> Drop for RunGuard<'_, P> {
     fn drop(&mut self) {
         if self.armed {
-            self.slot
-                .finish(PhaseOutcome::Cancelled, self.start.elapsed());
+            let duration = self.start.elapsed();
+            // The observer runs inside this drop; `notify` keeps a panic in it from
+            // escaping (which would abort if this drop is itself part of an unwind).
+            report_finished(
+                self.observer,
+                self.phase,
+                self.kind,
+                &PhaseOutcome::Cancelled,
+                duration,
+            );
+            self.slot.finish(PhaseOutcome::Cancelled, duration);
         }
     }
 }
@@ -241,6 +299,9 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
 ///   future is dropped, the phase is recorded as [`PhaseOutcome::Cancelled`], and waiting
 ///   calls carry on with the next phase. (Leaking that future with `mem::forget` instead
 ///   would leave its phase running forever, and its waiters with it.)
+/// - **Observer.** A [`PhaseObserver`] attached with [`with_observer`](Self::with_observer)
+///   sees each phase start and reach its final outcome, exactly once per phase until
+///   [`reset`](Self::reset), in order; without one, the engine only checks an `Option`.
 /// - **Timeouts.** A phase with a timeout ([`PhaseId::default_timeout`],
 ///   [`with_timeout`](Self::with_timeout)) is abandoned when it outlives it, and recorded
 ///   as [`PhaseOutcome::TimedOut`]. Timeouts use `tokio::time`, so running an asynchronous
@@ -315,6 +376,7 @@ pub struct CleanupEngine<P: PhaseId> {
     actions: Vec<Phase>,
     timeouts: Vec<Option<Duration>>,
     slots: Box<[Slot]>,
+    observer: Option<Arc<dyn PhaseObserver<P>>>,
     _phases: PhantomData<fn() -> P>,
 }
 
@@ -346,8 +408,23 @@ impl<P: PhaseId> CleanupEngine<P> {
             actions,
             timeouts: P::ALL.iter().map(|p| p.default_timeout()).collect(),
             slots: P::ALL.iter().map(|_| Slot::new()).collect(),
+            observer: None,
             _phases: PhantomData,
         }
+    }
+
+    /// Reports every phase's start and final outcome to `observer` (builder form of
+    /// [`set_observer`](Self::set_observer)).
+    #[must_use]
+    pub fn with_observer(mut self, observer: Arc<dyn PhaseObserver<P>>) -> Self {
+        self.set_observer(Some(observer));
+        self
+    }
+
+    /// Attaches a phase observer, replacing any previous one, or (with `None`) detaches it.
+    /// Takes `&mut self`, so it never changes during a run; [`reset`](Self::reset) keeps it.
+    pub fn set_observer(&mut self, observer: Option<Arc<dyn PhaseObserver<P>>>) {
+        self.observer = observer;
     }
 
     /// Sets `phase`'s timeout (builder form of [`set_timeout`](Self::set_timeout)).
@@ -402,7 +479,7 @@ impl<P: PhaseId> CleanupEngine<P> {
     }
 
     /// Forgets every phase's state and outcome, so the next run runs them all again.
-    /// Timeouts are kept.
+    /// Timeouts and the observer are kept.
     pub fn reset(&mut self) {
         // Fresh slots: `&mut self` means no run can be looking at the old ones.
         self.slots = P::ALL.iter().map(|_| Slot::new()).collect();
@@ -436,8 +513,7 @@ impl<P: PhaseId> CleanupEngine<P> {
                         // only once it was, and final states last until `reset(&mut self)`.
                         // So claiming phase `i` here keeps the order invariant.
                         if i < from {
-                            if slot.claim(SKIPPED) {
-                                // Nobody waits on a phase that was never RUNNING.
+                            if self.claim_skipped(i, phase, slot) {
                                 break (PhaseOutcome::Skipped, Duration::ZERO);
                             }
                         } else if slot.claim(RUNNING) {
@@ -469,6 +545,29 @@ impl<P: PhaseId> CleanupEngine<P> {
         report
     }
 
+    /// Claims phase `i` as skipped (and reports it to the observer); false if another call
+    /// claimed it first.
+    fn claim_skipped(&self, i: usize, phase: P, slot: &Slot) -> bool {
+        let Some(observer) = self.observer.as_deref() else {
+            // Nobody waits on a phase that was never RUNNING.
+            return slot.claim(SKIPPED);
+        };
+        // Through RUNNING, so the observer hears of the skip before any call moves past it.
+        if !slot.claim(RUNNING) {
+            return false;
+        }
+        let kind = self.actions[i].kind();
+        report_finished(
+            Some(observer),
+            phase,
+            kind,
+            &PhaseOutcome::Skipped,
+            Duration::ZERO,
+        );
+        slot.publish(SKIPPED);
+        true
+    }
+
     /// Runs phase `i`, which this call has claimed (`RUNNING`) at `start`, and publishes its
     /// outcome. Returns the outcome, the duration and when it ended.
     async fn run_claimed(
@@ -478,8 +577,14 @@ impl<P: PhaseId> CleanupEngine<P> {
         slot: &Slot,
         start: Instant,
     ) -> (PhaseOutcome, Duration, Instant) {
-        if self.actions[i].is_noop() {
+        let kind = self.actions[i].kind();
+        let observer = self.observer.as_deref();
+        if let Some(observer) = observer {
+            notify(phase, "phase_started", || observer.phase_started(phase, kind));
+        }
+        if kind == PhaseKind::Noop {
             // Nothing runs: no clock, no span.
+            report_finished(observer, phase, kind, &PhaseOutcome::Ok, Duration::ZERO);
             slot.finish(PhaseOutcome::Ok, Duration::ZERO);
             return (PhaseOutcome::Ok, Duration::ZERO, start);
         }
@@ -487,6 +592,9 @@ impl<P: PhaseId> CleanupEngine<P> {
             slot,
             start,
             armed: true,
+            observer,
+            phase,
+            kind,
         };
         #[cfg(feature = "tracing")]
         let outcome = {

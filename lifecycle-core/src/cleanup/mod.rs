@@ -20,7 +20,7 @@ mod phase;
 mod report;
 
 pub use engine::CleanupEngine;
-pub use phase::{Phase, PhaseId};
+pub use phase::{Phase, PhaseId, PhaseKind};
 pub use report::{
     CleanupError, CleanupReport, PhaseError, PhaseFailure, PhaseOutcome, PhaseReport,
 };

@@ -51,6 +51,34 @@ pub(crate) enum Action {
     Noop,
 }
 
+/// How a [`Phase`] was built, and so how the engine runs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PhaseKind {
+    /// [`Phase::new`]: an async closure whose future is awaited.
+    Async,
+    /// [`Phase::sync`]: a closure run inline.
+    Sync,
+    /// [`Phase::noop`]: nothing runs.
+    Noop,
+}
+
+impl PhaseKind {
+    /// `"async"`, `"sync"` or `"noop"`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Async => "async",
+            Self::Sync => "sync",
+            Self::Noop => "noop",
+        }
+    }
+}
+
+impl Display for PhaseKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.name())
+    }
+}
+
 /// One phase's action: what the engine runs for that phase.
 ///
 /// An action runs at most once per engine run-through, but again after
@@ -114,17 +142,21 @@ impl Phase {
     pub fn is_noop(&self) -> bool {
         matches!(self.action, Action::Noop)
     }
+
+    /// How this phase was built: [`Phase::new`], [`Phase::sync`] or [`Phase::noop`].
+    pub fn kind(&self) -> PhaseKind {
+        match self.action {
+            Action::Async(_) => PhaseKind::Async,
+            Action::Sync(_) => PhaseKind::Sync,
+            Action::Noop => PhaseKind::Noop,
+        }
+    }
 }
 
 impl Debug for Phase {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kind = match self.action {
-            Action::Async(_) => "async",
-            Action::Sync(_) => "sync",
-            Action::Noop => "noop",
-        };
         f.debug_tuple("Phase")
-            .field(&format_args!("{kind}"))
+            .field(&format_args!("{}", self.kind()))
             .finish()
     }
 }
@@ -144,6 +176,17 @@ mod tests {
             "Phase(sync)"
         );
         assert_eq!(format!("{:?}", Phase::noop()), "Phase(noop)");
+    }
+
+    #[test]
+    fn kind_says_how_the_phase_was_built() {
+        assert_eq!(
+            Phase::new(|| async { Ok::<(), BoxError>(()) }).kind(),
+            PhaseKind::Async
+        );
+        assert_eq!(Phase::sync(|| Ok::<(), BoxError>(())).kind(), PhaseKind::Sync);
+        assert_eq!(Phase::noop().kind(), PhaseKind::Noop);
+        assert_eq!(PhaseKind::Sync.to_string(), "sync");
     }
 
     #[test]

@@ -86,6 +86,7 @@ pub fn expand(
          `lifecycle_core::CleanupEngine` for the exact semantics."
     );
     let report = quote!(#krate::CleanupReport<#p>);
+    let observer = quote!(::std::sync::Arc<dyn #krate::PhaseObserver<#p>>);
 
     quote! {
         #stripped
@@ -170,6 +171,18 @@ pub fn expand(
             /// `phase`'s timeout, if it has one.
             pub fn timeout(&self, phase: #p) -> ::core::option::Option<#krate::__private::Duration> {
                 self.engine.timeout(phase)
+            }
+
+            /// Reports every phase's start and final outcome to `observer` (builder form).
+            #[must_use]
+            pub fn with_observer(self, observer: #observer) -> Self {
+                Self { engine: self.engine.with_observer(observer) }
+            }
+
+            /// Attaches a phase observer, replacing any previous one, or (with `None`)
+            /// detaches it.
+            pub fn set_observer(&mut self, observer: ::core::option::Option<#observer>) {
+                self.engine.set_observer(observer);
             }
 
             /// Runs every phase not yet run, in order, and reports on all of them.

@@ -2,7 +2,7 @@
 //! absolute paths into `lifecycle_core` (or the `crate = …` override).
 
 use super::ast::is_state_helper;
-use super::valid::{Model, Resolved};
+use super::valid::{Model, Resolved, OBSERVER_PARAM};
 use proc_macro2::{Literal, TokenStream};
 use quote::{format_ident, quote};
 use syn::{Ident, ItemEnum, Path};
@@ -116,11 +116,15 @@ impl Ctx<'_, '_> {
         };
         let doc = format!(
             "Transition `{name}`: {sources_text} → `{}`.\n\nReturns the state it left, or an error \
-             carrying the state observed when the compare-and-swap failed.",
+             carrying the state observed when the compare-and-swap failed. A successful \
+             transition is reported to the observer.",
             states[t.target].ident
         );
+        // After the compare-and-swap that won: the tracing event, then the observer (with
+        // `NoObserver`, an empty inlined call that leaves the compare-and-swap alone).
         let trace = quote! {
             #p::trace_transition(#machine_name, #name, #e::name(from), #e::name(#target));
+            #krate::TransitionObserver::<#e>::on_transition(&self.observer, &#e::TRANSITIONS[#index], from);
         };
         let refused = quote! {
             #krate::TransitionError::new(&#e::TRANSITIONS[#index], Self::decode(observed))
@@ -208,6 +212,7 @@ pub fn expand(model: &Model, krate: Path) -> TokenStream {
     let repr = &cx.repr;
     let atomic = &cx.atomic;
     let machine = &model.machine;
+    let o = format_ident!("{OBSERVER_PARAM}");
     let e = enum_ident;
 
     let existing = user_derives(item);
@@ -300,10 +305,12 @@ pub fn expand(model: &Model, krate: Path) -> TokenStream {
         .iter()
         .enumerate()
         .map(|(i, t)| cx.try_method(i, t));
-    let dispatch = model.transitions.iter().map(|t| {
+    // By name, then by value: names are unique in the table, and the whole entry must match
+    // for it to count as this machine's.
+    let dispatch = model.transitions.iter().enumerate().map(|(i, t)| {
         let name = &t.name;
         let method = format_ident!("try_{}", t.name);
-        quote!(#name => ::core::option::Option::Some(self.#method()),)
+        quote!(#name if *transition == #e::TRANSITIONS[#i] => self.#method(),)
     });
     let predicates = enm.states.iter().enumerate().map(|(i, s)| {
         let method = format_ident!("is_{}", s.name);
@@ -334,10 +341,21 @@ pub fn expand(model: &Model, krate: Path) -> TokenStream {
          whatever a thread wrote before a successful transition is visible to any thread that \
          afterwards observes the state it entered (or any later state). A failed `try_*` \
          changes nothing.\n\n\
+         # Observer\n\n\
+         `O` is a `TransitionObserver` that sees every successful transition (after its \
+         compare-and-swap, on the thread that won it) and every `force`. The default, \
+         `NoObserver`, is zero-sized with empty inlined hooks: `new()` machines are one atomic \
+         and their `try_*` are exactly the compare-and-swap. Attach one with \
+         [`with_observer`](Self::with_observer).\n\n\
          # Diagram\n\n{diagram_doc}"
     );
     let new_doc = format!(
-        "A machine in the initial state, `{}`.",
+        "A machine in the initial state, `{}`, that nobody observes.",
+        enm.states[model.initial].ident
+    );
+    let with_observer_doc = format!(
+        "A machine in the initial state, `{}`, that reports every successful transition and \
+         every `force` to `observer`.",
         enm.states[model.initial].ident
     );
 
@@ -436,8 +454,9 @@ pub fn expand(model: &Model, krate: Path) -> TokenStream {
         }
 
         #[doc = #machine_doc]
-        #vis struct #machine {
+        #vis struct #machine<#o = #krate::NoObserver> {
             raw: #p::#atomic,
+            observer: #o,
         }
 
         #[automatically_derived]
@@ -446,8 +465,25 @@ pub fn expand(model: &Model, krate: Path) -> TokenStream {
                 #[doc = #new_doc]
                 #[must_use]
                 pub fn new() -> Self {
-                    Self { raw: #p::#atomic::new(#initial_raw) }
+                    Self::with_observer(#krate::NoObserver)
                 }
+            }
+        }
+
+        #[automatically_derived]
+        impl<#o> #machine<#o> {
+            #p::maybe_const_fn! {
+                #[doc = #with_observer_doc]
+                #[must_use]
+                pub fn with_observer(observer: #o) -> Self {
+                    Self { raw: #p::#atomic::new(#initial_raw), observer }
+                }
+            }
+
+            /// The observer this machine reports to.
+            #[inline]
+            pub fn observer(&self) -> &#o {
+                &self.observer
             }
 
             /// The current state (an `Acquire` load).
@@ -457,19 +493,6 @@ pub fn expand(model: &Model, krate: Path) -> TokenStream {
             }
 
             #(#predicates)*
-
-            /// Sets the state unconditionally and returns the one it replaced.
-            ///
-            /// The escape hatch: it ignores the transition table, so prefer a `try_*` method.
-            /// It is an `AcqRel` swap, with the same visibility guarantees as a transition.
-            #[inline]
-            pub fn force(&self, to: #e) -> #e {
-                let from = Self::decode(self.raw.swap(to.to_raw(), #p::Ordering::AcqRel));
-                #p::trace_transition(#machine_name, "force", #e::name(from), #e::name(to));
-                from
-            }
-
-            #(#try_methods)*
 
             #[inline]
             fn decode(raw: #repr) -> #e {
@@ -482,6 +505,24 @@ pub fn expand(model: &Model, krate: Path) -> TokenStream {
         }
 
         #[automatically_derived]
+        impl<#o: #krate::TransitionObserver<#e>> #machine<#o> {
+            /// Sets the state unconditionally and returns the one it replaced.
+            ///
+            /// The escape hatch: it ignores the transition table, so prefer a `try_*` method.
+            /// It is an `AcqRel` swap, with the same visibility guarantees as a transition, and
+            /// is reported to the observer's `on_force`.
+            #[inline]
+            pub fn force(&self, to: #e) -> #e {
+                let from = Self::decode(self.raw.swap(to.to_raw(), #p::Ordering::AcqRel));
+                #p::trace_transition(#machine_name, "force", #e::name(from), #e::name(to));
+                #krate::TransitionObserver::<#e>::on_force(&self.observer, from, to);
+                from
+            }
+
+            #(#try_methods)*
+        }
+
+        #[automatically_derived]
         impl ::core::default::Default for #machine {
             /// Same as `new`.
             fn default() -> Self {
@@ -490,24 +531,29 @@ pub fn expand(model: &Model, krate: Path) -> TokenStream {
         }
 
         #[automatically_derived]
-        impl ::core::fmt::Debug for #machine {
+        impl<#o> ::core::fmt::Debug for #machine<#o> {
             fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
                 f.debug_struct(#machine_name).field("state", &self.state()).finish()
             }
         }
 
         #[automatically_derived]
-        impl #krate::StateMachine for #machine {
+        impl<#o> #krate::StateMachine for #machine<#o>
+        where
+            #o: #krate::TransitionObserver<#e> + ::core::marker::Send + ::core::marker::Sync,
+        {
             type State = #e;
             fn state(&self) -> #e { #machine::state(self) }
             fn force(&self, to: #e) -> #e { #machine::force(self, to) }
-            fn try_transition(
+            fn try_apply(
                 &self,
-                name: &str,
-            ) -> ::core::option::Option<::core::result::Result<#e, #krate::TransitionError<#e>>> {
-                match name {
+                transition: &'static #krate::Transition<#e>,
+            ) -> ::core::result::Result<#e, #krate::TransitionError<#e>> {
+                match transition.name {
                     #(#dispatch)*
-                    _ => ::core::option::Option::None,
+                    _ => ::core::result::Result::Err(
+                        #krate::TransitionError::new(transition, #machine::state(self)),
+                    ),
                 }
             }
         }

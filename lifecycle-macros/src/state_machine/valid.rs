@@ -228,7 +228,22 @@ fn check_name_collisions(cx: &mut Ctxt, enm: &Enum, machine: &Ident) {
             ),
         );
     }
+    // The machine is generic over its observer, `Machine<O = NoObserver>`: inside its impls
+    // a type named `O` would be shadowed by that parameter.
+    for (ident, what) in [(&enm.item.ident, "state enum"), (machine, "machine type")] {
+        if ident == OBSERVER_PARAM {
+            cx.error_spanned_by(
+                ident,
+                format!(
+                    "the {what} `{ident}` would collide with the machine's observer type parameter `{OBSERVER_PARAM}`; rename it"
+                ),
+            );
+        }
+    }
 }
+
+/// The name of the generated machine's observer type parameter.
+pub const OBSERVER_PARAM: &str = "O";
 
 /// Runs every check; `None` when any failed (the errors are in `cx`).
 pub fn validate<'a>(cx: &mut Ctxt, enm: Enum<'a>, args: &'a MachineArgs) -> Option<Model<'a>> {
