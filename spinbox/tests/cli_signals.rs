@@ -393,3 +393,54 @@ fn a_dead_vsock_daemon_ends_the_vm_and_is_reported() {
     assert!(!alive(qemu));
     assert!(leftovers(root.path()).is_empty(), "{:?}", leftovers(root.path()));
 }
+
+#[test]
+fn a_long_shutdown_says_what_it_waits_for() {
+    let root = tempfile::tempdir().unwrap();
+    let config = root.path().join("slow.json");
+    // The graceful step waits 6 s for a frozen guest; the rest is quick.
+    std::fs::write(
+        &config,
+        r#"{"shutdown_graceful_ms": 6000, "shutdown_guest_request_ms": 100,
+            "shutdown_quit_ms": 100, "shutdown_sigterm_ms": 100}"#,
+    )
+    .unwrap();
+    let run_root = root.path().join("run");
+    let (mut child, mut stdout) = start(
+        &["run", "--keep", "--id", "sig-slow", "--config", config.to_str().unwrap()],
+        &run_root,
+    );
+    let seen = read_until(&mut stdout, "VM running; Ctrl-C to delete it");
+    let qemu = qemu_pid(&seen);
+    kill(Pid::from_raw(i32::try_from(qemu).unwrap()), Signal::SIGSTOP).unwrap();
+    signal(&child, Signal::SIGINT);
+    let (code, out, err) = rest(&mut child, &mut stdout);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("phase  vm_shutdown still running after 5s"),
+        "{out}"
+    );
+    assert!(out.contains("7 phases, 0 failed"), "{out}");
+    assert!(!alive(qemu));
+    assert!(leftovers(&run_root).is_empty(), "{:?}", leftovers(&run_root));
+}
+
+#[test]
+fn a_failed_create_shows_its_teardown_once_and_no_bogus_report() {
+    let root = tempfile::tempdir().unwrap();
+    // Not a kernel: QEMU refuses it and exits.
+    let kernel = root.path().join("not-a-kernel");
+    std::fs::write(&kernel, b"garbage").unwrap();
+    let run_root = root.path().join("run");
+    let (mut child, mut stdout) = start(
+        &["run", "--id", "sig-bad", "--kernel", kernel.to_str().unwrap()],
+        &run_root,
+    );
+    let (code, out, err) = rest(&mut child, &mut stdout);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.starts_with("spinbox: create failed:"), "{err}");
+    assert!(out.contains("state  creating → idle"), "{out}");
+    assert!(!out.contains("already done"), "{out}");
+    assert_eq!(out.matches("phase  vm_shutdown …").count(), 1, "{out}");
+    assert!(leftovers(&run_root).is_empty(), "{:?}", leftovers(&run_root));
+}

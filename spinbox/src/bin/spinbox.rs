@@ -144,15 +144,16 @@ fn assets_dir() -> Result<PathBuf, String> {
 /// The shim's and the backend's settings from the flags, the config file and the
 /// environment (read here, once).
 fn config_for(args: &RunArgs) -> Result<(ShimConfig, QemuBackendConfig), String> {
+    let base = ShimConfig {
+        state_root: state_root_from(
+            std::env::var_os("SPINBOX_STATE_ROOT"),
+            std::env::var_os("XDG_RUNTIME_DIR"),
+        ),
+        ..ShimConfig::default()
+    };
     let mut config = match &args.config {
-        Some(path) => ShimConfig::from_file(path).map_err(|e| error_chain(&e))?,
-        None => ShimConfig {
-            state_root: state_root_from(
-                std::env::var_os("SPINBOX_STATE_ROOT"),
-                std::env::var_os("XDG_RUNTIME_DIR"),
-            ),
-            ..ShimConfig::default()
-        },
+        Some(path) => ShimConfig::from_file_over(path, base).map_err(|e| error_chain(&e))?,
+        None => base,
     };
     if let Some(cpus) = args.cpus {
         config.cpus = cpus;

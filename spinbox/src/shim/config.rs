@@ -101,11 +101,17 @@ impl ShimConfig {
     /// it leaves out keeps its default. Unknown keys are rejected, so a typo is not silently
     /// ignored.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        Self::from_file_over(path, Self::default())
+    }
+
+    /// [`from_file`](Self::from_file), with what the file leaves out taken from `base`
+    /// (e.g. a state root the caller found in its environment).
+    pub fn from_file_over(path: &Path, base: Self) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Self::from_json(&text).map_err(|e| match e {
+        Self::from_json_over(&text, base).map_err(|e| match e {
             ConfigError::Parse { source, .. } => ConfigError::Parse {
                 path: path.to_owned(),
                 source,
@@ -116,11 +122,16 @@ impl ShimConfig {
 
     /// Parses JSON overrides (see [`from_file`](Self::from_file)).
     pub fn from_json(text: &str) -> Result<Self, ConfigError> {
+        Self::from_json_over(text, Self::default())
+    }
+
+    /// Parses JSON overrides onto `base`.
+    pub fn from_json_over(text: &str, base: Self) -> Result<Self, ConfigError> {
         let file: ConfigFile = serde_json::from_str(text).map_err(|source| ConfigError::Parse {
             path: PathBuf::new(),
             source,
         })?;
-        let mut config = Self::default();
+        let mut config = base;
         let ms = Duration::from_millis;
         let set = |target: &mut Duration, value: Option<u64>, name: &str| match value {
             Some(0) => Err(ConfigError::Invalid(format!(

@@ -101,7 +101,7 @@ pub enum SocketPathError {
     /// The path is longer than `sun_path` allows.
     #[error(
         "unix socket path {} is {len} bytes, longer than the {MAX_SOCKET_PATH}-byte limit: \
-         choose a shorter state root",
+         choose a shorter state root or VM id",
         path.display()
     )]
     TooLong {

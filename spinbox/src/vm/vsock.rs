@@ -178,3 +178,34 @@ async fn hybrid_handshake(s: &mut UnixStream, port: u32) -> io::Result<String> {
     }
     Ok(String::from_utf8_lossy(&line).trim_end().to_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    /// A listener whose backlog is full answers a non-blocking connect with `EAGAIN`; the
+    /// dial treats that as "not there yet" and retries.
+    #[tokio::test]
+    async fn a_full_listen_backlog_is_transient() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("busy.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        // SAFETY: listen(2) on a socket we own, to shrink its backlog to one.
+        assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
+        let address = AgentAddress::Unix(path);
+        let mut held = Vec::new();
+        let err = loop {
+            match connect(&address, Duration::from_secs(1)).await {
+                Ok(client) => held.push(client),
+                Err(e) => break e,
+            }
+            assert!(held.len() < 64, "the backlog never filled");
+        };
+        let ConnectError::Connect { source, .. } = &err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(source.kind(), io::ErrorKind::WouldBlock, "{err:?}");
+        assert!(err.is_transient());
+    }
+}
