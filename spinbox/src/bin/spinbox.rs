@@ -234,31 +234,37 @@ async fn show_events(
     // A phase still running after this long gets a "still waiting" line, then again every
     // period, so a long forced shutdown never looks like a hang.
     const PATIENCE: Duration = Duration::from_secs(5);
-    let mut current: Option<(CleanupPhase, Instant)> = None;
-    let mut tick = tokio::time::interval(PATIENCE);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The phase running now, when it started, and when to say so next.
+    let mut current: Option<(CleanupPhase, Instant, tokio::time::Instant)> = None;
     loop {
+        let note_at = current.map(|(_, _, at)| at);
         let event = tokio::select! {
             e = events.recv() => match e {
                 Some(e) => e,
                 None => break,
             },
-            _ = tick.tick() => {
-                if let Some((phase, since)) = current {
-                    if since.elapsed() >= PATIENCE {
-                        clear_spinner();
-                        println!(
-                            "{} phase  {phase} still running after {:.0?} (bounded by the shutdown timeouts)",
-                            stamp(start),
-                            since.elapsed()
-                        );
-                    }
+            () = async {
+                match note_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let Some((phase, since, at)) = current.as_mut() {
+                    clear_spinner();
+                    println!(
+                        "{} phase  {phase} still running after {:.0?} (bounded by the shutdown timeouts)",
+                        stamp(start),
+                        since.elapsed()
+                    );
+                    *at += PATIENCE;
                 }
                 continue;
             }
         };
         match &event {
-            ShimEvent::PhaseStarted { phase, .. } => current = Some((*phase, Instant::now())),
+            ShimEvent::PhaseStarted { phase, .. } => {
+                current = Some((*phase, Instant::now(), tokio::time::Instant::now() + PATIENCE));
+            }
             ShimEvent::PhaseFinished { .. } => current = None,
             _ => {}
         }
@@ -403,9 +409,10 @@ async fn run(args: RunArgs) -> Result<(), String> {
         }
         Err(e) => {
             // The failed creation already tore down what it started (its phases were
-            // printed above); the shutdown only ends the event stream.
+            // printed above). Dropping the shim ends the event stream; nothing is left to
+            // clean.
             let reason = format!("create failed: {}", error_chain(&e));
-            let _ = shutdown(&shim, start).await;
+            drop(shim);
             let _ = printer.await;
             return Err(reason);
         }
