@@ -90,6 +90,25 @@ async fn go_fixed_sleep_policy(vm: &QemuVm) -> Duration {
     start.elapsed()
 }
 
+/// The Go policy, `runs` times, each on a freshly booted VM.
+async fn go_policy_runs(qemu: &QemuBackend, root: &std::path::Path, runs: usize) -> Vec<Duration> {
+    let mut go_policy = Vec::new();
+    for i in 0..runs {
+        let id: VmId = format!("bench-go{i}").parse().unwrap();
+        let spec = config(root).spec(id);
+        let vm = qemu.start_qemu(&spec).await.expect("start");
+        vm.wait_ready().await.expect("boot");
+        go_policy.push(go_fixed_sleep_policy(&vm).await);
+        let _ = vm
+            .stop(StopRequest {
+                policy: EscalationPolicy::default(),
+                graceful: None,
+            })
+            .await;
+    }
+    go_policy
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     if std::env::args().any(|a| a == "--bench") && std::env::args().any(|a| a == "--list") {
@@ -138,20 +157,7 @@ async fn main() {
         assert!(!report.has_errors(), "{report}");
     }
 
-    let mut go_policy = Vec::new();
-    for i in 0..runs {
-        let id: VmId = format!("bench-go{i}").parse().unwrap();
-        let spec = config(root.path()).spec(id);
-        let vm = qemu.start_qemu(&spec).await.expect("start");
-        vm.wait_ready().await.expect("boot");
-        go_policy.push(go_fixed_sleep_policy(&vm).await);
-        let _ = vm
-            .stop(StopRequest {
-                policy: EscalationPolicy::default(),
-                graceful: None,
-            })
-            .await;
-    }
+    let go_policy = go_policy_runs(&qemu, root.path(), runs).await;
 
     let mut stubborn = Vec::new();
     let mut stubborn_config = config(root.path());
