@@ -336,8 +336,9 @@ impl Shim {
             session: Some(Arc::clone(&session)),
         };
         let result = self.create_in(&session).await;
-        guard.session = None;
-        match result {
+        // The guard stays armed through the failure handling below: if this future is
+        // dropped there, it finishes the job (every step of it is idempotent).
+        let outcome = match result {
             Ok(created) => Ok(created),
             Err(Failure::Creation(reason, error)) => {
                 self.fail_creation(&session, reason).await;
@@ -352,7 +353,9 @@ impl Shim {
                 let _ = session.tear_down().await;
                 Err(Self::creation_error(&session, CreateError::ShutDownDuringCreate))
             }
-        }
+        };
+        guard.session = None;
+        outcome
     }
 
     async fn create_in(&self, session: &Arc<Session>) -> Result<Created, Failure> {
