@@ -402,7 +402,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
                 }
                 Ok(report)
             } else {
-                shim.delete()
+                watching_signals(&shim, start, shim.delete())
                     .await
                     .map_err(|e| format!("delete refused: {e}"))
             }
@@ -435,17 +435,23 @@ async fn run(args: RunArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// `shim.shutdown()`; a second SIGINT, SIGTERM or SIGHUP meanwhile kills the VM at once
-/// (the teardown then finds it gone and finishes), and the report still comes.
+/// `shim.shutdown()`, with [`watching_signals`].
 async fn shutdown(shim: &Shim, start: Instant) -> spinbox::shim::ShimReport {
-    let teardown = shim.shutdown();
-    tokio::pin!(teardown);
-    tokio::select! {
-        report = &mut teardown => report,
-        signal = interrupted() => {
-            println!("{} {signal} again: killing the VM", stamp(start));
-            shim.kill_vm().await;
-            teardown.await
+    watching_signals(shim, start, shim.shutdown()).await
+}
+
+/// Runs a teardown; every SIGINT, SIGTERM or SIGHUP meanwhile kills the VM at once (the
+/// teardown then finds it gone and finishes), and the report still comes. Signals are
+/// never left unanswered while the CLI tears down.
+async fn watching_signals<T>(shim: &Shim, start: Instant, work: impl std::future::Future<Output = T>) -> T {
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            signal = interrupted() => {
+                println!("{} {signal} during the teardown: killing the VM", stamp(start));
+                shim.kill_vm().await;
+            }
         }
     }
 }

@@ -11,8 +11,13 @@
 //!   preceded by [`ShimEvent::Dropped`] with the count, so the consumer knows.
 //!
 //! The shim never waits for the consumer. The `event_close` cleanup phase ends the stream
-//! when the shim's final teardown is done: its own `PhaseFinished` is the last event, then
-//! `recv` returns `None`.
+//! when the shim's final teardown is done: its own `PhaseFinished` is the last event (then,
+//! if events were dropped since the last notice, a final `Dropped`), then `recv` returns
+//! `None`.
+//!
+//! Each `State` event is exact (the transition that happened, sent by the task that made
+//! it), but two transitions made on different tasks at the same instant may arrive in
+//! either order; [`Shim::state`](super::Shim::state) is the authority on the current state.
 
 use crate::cleanup::CleanupPhase;
 use crate::state::ShimState;
@@ -210,13 +215,23 @@ impl EventSender {
         self.send(event);
         let mut state = self.lock();
         if state.closing {
-            state.sender = None;
+            Self::close_locked(&mut state);
         }
     }
 
-    /// Ends the stream now: the consumer receives what was sent, then `None`.
+    /// Ends the stream now: the consumer receives what was sent (and the count of what was
+    /// dropped, if any and if it fits), then `None`.
     pub(crate) fn close(&self) {
-        self.lock().sender = None;
+        Self::close_locked(&mut self.lock());
+    }
+
+    fn close_locked(state: &mut Tx) {
+        if let Some(sender) = state.sender.take() {
+            if state.dropped > 0 {
+                let _ = sender.try_send(ShimEvent::Dropped(state.dropped));
+                state.dropped = 0;
+            }
+        }
     }
 }
 

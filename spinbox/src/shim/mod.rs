@@ -101,7 +101,7 @@ pub enum CreateError {
     /// Shutdown was requested while the VM was being created.
     #[error("shutdown was requested during creation")]
     ShutDownDuringCreate,
-    /// The start task panicked (a bug); what it started was torn down.
+    /// The backend's start panicked (a bug); the creation's teardown ran.
     #[error("the VM start task panicked")]
     StartPanicked,
 }
@@ -280,8 +280,9 @@ impl Shim {
         }
     }
 
-    /// A new connection to the agent of the running VM; `conn_close` closes it with the
-    /// shim's own. Fails at once unless the shim is `Running`.
+    /// A new connection to the agent of the running VM. `conn_close` drops the shim's clone
+    /// of it (the connection closes once yours is dropped too) and the VM's stop ends it for
+    /// good. Fails at once unless the shim is `Running`.
     pub async fn agent(&self) -> Result<AgentClient, AgentError> {
         let state = self.inner.shared.sm.state();
         let session = self
@@ -479,16 +480,15 @@ impl Shim {
     async fn fail_creation(&self, session: &Arc<Session>, reason: Reason) {
         let _ = session.claim(reason);
         let _ = session.tear_down().await;
-        {
-            let mut slot = lock(&self.inner.session);
-            if slot.as_ref().is_some_and(|s| Arc::ptr_eq(s, session)) {
-                *slot = None;
-                lock(&self.inner.last_cause).clone_from(&session.cause.get().cloned());
-            }
-        }
         let shared = &self.inner.shared;
-        if shared.sm.try_mark_creation_failed().is_err() && shared.sm.is_shutting_down() {
-            shared.events.close();
+        // Under the slot's lock: back to Idle and the session gone together, or — when a
+        // shutdown came in — the session stays for the shutdown to join (it ends the stream).
+        let mut slot = lock(&self.inner.session);
+        if shared.sm.try_mark_creation_failed().is_ok()
+            && slot.as_ref().is_some_and(|s| Arc::ptr_eq(s, session))
+        {
+            *slot = None;
+            lock(&self.inner.last_cause).clone_from(&session.cause.get().cloned());
         }
     }
 

@@ -315,6 +315,9 @@ impl Session {
     }
 
     async fn run_teardown(&self) -> ShimReport {
+        // The claimant records its reason just after its compare-and-swap; the phases read it.
+        let mut claimed = self.claimed.subscribe();
+        let _ = claimed.wait_for(|c| *c).await;
         // A start still in flight finishes first, so whatever it starts is torn down too.
         let mut started = self.started.subscribe();
         let _ = started.wait_for(|s| *s).await;
@@ -328,8 +331,17 @@ impl Session {
     pub(crate) fn spawn_start(
         self: &Arc<Self>,
     ) -> tokio::task::JoinHandle<Result<Arc<dyn Vm>, BootError>> {
+        /// Marks the start attempt over however it ends — returned, or panicked — so a
+        /// teardown waiting for it never hangs.
+        struct Started(Arc<Session>);
+        impl Drop for Started {
+            fn drop(&mut self) {
+                self.0.started.send_replace(true);
+            }
+        }
         let session = Arc::clone(self);
         tokio::spawn(async move {
+            let _started = Started(Arc::clone(&session));
             let result = session.shared.backend.start(&session.spec).await;
             if let Ok(vm) = &result {
                 let _ = session.vm.set(Arc::clone(vm));
@@ -341,7 +353,6 @@ impl Session {
                 }
                 watch_exit(&session, vm);
             }
-            session.started.send_replace(true);
             result
         })
     }

@@ -692,3 +692,21 @@ async fn a_dropped_shutdown_still_completes_and_a_later_call_gets_its_report() {
     let events = r.drain().await;
     assert_eq!(phases(&events), all_phases_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_backend_start_fails_the_create_without_hanging() {
+    let mut r = rig(FakeScript {
+        panic_start: true,
+        ..FakeScript::default()
+    });
+    let err = tokio::time::timeout(BOUND, r.shim.create())
+        .await
+        .expect("create hung on a panicked start")
+        .unwrap_err();
+    assert!(matches!(err, CreateError::StartPanicked), "{err:?}");
+    assert_eq!(r.shim.state().state, Idle);
+    assert_eq!(phases(&r.pending()), all_phases_ok());
+    let report = tokio::time::timeout(BOUND, r.shim.shutdown()).await.unwrap();
+    assert!(!report.has_errors(), "{report}");
+    r.drain().await;
+}

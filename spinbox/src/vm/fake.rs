@@ -44,6 +44,8 @@ pub struct FakeScript {
     pub start_delay: Duration,
     /// `start` fails (after `start_delay`) with [`BootError::Start`].
     pub fail_start: bool,
+    /// `start` panics (a backend bug the facade must survive).
+    pub panic_start: bool,
     /// How long after the start the agent announces readiness.
     pub ready_delay: Duration,
     /// The agent never announces readiness (the spec's bound ends the wait).
@@ -316,6 +318,7 @@ impl VmBackend for FakeBackend {
         spec.validate().map_err(BootError::Spec)?;
         let script = lock(&self.script).clone();
         tokio::time::sleep(script.start_delay).await;
+        assert!(!script.panic_start, "scripted start panic");
         if script.fail_start {
             return Err(BootError::Start {
                 what: "the fake VMM",

@@ -9,16 +9,23 @@
 //!    close-on-exec (`close_range(3, ~0, CLOSE_RANGE_CLOEXEC)`, or one `fcntl` per fd on
 //!    kernels before 5.11), so descriptors the caller leaked to us stop at the exec, while
 //!    the standard library's own exec-error pipe keeps working.
-//! 3. **When started as root, it runs without capabilities.** The bounding set is emptied,
-//!    ambient and inheritable capabilities cleared, so the exec grants none (uid 0 stays
-//!    the owner of the root-owned state directory and of `/dev/kvm`, which is all QEMU and
-//!    `vhost-device-vsock` need here), and `no_new_privs` is set.
-//! 4. **A seccomp filter** refuses (`EPERM`) the system calls neither child has any use for:
+//! 3. **When started as root, it keeps one capability.** The bounding set is emptied but
+//!    for `CAP_DAC_READ_SEARCH`, ambient and inheritable capabilities are cleared, so the exec
+//!    grants only that one, and `no_new_privs` is set. uid 0 stays the owner of the
+//!    root-owned state directory and of `/dev/kvm`; `CAP_DAC_READ_SEARCH` is kept because
+//!    the kernel, initramfs and binaries may sit below a directory root reaches only through
+//!    its DAC override (a 0750 home directory, say). No capability that writes, signals,
+//!    mounts, loads or administers anything remains.
+//! 4. **A seccomp filter** (x86-64) refuses (`EPERM`) the system calls neither child has any
+//!    use for, and every x32-ABI call:
 //!    mounting, module loading, kexec, reboot, ptrace, swap, BPF, perf, keyrings, namespace
 //!    changes and clock setting. `execve` stays allowed (the filter is installed before the
 //!    exec it must permit); QEMU adds its own `-sandbox` filter on top.
 //!
 //! Only async-signal-safe calls (raw syscalls) run in the child.
+
+/// `CAP_DAC_READ_SEARCH` (`linux/capability.h`): the one capability a root-started child keeps.
+const CAP_DAC_READ_SEARCH: libc::c_int = 2;
 
 /// `CLOSE_RANGE_CLOEXEC` (`linux/close_range.h`).
 const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
@@ -77,13 +84,22 @@ fn seccomp_program() -> Vec<libc::sock_filter> {
     let ld = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
     let ret = libc::BPF_RET | libc::BPF_K;
     // offsetof(struct seccomp_data, arch) = 4, nr = 0.
+    const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+    let jge = |k: u32, jt: u8, jf: u8| libc::sock_filter {
+        code: u16::try_from(libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K).expect("BPF opcode"),
+        jt,
+        jf,
+        k,
+    };
+    let n = DENIED.len();
     let mut p = vec![
         stmt(ld, 4),
         jeq(AUDIT_ARCH_X86_64, 1, 0),
         stmt(ret, libc::SECCOMP_RET_KILL_PROCESS),
         stmt(ld, 0),
+        // x32 numbers reach the same calls under another number: refuse them all.
+        jge(X32_SYSCALL_BIT, u8::try_from(n + 1).expect("short list"), 0),
     ];
-    let n = DENIED.len();
     for (i, nr) in DENIED.iter().enumerate() {
         // Match: jump over the remaining checks and the ALLOW to the EPERM return.
         let to_deny = u8::try_from(n - i).expect("short list");
@@ -126,19 +142,19 @@ fn in_child(parent: u32, as_root: bool, program: &[libc::sock_filter]) {
             libc::kill(libc::getpid(), libc::SIGKILL);
         }
         if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC) != 0 {
+            // Kernels before 5.11: one fcntl per possible fd, bounded (a limit of 10^9 open
+            // files would otherwise take minutes before the exec).
             let max = libc::sysconf(libc::_SC_OPEN_MAX);
-            let max = if max > 0 {
-                libc::c_int::try_from(max).unwrap_or(65536)
-            } else {
-                65536
-            };
+            let max = libc::c_int::try_from(max.clamp(0, 65536)).unwrap_or(65536);
             for fd in 3..max {
                 libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
             }
         }
         if as_root {
             for cap in 0..64 {
-                libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0);
+                if cap != CAP_DAC_READ_SEARCH {
+                    libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0);
+                }
             }
             libc::prctl(
                 libc::PR_CAP_AMBIENT,
@@ -147,9 +163,12 @@ fn in_child(parent: u32, as_root: bool, program: &[libc::sock_filter]) {
                 0,
                 0,
             );
-            // capset(2) with version 3: two 32-bit halves, everything empty.
+            // capset(2) with version 3: {effective, permitted, inheritable} for bits 0-31,
+            // then for bits 32-63. Only CAP_DAC_READ_SEARCH stays effective and permitted:
+            // with no_new_privs the exec can grant no more than is permitted now.
             let mut header = [0x2008_0522u32, 0];
-            let data = [0u32; 6];
+            let keep = 1u32 << CAP_DAC_READ_SEARCH;
+            let data = [keep, keep, 0, 0, 0, 0];
             libc::syscall(
                 libc::SYS_capset,
                 header.as_mut_ptr(),
@@ -157,6 +176,9 @@ fn in_child(parent: u32, as_root: bool, program: &[libc::sock_filter]) {
             );
         }
         libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+        if cfg!(not(target_arch = "x86_64")) {
+            return;
+        }
         let prog = libc::sock_fprog {
             len: u16::try_from(program.len()).unwrap_or(0),
             filter: program.as_ptr().cast_mut(),
@@ -203,8 +225,9 @@ mod tests {
         assert!(text.contains("unshare-refused"), "{text}");
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } == 0 {
-            assert!(text.contains("CapEff:\t0000000000000000"), "{text}");
-            assert!(text.contains("CapBnd:\t0000000000000000"), "{text}");
+            // Only CAP_DAC_READ_SEARCH (bit 2) is left.
+            assert!(text.contains("CapEff:\t0000000000000004"), "{text}");
+            assert!(text.contains("CapBnd:\t0000000000000004"), "{text}");
         }
         drop(leaked);
     }
@@ -212,10 +235,10 @@ mod tests {
     #[test]
     fn the_filter_allows_by_default_and_denies_the_list() {
         let p = seccomp_program();
-        assert_eq!(p.len(), 4 + DENIED.len() + 2);
+        assert_eq!(p.len(), 5 + DENIED.len() + 2);
         assert_eq!(p[p.len() - 2].k, libc::SECCOMP_RET_ALLOW);
-        // Every deny jump lands on the EPERM return.
-        for (i, insn) in p[4..4 + DENIED.len()].iter().enumerate() {
+        // The x32 check and every deny jump land on the EPERM return.
+        for (i, insn) in p[4..5 + DENIED.len()].iter().enumerate() {
             assert_eq!(4 + i + 1 + usize::from(insn.jt), p.len() - 1);
         }
     }

@@ -397,7 +397,8 @@ pub trait Vm: Send + Sync + fmt::Debug + 'static {
 
     /// Waits until the guest agent announced readiness, and returns the time from the
     /// start to that notice. Fails when the VM exits first or the spec's bound passes.
-    /// Cancel-safe; a second call returns the first call's answer.
+    /// Cancel-safe while it waits for the guest to connect (cancelling during the short
+    /// read of the notice itself loses it); a second call returns the first call's answer.
     async fn wait_ready(&self) -> Result<Duration, BootError>;
 
     /// Where the guest agent listens.
@@ -412,8 +413,9 @@ pub trait Vm: Send + Sync + fmt::Debug + 'static {
     /// Stops the VM: the graceful hook, then the backend's forced steps, each bounded by
     /// the policy and cut short when the VM exits; then its helpers are stopped and the
     /// files it created removed. Idempotent and concurrency-safe: every caller gets the
-    /// first stop's outcome; later requests' policies and hooks are not used. The work runs
-    /// on its own task, so it completes even if the caller is cancelled.
+    /// first stop's outcome; later requests' policies and hooks are not used. The
+    /// escalation runs on its own task (it completes even if the caller is cancelled); the
+    /// shim calls `stop` from its teardown task, which is never cancelled.
     async fn stop(&self, request: StopRequest) -> Result<StopOutcome, StopError>;
 
     /// The files and directories this VM created that still exist (all gone after a

@@ -68,6 +68,25 @@ pub struct QemuProcess {
     signals: mpsc::Sender<SignalRequest>,
 }
 
+/// See [`QemuProcess::downgrade`].
+#[derive(Debug, Clone)]
+pub struct WeakProcess {
+    signals: mpsc::WeakSender<SignalRequest>,
+    exit: watch::Receiver<Option<ExitStatus>>,
+    pid: u32,
+}
+
+impl WeakProcess {
+    /// The full handle, while one still exists.
+    pub fn upgrade(&self) -> Option<QemuProcess> {
+        Some(QemuProcess {
+            pid: self.pid,
+            exit: self.exit.clone(),
+            signals: self.signals.upgrade()?,
+        })
+    }
+}
+
 impl QemuProcess {
     /// Spawns `binary argv…` in a new process group with stdin closed and stdout and
     /// stderr appended to `log`.
@@ -137,6 +156,16 @@ impl QemuProcess {
             }
         });
         Ok(Self { pid, exit, signals })
+    }
+
+    /// A handle that does not keep the process alive: when every [`QemuProcess`] is
+    /// dropped the reaper still kills it, whatever weak handles remain.
+    pub fn downgrade(&self) -> WeakProcess {
+        WeakProcess {
+            signals: self.signals.downgrade(),
+            exit: self.exit.clone(),
+            pid: self.pid,
+        }
     }
 
     /// The process id (also the process group id).

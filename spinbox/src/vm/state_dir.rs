@@ -160,6 +160,25 @@ fn open_lock(path: &Path, create: bool) -> io::Result<std::fs::File> {
         .open(path.join(LOCK_FILE))
 }
 
+/// Whether `file` (whose lock we hold) is still the lock file at `dir/lock`: a lock on a
+/// file that was unlinked or replaced meanwhile proves nothing.
+fn still_current(file: &std::fs::File, dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(held), Ok(now)) = (file.metadata(), std::fs::symlink_metadata(dir.join(LOCK_FILE)))
+    else {
+        return false;
+    };
+    held.dev() == now.dev() && held.ino() == now.ino() && held.nlink() > 0
+}
+
+/// A name, unique in this process and `root`, to move a stale directory to before removal.
+fn graveyard_name(root: &Path, id: &VmId) -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    root.join(format!(".stale-{}-{}-{n}", id.as_str(), std::process::id()))
+}
+
 impl StateDir {
     /// Creates `<root>/<id>` with mode 0700 and locks it (the root is created too, also
     /// 0700, and must be safe: see [`prepare_root`]).
@@ -172,7 +191,7 @@ impl StateDir {
         // `id` is validated: no separators, no `..`, so this stays under `root`.
         let path = root.join(id.as_str());
         let mut stale_removed = false;
-        for _ in 0..3 {
+        for _ in 0..8 {
             match DirBuilder::new().mode(0o700).create(&path) {
                 Ok(()) => {
                     let lock = open_lock(&path, true)
@@ -181,15 +200,19 @@ impl StateDir {
                             path: path.clone(),
                             source,
                         })?;
-                    return match lock {
-                        (file, true) => Ok(Self {
-                            path,
-                            lock: std::sync::Arc::new(std::sync::Mutex::new(Some(file))),
-                            stale_removed,
-                        }),
+                    match lock {
+                        // Ours only if nobody moved our fresh directory away meanwhile.
+                        (file, true) if still_current(&file, &path) => {
+                            return Ok(Self {
+                                path,
+                                lock: std::sync::Arc::new(std::sync::Mutex::new(Some(file))),
+                                stale_removed,
+                            })
+                        }
+                        (_, true) => {}
                         // Someone judged our fresh directory stale and locked it: theirs now.
-                        (_, false) => Err(StateDirError::AlreadyExists { path }),
-                    };
+                        (_, false) => return Err(StateDirError::AlreadyExists { path }),
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                     let Ok(lock) = open_lock(&path, false) else {
@@ -198,19 +221,30 @@ impl StateDir {
                         return Err(StateDirError::AlreadyExists { path });
                     };
                     match try_lock(&lock) {
-                        Ok(true) => {
+                        Ok(true) if still_current(&lock, &path) => {
                             tracing::warn!(
                                 path = %path.display(),
                                 "removing the stale state directory of a VM whose shim died"
                             );
-                            std::fs::remove_dir_all(&path).map_err(|source| {
+                            // Moved away under its lock first, so nobody who opened the old
+                            // lock file can take it for the live one later.
+                            let grave = graveyard_name(root, id);
+                            std::fs::rename(&path, &grave).map_err(|source| {
                                 StateDirError::Remove {
                                     path: path.clone(),
                                     source,
                                 }
                             })?;
+                            std::fs::remove_dir_all(&grave).map_err(|source| {
+                                StateDirError::Remove {
+                                    path: grave.clone(),
+                                    source,
+                                }
+                            })?;
                             stale_removed = true;
                         }
+                        // The lock file we opened was replaced meanwhile: look again.
+                        Ok(true) => {}
                         _ => return Err(StateDirError::AlreadyExists { path }),
                     }
                 }
@@ -218,6 +252,22 @@ impl StateDir {
             }
         }
         Err(StateDirError::AlreadyExists { path })
+    }
+
+    /// Whether the lock is still held (the VM's life is not over).
+    pub fn is_locked(&self) -> bool {
+        self.lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some()
+    }
+
+    /// Releases the lock: the VM's files are gone and the id is free for another VM.
+    pub fn release(&self) {
+        self.lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
     }
 
     /// Whether creating this directory first removed a dead shim's leftover.
@@ -254,24 +304,19 @@ impl StateDir {
         }
     }
 
-    /// Removes the directory and everything in it, then releases the lock (the VM's life
-    /// is over). Already gone counts as success; on failure the lock is kept.
+    /// Removes the directory and everything in it. Already gone counts as success. The
+    /// lock stays held (the lock file is unlinked, its descriptor open) until
+    /// [`StateDir::release`] or the last clone is dropped, so whoever owns other files of
+    /// the VM can remove them first.
     pub fn remove(&self) -> Result<(), StateDirError> {
         match std::fs::remove_dir_all(&self.path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(StateDirError::Remove {
-                    path: self.path.clone(),
-                    source,
-                })
-            }
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(StateDirError::Remove {
+                path: self.path.clone(),
+                source,
+            }),
         }
-        self.lock
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        Ok(())
     }
 }
 
@@ -326,11 +371,41 @@ mod tests {
             Err(StateDirError::AlreadyExists { .. })
         ));
         assert!(root.path().join("vm-2").exists());
-        // Removing releases the lock: no descriptor outlives the VM's directory.
+        // Releasing closes the lock: no descriptor outlives the VM.
         let clone = fresh.clone();
-        assert!(clone.lock.lock().unwrap().is_some());
         fresh.remove().unwrap();
-        assert!(clone.lock.lock().unwrap().is_none(), "the lock file stayed open");
+        assert!(clone.is_locked());
+        fresh.release();
+        assert!(!clone.is_locked(), "the lock file stayed open");
+    }
+
+    /// Racers over one stale directory: never two owners at once (each owner checks it
+    /// holds the current lock file).
+    #[test]
+    fn racing_creators_over_a_stale_directory_get_one_owner() {
+        let root = tempfile::tempdir().unwrap();
+        let id = VmId::new("vm-r").unwrap();
+        for _ in 0..200 {
+            drop(StateDir::create(root.path(), &id).unwrap()); // leaves a stale dir
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(3));
+            let racers: Vec<_> = (0..3)
+                .map(|_| {
+                    let (root, id, barrier) =
+                        (root.path().to_owned(), id.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        StateDir::create(&root, &id).ok()
+                    })
+                })
+                .collect();
+            let owners: Vec<_> = racers.into_iter().map(|t| t.join().unwrap()).collect();
+            let live: Vec<StateDir> = owners.into_iter().flatten().collect();
+            assert!(live.len() <= 1, "{} owners of one id", live.len());
+            for dir in live {
+                dir.remove().unwrap();
+                dir.release();
+            }
+        }
     }
 
     #[test]

@@ -167,8 +167,18 @@ impl QemuBackend {
             e => BootError::Root(e),
         })?;
         let vsock_dir = spec.state_root.join(".vsock").join(spec.id.as_str());
-        if state_dir.stale_removed() {
-            let _ = std::fs::remove_dir_all(&vsock_dir);
+        // Holding the id's lock proves no live VM owns this id: a vsock directory under it
+        // is a dead shim's leftover.
+        match std::fs::remove_dir_all(&vsock_dir) {
+            Ok(()) => tracing::warn!(path = %vsock_dir.display(), "removed a dead shim's vsock directory"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                let _ = state_dir.remove();
+                return Err(BootError::Prepare {
+                    path: vsock_dir,
+                    source,
+                });
+            }
         }
         if let Err(e) = create_private_dir(&vsock_dir, &spec.id) {
             let _ = state_dir.remove();
@@ -243,7 +253,7 @@ impl QemuBackend {
         };
 
         let started = Instant::now();
-        let instance = match QemuInstance::start_in_dir(&config, &options, state_dir).await {
+        let instance = match QemuInstance::start_in_dir(&config, &options, state_dir.clone()).await {
             Ok(i) => i,
             Err(e) => {
                 let _ = daemon.stop(Duration::from_secs(3)).await;
@@ -257,6 +267,7 @@ impl QemuBackend {
         };
         Ok(Arc::new(QemuVm {
             id: spec.id.clone(),
+            state_dir,
             instance,
             daemon,
             vsock_dir: vsock_dir.to_owned(),
@@ -318,7 +329,8 @@ fn publish_exit(instance: &QemuInstance, daemon: &VsockDaemon) -> ExitWatch {
     let (tx, rx) = watch::channel(None);
     let mut events = instance.qmp().events();
     let qmp = instance.qmp().clone();
-    let process = instance.process().clone();
+    // Weak: a dropped VM's process handles must still let the reaper kill QEMU.
+    let process = instance.process().downgrade();
     let mut exit = instance.process().exit_watch();
     let mut daemon_exit = daemon.exit_watch();
     tokio::spawn(async move {
@@ -329,13 +341,17 @@ fn publish_exit(instance: &QemuInstance, daemon: &VsockDaemon) -> ExitWatch {
                 break s;
             }
             let daemon_status = *daemon_exit.borrow_and_update();
-            if let (Some(status), None) = (daemon_status, &helper_died) {
-                tracing::error!(%status, "vhost-device-vsock died; killing its VM");
-                helper_died = Some(HelperExit {
-                    what: "vhost-device-vsock",
-                    status,
-                });
-                let _ = process.signal(nix::sys::signal::Signal::SIGKILL).await;
+            if let (Some(status), true) = (daemon_status, watch_daemon) {
+                watch_daemon = false;
+                // No full handle left: the VM is being dropped, and both die anyway.
+                if let Some(process) = process.upgrade() {
+                    tracing::error!(%status, "vhost-device-vsock died; killing its VM");
+                    helper_died = Some(HelperExit {
+                        what: "vhost-device-vsock",
+                        status,
+                    });
+                    let _ = process.signal(nix::sys::signal::Signal::SIGKILL).await;
+                }
                 continue;
             }
             tokio::select! {
@@ -344,7 +360,7 @@ fn publish_exit(instance: &QemuInstance, daemon: &VsockDaemon) -> ExitWatch {
                     // publishes before it ends); nothing to publish.
                     return;
                 },
-                changed = daemon_exit.changed(), if watch_daemon && helper_died.is_none() => {
+                changed = daemon_exit.changed(), if watch_daemon => {
                     // Its reaper publishes before it ends; after that only QEMU is left.
                     watch_daemon = changed.is_ok();
                 }
@@ -411,6 +427,8 @@ impl ReadyFailure {
 /// A running QEMU VM with its vsock daemon.
 pub struct QemuVm {
     id: VmId,
+    /// Holds the id's lock until every file of the VM is gone.
+    state_dir: StateDir,
     instance: QemuInstance,
     daemon: VsockDaemon,
     vsock_dir: PathBuf,
@@ -434,8 +452,9 @@ impl std::fmt::Debug for QemuVm {
 
 impl Drop for QemuVm {
     fn drop(&mut self) {
-        // Dropped without a stop: the process handles kill QEMU and the daemon; the
-        // directory must not outlive them.
+        // Dropped without a stop: the last process handles go with it, so the reapers kill
+        // QEMU and the daemon (the exit publisher holds only a weak handle); the directory
+        // must not outlive them.
         let _ = std::fs::remove_dir_all(&self.vsock_dir);
     }
 }
@@ -583,6 +602,8 @@ impl Vm for QemuVm {
             path: self.vsock_dir.clone(),
             source: Arc::new(e),
         })?;
+        // Every file of the VM is gone: the id is free.
+        self.state_dir.release();
         // Published once QMP has ended, which the shutdown's close of QMP makes immediate.
         let mut exit = self.exit.clone();
         let exit = match tokio::time::timeout(QMP_DRAIN * 2, exit.wait_for(Option::is_some)).await
@@ -614,6 +635,10 @@ impl Vm for QemuVm {
     }
 
     fn leftovers(&self) -> Vec<PathBuf> {
+        // Once the lock is released the paths may belong to another VM.
+        if !self.state_dir.is_locked() {
+            return Vec::new();
+        }
         [self.instance.state_dir().to_owned(), self.vsock_dir.clone()]
             .into_iter()
             .filter(|p| p.symlink_metadata().is_ok())
