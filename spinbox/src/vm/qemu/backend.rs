@@ -571,6 +571,17 @@ impl Vm for QemuVm {
 
     async fn stop(&self, request: StopRequest) -> Result<StopOutcome, StopError> {
         let start = Instant::now();
+        // A readiness wait nobody finished: close its listener now, not when the VM is
+        // dropped (a later `wait_ready` says the VM was stopped).
+        if let Ok(mut ready) = self.ready.try_lock() {
+            if let Ready::Waiting(_, path) = &*ready {
+                let path = path.clone();
+                *ready = Ready::Done(Err(ReadyFailure::BadReady(
+                    "none: the VM was stopped before its agent was ready".to_owned(),
+                )));
+                let _ = std::fs::remove_file(path);
+            }
+        }
         let qemu = self
             .instance
             .shutdown_with(&request.policy, request.graceful)
