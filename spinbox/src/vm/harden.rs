@@ -69,6 +69,7 @@ const DENIED: &[libc::c_long] = &[
 /// allow the rest.
 fn seccomp_program() -> Vec<libc::sock_filter> {
     const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
+    const X32_SYSCALL_BIT: u32 = 0x4000_0000;
     let stmt = |code: u32, k: u32| libc::sock_filter {
         code: u16::try_from(code).expect("BPF opcode"),
         jt: 0,
@@ -84,7 +85,6 @@ fn seccomp_program() -> Vec<libc::sock_filter> {
     let ld = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
     let ret = libc::BPF_RET | libc::BPF_K;
     // offsetof(struct seccomp_data, arch) = 4, nr = 0.
-    const X32_SYSCALL_BIT: u32 = 0x4000_0000;
     let jge = |k: u32, jt: u8, jf: u8| libc::sock_filter {
         code: u16::try_from(libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K).expect("BPF opcode"),
         jt,
