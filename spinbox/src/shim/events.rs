@@ -64,16 +64,13 @@ impl ExitCause {
 
 impl std::fmt::Display for ExitCause {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.status)?;
-        if let Some(reason) = &self.shutdown_reason {
-            write!(f, " ({reason})")?;
-        }
-        if self.guest_panicked {
-            f.write_str(", guest panicked")?;
-        }
-        if let Some(helper) = &self.helper_died {
-            write!(f, ", after {} exited ({})", helper.what, helper.status)?;
-        }
+        let info = ExitInfo {
+            status: self.status,
+            shutdown_reason: self.shutdown_reason.clone(),
+            guest_panicked: self.guest_panicked,
+            helper_died: self.helper_died.clone(),
+        };
+        write!(f, "{info}")?;
         if !self.intentional {
             f.write_str(", unexpected")?;
         }
