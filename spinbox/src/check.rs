@@ -169,7 +169,9 @@ mod tests {
             missing[0].fix.as_deref(),
             Some("apt-get install qemu-system-x86")
         );
-        assert!(missing[1].what.contains(&empty.path().display().to_string()));
+        assert!(missing[1]
+            .what
+            .contains(&empty.path().display().to_string()));
         assert_eq!(missing[1].fix.as_deref(), Some("scripts/provision"));
     }
 

@@ -44,7 +44,12 @@ fn rest(child: &mut Child, stdout: &mut BufReader<ChildStdout>) -> (i32, String,
     let mut out = String::new();
     stdout.read_to_string(&mut out).unwrap();
     let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     let status = child.wait().unwrap();
     (status.code().unwrap_or(-1), out, err)
 }
@@ -66,7 +71,9 @@ fn qemu_pid(output: &str) -> u32 {
 /// when reading its status fails the test.
 fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/status")) {
-        Ok(status) => !status.lines().any(|l| l.starts_with("State:") && l.contains('Z')),
+        Ok(status) => !status
+            .lines()
+            .any(|l| l.starts_with("State:") && l.contains('Z')),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
         Err(e) => panic!("cannot read /proc/{pid}/status: {e}"),
     }
@@ -112,7 +119,9 @@ fn ctrl_c_during_boot_tears_down_and_reports() {
     let (mut child, mut stdout) = start(&["run", "--id", "sig-boot"], root.path());
     let seen = read_until(&mut stdout, "state  idle → creating");
     // QEMU runs (its processes mention the private root) while the guest boots.
-    wait_until("QEMU to start", || !processes_mentioning(root.path()).is_empty());
+    wait_until("QEMU to start", || {
+        !processes_mentioning(root.path()).is_empty()
+    });
     let started = Instant::now();
     signal(&child, Signal::SIGINT);
     let (code, out, err) = rest(&mut child, &mut stdout);
@@ -123,7 +132,11 @@ fn ctrl_c_during_boot_tears_down_and_reports() {
     assert!(out.contains("phase  vm_shutdown done"), "{out}");
     assert!(out.contains("7 phases, 0 failed"), "{out}");
     assert!(processes_mentioning(root.path()).is_empty());
-    assert!(leftovers(root.path()).is_empty(), "{:?}", leftovers(root.path()));
+    assert!(
+        leftovers(root.path()).is_empty(),
+        "{:?}",
+        leftovers(root.path())
+    );
 }
 
 #[test]
@@ -140,7 +153,11 @@ fn sigterm_and_sighup_take_the_shutdown_path() {
         assert!(out.contains(&format!("{name}: shutting down")), "{out}");
         assert!(out.contains("7 phases, 0 failed"), "{out}");
         assert!(!alive(qemu), "{name}: QEMU survived");
-        assert!(leftovers(root.path()).is_empty(), "{:?}", leftovers(root.path()));
+        assert!(
+            leftovers(root.path()).is_empty(),
+            "{:?}",
+            leftovers(root.path())
+        );
     }
 }
 
@@ -161,11 +178,17 @@ fn a_second_signal_forces_the_kill_path_and_still_reports() {
     let took = started.elapsed();
     eprintln!("second Ctrl-C: teardown of a frozen QEMU took {took:?}");
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("SIGINT during the teardown: killing the VM"), "{out}");
+    assert!(
+        out.contains("SIGINT during the teardown: killing the VM"),
+        "{out}"
+    );
     assert!(out.contains("7 phases"), "{out}");
     assert!(out.contains("VM exit: signal: 9"), "{out}");
     // The default escalation would spend 10 s + 5 s + 3 s + 3 s before SIGKILL.
-    assert!(took < Duration::from_secs(10), "the kill path was not forced: {took:?}");
+    assert!(
+        took < Duration::from_secs(10),
+        "the kill path was not forced: {took:?}"
+    );
     assert!(!alive(qemu));
 }
 
@@ -177,7 +200,10 @@ fn kill_9_of_the_cli_takes_qemu_and_the_daemon_with_it() {
     let qemu = qemu_pid(&seen);
     let helpers = processes_mentioning(root.path());
     assert!(helpers.contains(&qemu), "{helpers:?}");
-    assert!(helpers.len() >= 2, "QEMU and vhost-device-vsock: {helpers:?}");
+    assert!(
+        helpers.len() >= 2,
+        "QEMU and vhost-device-vsock: {helpers:?}"
+    );
     signal(&child, Signal::SIGKILL);
     let _ = child.wait();
     wait_until("QEMU and the daemon to die with their parent", || {
@@ -190,7 +216,11 @@ fn kill_9_of_the_cli_takes_qemu_and_the_daemon_with_it() {
     let (code, out, err) = rest(&mut child, &mut stdout);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("7 phases, 0 failed"), "{out}");
-    assert!(leftovers(root.path()).is_empty(), "{:?}", leftovers(root.path()));
+    assert!(
+        leftovers(root.path()).is_empty(),
+        "{:?}",
+        leftovers(root.path())
+    );
 }
 
 #[test]
@@ -204,8 +234,15 @@ fn keep_notices_a_crash_and_exits_non_zero() {
     let (code, out, err) = rest(&mut child, &mut stdout);
     assert_eq!(code, 1, "{out}{err}");
     assert!(out.contains("vm     exited: signal: 9"), "{out}");
-    assert!(err.contains("the VM exited unexpectedly: signal: 9"), "{err}");
-    assert!(leftovers(root.path()).is_empty(), "{:?}", leftovers(root.path()));
+    assert!(
+        err.contains("the VM exited unexpectedly: signal: 9"),
+        "{err}"
+    );
+    assert!(
+        leftovers(root.path()).is_empty(),
+        "{:?}",
+        leftovers(root.path())
+    );
 }
 
 #[test]
@@ -239,7 +276,11 @@ fn a_relative_state_root_works_and_leaves_nothing() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("7 phases, 0 failed"), "{text}");
     assert!(leftovers(&cwd.path().join("rel/root")).is_empty());
 }
@@ -255,7 +296,11 @@ fn refusals_come_before_anything_starts() {
             None,
             "contains a comma",
         ),
-        (vec!["run"], Some("bogus"), "SPINBOX_ACCEL: unknown accelerator \"bogus\""),
+        (
+            vec!["run"],
+            Some("bogus"),
+            "SPINBOX_ACCEL: unknown accelerator \"bogus\"",
+        ),
         (
             vec!["run", "--id", &"x".repeat(80)],
             None,
@@ -263,7 +308,8 @@ fn refusals_come_before_anything_starts() {
         ),
     ] {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_spinbox"));
-        cmd.args(&args).env("SPINBOX_STATE_ROOT", root.path().join("run"));
+        cmd.args(&args)
+            .env("SPINBOX_STATE_ROOT", root.path().join("run"));
         if let Some(accel) = env {
             cmd.env("SPINBOX_ACCEL", accel);
         }
@@ -273,7 +319,10 @@ fn refusals_come_before_anything_starts() {
         assert!(err.contains(expected), "{args:?}: {err}");
         assert_eq!(err.trim().lines().count(), 1, "{err}");
         assert!(out.stdout.is_empty(), "{args:?} started something");
-        assert!(!root.path().join("run").exists(), "{args:?} created the state root");
+        assert!(
+            !root.path().join("run").exists(),
+            "{args:?} created the state root"
+        );
     }
 }
 
@@ -383,7 +432,11 @@ fn a_dead_vsock_daemon_ends_the_vm_and_is_reported() {
         .collect();
     assert_eq!(daemons.len(), 1, "{daemons:?}");
     assert!(alive(daemons[0]));
-    kill(Pid::from_raw(i32::try_from(daemons[0]).unwrap()), Signal::SIGKILL).unwrap();
+    kill(
+        Pid::from_raw(i32::try_from(daemons[0]).unwrap()),
+        Signal::SIGKILL,
+    )
+    .unwrap();
     let (code, out, err) = rest(&mut child, &mut stdout);
     assert_eq!(code, 1, "{out}{err}");
     assert!(
@@ -392,7 +445,11 @@ fn a_dead_vsock_daemon_ends_the_vm_and_is_reported() {
     );
     assert!(err.contains("the VM exited unexpectedly"), "{err}");
     assert!(!alive(qemu));
-    assert!(leftovers(root.path()).is_empty(), "{:?}", leftovers(root.path()));
+    assert!(
+        leftovers(root.path()).is_empty(),
+        "{:?}",
+        leftovers(root.path())
+    );
 }
 
 #[test]
@@ -408,7 +465,14 @@ fn a_long_shutdown_says_what_it_waits_for() {
     .unwrap();
     let run_root = root.path().join("run");
     let (mut child, mut stdout) = start(
-        &["run", "--keep", "--id", "sig-slow", "--config", config.to_str().unwrap()],
+        &[
+            "run",
+            "--keep",
+            "--id",
+            "sig-slow",
+            "--config",
+            config.to_str().unwrap(),
+        ],
         &run_root,
     );
     let seen = read_until(&mut stdout, "VM running; Ctrl-C to delete it");
@@ -423,7 +487,11 @@ fn a_long_shutdown_says_what_it_waits_for() {
     );
     assert!(out.contains("7 phases, 0 failed"), "{out}");
     assert!(!alive(qemu));
-    assert!(leftovers(&run_root).is_empty(), "{:?}", leftovers(&run_root));
+    assert!(
+        leftovers(&run_root).is_empty(),
+        "{:?}",
+        leftovers(&run_root)
+    );
 }
 
 #[test]
@@ -434,7 +502,13 @@ fn a_failed_create_shows_its_teardown_once_and_no_bogus_report() {
     std::fs::write(&kernel, b"garbage").unwrap();
     let run_root = root.path().join("run");
     let (mut child, mut stdout) = start(
-        &["run", "--id", "sig-bad", "--kernel", kernel.to_str().unwrap()],
+        &[
+            "run",
+            "--id",
+            "sig-bad",
+            "--kernel",
+            kernel.to_str().unwrap(),
+        ],
         &run_root,
     );
     let (code, out, err) = rest(&mut child, &mut stdout);
@@ -443,5 +517,9 @@ fn a_failed_create_shows_its_teardown_once_and_no_bogus_report() {
     assert!(out.contains("state  creating → idle"), "{out}");
     assert!(!out.contains("already done"), "{out}");
     assert_eq!(out.matches("phase  vm_shutdown …").count(), 1, "{out}");
-    assert!(leftovers(&run_root).is_empty(), "{:?}", leftovers(&run_root));
+    assert!(
+        leftovers(&run_root).is_empty(),
+        "{:?}",
+        leftovers(&run_root)
+    );
 }

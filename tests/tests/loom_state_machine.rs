@@ -175,7 +175,10 @@ impl Reports {
 
 impl<S: LifecycleState> TransitionObserver<S> for Reports {
     fn on_transition(&self, transition: &'static Transition<S>, from: S) {
-        assert!(transition.allows(from), "reported from a state it cannot leave");
+        assert!(
+            transition.allows(from),
+            "reported from a state it cannot leave"
+        );
         let index = S::TRANSITIONS
             .iter()
             .position(|t| t == transition)
@@ -215,12 +218,18 @@ fn observer_sees_each_success_of_three_racing_threads_once() {
                 thread::spawn(move || sm.try_start_creating().map(|from| (0, from)))
             })
             .collect();
-        let mut successes: Vec<(usize, ShimState)> =
-            sm.try_shut_down().map(|from| (4, from)).into_iter().collect();
+        let mut successes: Vec<(usize, ShimState)> = sm
+            .try_shut_down()
+            .map(|from| (4, from))
+            .into_iter()
+            .collect();
         for creator in creators {
             successes.extend(creator.join().unwrap());
         }
-        assert!(successes.iter().any(|&(i, _)| i == 4), "shut_down always wins");
+        assert!(
+            successes.iter().any(|&(i, _)| i == 4),
+            "shut_down always wins"
+        );
         assert_reported(sm.observer(), &successes);
     });
 }

@@ -3,7 +3,9 @@
 //! phase kind (async, sync, noop), in order, also under 8 concurrent callers; a panicking
 //! observer changes nothing.
 
-use lifecycle_core::{cleanup_phases, CleanupReport, Phase, PhaseKind, PhaseObserver, PhaseOutcome};
+use lifecycle_core::{
+    cleanup_phases, CleanupReport, Phase, PhaseKind, PhaseObserver, PhaseOutcome,
+};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -26,7 +28,12 @@ impl<P> Default for Recorder<P> {
 
 impl<P: Clone> Recorder<P> {
     fn calls(&self) -> Vec<Call<P>> {
-        self.0.lock().unwrap().iter().map(|(c, _)| c.clone()).collect()
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(c, _)| c.clone())
+            .collect()
     }
 
     fn durations(&self) -> Vec<Duration> {
@@ -40,7 +47,13 @@ impl<P: lifecycle_core::PhaseId> PhaseObserver<P> for Recorder<P> {
         self.0.lock().unwrap().push((call, Duration::ZERO));
     }
 
-    fn phase_finished(&self, phase: P, kind: PhaseKind, outcome: &PhaseOutcome, duration: Duration) {
+    fn phase_finished(
+        &self,
+        phase: P,
+        kind: PhaseKind,
+        outcome: &PhaseOutcome,
+        duration: Duration,
+    ) {
         assert!(
             !matches!(outcome, PhaseOutcome::AlreadyDone(_)),
             "{phase}: {outcome}"
@@ -145,7 +158,10 @@ async fn every_outcome_and_kind_reported_once_in_order() {
     assert_eq!(calls.len(), first_run.len() + 14);
     assert_eq!(
         calls[first_run.len()..first_run.len() + 2],
-        [started(K::Skipped, Async), finished(K::Skipped, Async, "ok")]
+        [
+            started(K::Skipped, Async),
+            finished(K::Skipped, Async, "ok")
+        ]
     );
 
     // Detached: nothing more is reported.

@@ -135,7 +135,10 @@ impl TransitionObserver<ShimState> for Log {
     }
 
     fn on_force(&self, from: ShimState, to: ShimState) {
-        self.0.lock().unwrap().push(format!("force: {from} -> {to}"));
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("force: {from} -> {to}"));
     }
 }
 

@@ -117,10 +117,7 @@ fn agent_that_never_answers() {
             started.elapsed(),
             error_chain(&err)
         );
-        assert!(
-            matches!(err, CreateError::Agent(_)),
-            "{err:?}"
-        );
+        assert!(matches!(err, CreateError::Agent(_)), "{err:?}");
         assert_eq!(vm.shim.state().state, ShimState::Idle, "back to Idle");
         vm.assert_nothing_left().await;
         // The shim can still be shut down cleanly afterwards.
@@ -260,9 +257,11 @@ fn two_concurrent_creates() {
         let (a, b) = (vm.shim.clone(), vm.shim.clone());
         let first = spawn(async move { a.create().await });
         let second = spawn(async move { b.create().await });
-        let (a, b) = timeout(HANG_GUARD, async { (first.await.unwrap(), second.await.unwrap()) })
-            .await
-            .unwrap();
+        let (a, b) = timeout(HANG_GUARD, async {
+            (first.await.unwrap(), second.await.unwrap())
+        })
+        .await
+        .unwrap();
         let (ok, refused) = match (a, b) {
             (Ok(c), Err(e)) | (Err(e), Ok(c)) => (c, e),
             other => panic!("exactly one create must win: {other:?}"),

@@ -136,6 +136,9 @@ fn table_and_diagram() {
 "
     );
     let vm = FirecrackerVm::default();
-    assert_eq!(vm.try_apply(&VmState::TRANSITIONS[0]), Ok(VmState::NotStarted));
+    assert_eq!(
+        vm.try_apply(&VmState::TRANSITIONS[0]),
+        Ok(VmState::NotStarted)
+    );
     assert_eq!(format!("{vm:?}"), "FirecrackerVm { state: Running }");
 }

@@ -320,7 +320,11 @@ fn try_apply_refuses_entries_not_in_the_table() {
         assert!(err.is_undeclared());
         assert_eq!(err.transition(), fake);
         assert_eq!(err.observed(), ShimState::Idle);
-        assert_eq!(sm.state(), ShimState::Idle, "a refused entry changes nothing");
+        assert_eq!(
+            sm.state(),
+            ShimState::Idle,
+            "a refused entry changes nothing"
+        );
     }
     assert_eq!(
         sm.try_apply(&LAUNCH).unwrap_err().to_string(),

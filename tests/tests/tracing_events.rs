@@ -167,10 +167,26 @@ fn a_panicking_phase_observer_is_ignored_with_a_warning() {
     let warnings: Vec<&String> = lines.iter().filter(|l| l.starts_with("WARN:")).collect();
     assert_eq!(warnings.len(), 4, "{lines:#?}");
     for (warning, fields) in warnings.iter().zip([
-        ["phase=stop_vm", "hook=phase_started", "panic=observer broke on stop_vm"],
-        ["phase=stop_vm", "hook=phase_finished", "panic=observer broke after stop_vm"],
-        ["phase=remove_dir", "hook=phase_started", "panic=observer broke on remove_dir"],
-        ["phase=remove_dir", "hook=phase_finished", "panic=observer broke after remove_dir"],
+        [
+            "phase=stop_vm",
+            "hook=phase_started",
+            "panic=observer broke on stop_vm",
+        ],
+        [
+            "phase=stop_vm",
+            "hook=phase_finished",
+            "panic=observer broke after stop_vm",
+        ],
+        [
+            "phase=remove_dir",
+            "hook=phase_started",
+            "panic=observer broke on remove_dir",
+        ],
+        [
+            "phase=remove_dir",
+            "hook=phase_finished",
+            "panic=observer broke after remove_dir",
+        ],
     ]) {
         for field in fields.iter().chain(&["phase observer panicked"]) {
             assert!(warning.contains(field), "{field} in {warning}");

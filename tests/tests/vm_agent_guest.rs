@@ -12,7 +12,9 @@ use spinbox::vm::agent::{dial, dial_with_retry, shutdown_hook, DialError, RetryP
 use spinbox::vm::stop::{EscalationPolicy, ShutdownStep};
 use spinbox::vm::vsock::AgentAddress;
 use spinbox::vm::{StopRequest, Vm};
-use vm_common::{assert_alive, assert_not_our_child, assert_root_clean, assert_vm_gone, guest, Fixture};
+use vm_common::{
+    assert_alive, assert_not_our_child, assert_root_clean, assert_vm_gone, guest, Fixture,
+};
 
 /// Hang guard for a whole boot or shutdown under TCG on 2 busy cores.
 use vm_common::BOOT_GUARD as GUARD;
@@ -37,7 +39,10 @@ async fn real_guest_serves_the_agent_and_shuts_down_gracefully() {
 
     // The same id in the same root is another VM's: refused, nothing of it touched.
     let err = backend.start_qemu(&spec).await.expect_err("id taken");
-    assert!(matches!(err, spinbox::vm::BootError::AlreadyExists(_)), "{err:?}");
+    assert!(
+        matches!(err, spinbox::vm::BootError::AlreadyExists(_)),
+        "{err:?}"
+    );
     assert!(state_dir.exists() && vsock_dir.exists());
 
     let address = vm.agent_address();
@@ -116,6 +121,10 @@ async fn real_guest_serves_the_agent_and_shuts_down_gracefully() {
 
     assert_vm_gone(pid, &state_dir);
     assert_not_our_child(daemon_pid, "vhost-device-vsock");
-    assert!(!vsock_dir.exists(), "vsock dir {} remains", vsock_dir.display());
+    assert!(
+        !vsock_dir.exists(),
+        "vsock dir {} remains",
+        vsock_dir.display()
+    );
     assert_root_clean(&fx);
 }

@@ -7,7 +7,9 @@ mod vm_common;
 
 use spinbox::vm::stop::{EscalationPolicy, ShutdownStep};
 use spinbox::vm::{StopRequest, Vm};
-use vm_common::{assert_alive, assert_not_our_child, assert_root_clean, assert_vm_gone, guest, Fixture};
+use vm_common::{
+    assert_alive, assert_not_our_child, assert_root_clean, assert_vm_gone, guest, Fixture,
+};
 
 use vm_common::BOOT_GUARD as GUARD;
 
@@ -33,7 +35,11 @@ async fn system_powerdown_powers_the_guest_off() {
         .clone()
         .expect("published");
     assert!(info.status.success(), "QEMU exit {info}");
-    assert_eq!(info.shutdown_reason.as_deref(), Some("guest-shutdown"), "{info}");
+    assert_eq!(
+        info.shutdown_reason.as_deref(),
+        Some("guest-shutdown"),
+        "{info}"
+    );
     assert!(!info.guest_panicked);
 
     let r = vm

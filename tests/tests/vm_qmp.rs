@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use spinbox::vm::stop::GuestRequest;
 use spinbox::vm::qemu::qmp::{QmpError, QmpEvent, QmpEventKind};
+use spinbox::vm::stop::GuestRequest;
 use spinbox::vm::stop::{EscalationPolicy, ShutdownStep};
 use tokio::sync::broadcast;
 use vm_common::{assert_vm_gone, Fixture, HANG_GUARD};

@@ -580,7 +580,9 @@ impl<P: PhaseId> CleanupEngine<P> {
         let kind = self.actions[i].kind();
         let observer = self.observer.as_deref();
         if let Some(observer) = observer {
-            notify(phase, "phase_started", || observer.phase_started(phase, kind));
+            notify(phase, "phase_started", || {
+                observer.phase_started(phase, kind);
+            });
         }
         if kind == PhaseKind::Noop {
             // Nothing runs: no clock, no span.

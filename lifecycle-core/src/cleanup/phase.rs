@@ -184,7 +184,10 @@ mod tests {
             Phase::new(|| async { Ok::<(), BoxError>(()) }).kind(),
             PhaseKind::Async
         );
-        assert_eq!(Phase::sync(|| Ok::<(), BoxError>(())).kind(), PhaseKind::Sync);
+        assert_eq!(
+            Phase::sync(|| Ok::<(), BoxError>(())).kind(),
+            PhaseKind::Sync
+        );
         assert_eq!(Phase::noop().kind(), PhaseKind::Noop);
         assert_eq!(PhaseKind::Sync.to_string(), "sync");
     }

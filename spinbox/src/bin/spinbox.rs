@@ -12,9 +12,7 @@ use spinbox::check::{check_host, error_chain, Level};
 use spinbox::cleanup::CleanupPhase;
 use spinbox::shim::{EventReceiver, Shim, ShimConfig, ShimEvent};
 use spinbox::vm::assets::Assets;
-use spinbox::vm::qemu::{
-    AccelChoice, Accelerator, KernelImage, QemuBackend, QemuBackendConfig,
-};
+use spinbox::vm::qemu::{AccelChoice, Accelerator, KernelImage, QemuBackend, QemuBackendConfig};
 use spinbox::vm::{state_root_from, VmId};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -162,7 +160,8 @@ fn config_for(args: &RunArgs) -> Result<(ShimConfig, QemuBackendConfig), String>
         config.memory_mib = memory;
     }
     if config.state_root.is_relative() {
-        let cwd = std::env::current_dir().map_err(|e| format!("cannot read the current directory: {e}"))?;
+        let cwd = std::env::current_dir()
+            .map_err(|e| format!("cannot read the current directory: {e}"))?;
         config.state_root = cwd.join(&config.state_root);
     }
     config.validate().map_err(|e| error_chain(&e))?;
@@ -177,7 +176,10 @@ fn config_for(args: &RunArgs) -> Result<(ShimConfig, QemuBackendConfig), String>
     let mut kernel_image = KernelImage::Vmlinux;
     if let Some(kernel) = &args.kernel {
         if kernel.is_dir() {
-            return Err(format!("kernel {} is a directory, not a kernel image", kernel.display()));
+            return Err(format!(
+                "kernel {} is a directory, not a kernel image",
+                kernel.display()
+            ));
         }
         if !kernel.is_file() {
             return Err(format!("kernel {} does not exist", kernel.display()));
@@ -222,7 +224,6 @@ fn config_for(args: &RunArgs) -> Result<(ShimConfig, QemuBackendConfig), String>
     Ok((config, backend))
 }
 
-
 /// Prints events as they arrive; ends with the stream. Fires `crashed` when the VM exits
 /// on its own.
 async fn show_events(
@@ -263,7 +264,11 @@ async fn show_events(
         };
         match &event {
             ShimEvent::PhaseStarted { phase, .. } => {
-                current = Some((*phase, Instant::now(), tokio::time::Instant::now() + PATIENCE));
+                current = Some((
+                    *phase,
+                    Instant::now(),
+                    tokio::time::Instant::now() + PATIENCE,
+                ));
             }
             ShimEvent::PhaseFinished { .. } => current = None,
             _ => {}
@@ -343,7 +348,10 @@ async fn spin(what: &str, start: Instant) {
 }
 
 async fn run(args: RunArgs) -> Result<(), String> {
-    let id: VmId = args.id.parse().map_err(|e: spinbox::vm::IdError| error_chain(&e))?;
+    let id: VmId = args
+        .id
+        .parse()
+        .map_err(|e: spinbox::vm::IdError| error_chain(&e))?;
     let (config, backend) = config_for(&args)?;
     let start = Instant::now();
     let shim = Shim::new(id, config, Arc::new(QemuBackend::new(backend)));
@@ -443,7 +451,11 @@ async fn shutdown(shim: &Shim, start: Instant) -> spinbox::shim::ShimReport {
 /// Runs a teardown; every SIGINT, SIGTERM or SIGHUP meanwhile kills the VM at once (the
 /// teardown then finds it gone and finishes), and the report still comes. Signals are
 /// never left unanswered while the CLI tears down.
-async fn watching_signals<T>(shim: &Shim, start: Instant, work: impl std::future::Future<Output = T>) -> T {
+async fn watching_signals<T>(
+    shim: &Shim,
+    start: Instant,
+    work: impl std::future::Future<Output = T>,
+) -> T {
     tokio::pin!(work);
     loop {
         tokio::select! {

@@ -217,7 +217,9 @@ impl ShimConfig {
             ("dial total", self.dial_retry.total),
         ] {
             if d.is_zero() {
-                return Err(ConfigError::Invalid(format!("{name} must be greater than 0")));
+                return Err(ConfigError::Invalid(format!(
+                    "{name} must be greater than 0"
+                )));
             }
         }
         if self.dial_retry.initial > self.dial_retry.max_delay {

@@ -256,9 +256,13 @@ mod tests {
         // The console lines that fit, then the notice of the ones that did not, then the
         // lifecycle events until the stream is full (the last one did not fit).
         assert_eq!(got.len(), EVENT_CAPACITY);
-        assert!(got[..console].iter().all(|e| matches!(e, ShimEvent::Console(_))));
+        assert!(got[..console]
+            .iter()
+            .all(|e| matches!(e, ShimEvent::Console(_))));
         assert!(matches!(got[console], ShimEvent::Dropped(n) if n == lost_console as u64));
-        assert!(got[console + 1..].iter().all(|e| matches!(e, ShimEvent::Booted(_))));
+        assert!(got[console + 1..]
+            .iter()
+            .all(|e| matches!(e, ShimEvent::Booted(_))));
         // Room again: the next event is preceded by the count of what was lost since.
         tx.send(ShimEvent::Console("after".into()));
         assert!(matches!(rx.try_recv(), Ok(ShimEvent::Dropped(1))));

@@ -352,7 +352,10 @@ impl Shim {
                 session.mark_final();
                 let _ = session.claim(Reason::Shutdown);
                 let _ = session.tear_down().await;
-                Err(Self::creation_error(&session, CreateError::ShutDownDuringCreate))
+                Err(Self::creation_error(
+                    &session,
+                    CreateError::ShutDownDuringCreate,
+                ))
             }
         };
         guard.session = None;
@@ -451,8 +454,7 @@ impl Shim {
                 Self::exit_error(session).unwrap_or(CreateError::Boot(e))
             }
             (Some(Reason::ExitedDuringBoot | Reason::Crash), CreateError::ShutDownDuringCreate) => {
-                Self::exit_error(session)
-                    .unwrap_or(CreateError::ShutDownDuringCreate)
+                Self::exit_error(session).unwrap_or(CreateError::ShutDownDuringCreate)
             }
             (_, e) => e,
         }
@@ -533,10 +535,8 @@ impl Shim {
                 Arc::clone(s)
             } else {
                 // Nothing was created: a session with no VM whose phases end the stream.
-                let s = Session::empty_final(
-                    Arc::clone(shared),
-                    shared.config.spec(shared.id.clone()),
-                );
+                let s =
+                    Session::empty_final(Arc::clone(shared), shared.config.spec(shared.id.clone()));
                 *slot = Some(Arc::clone(&s));
                 s
             }
@@ -558,7 +558,6 @@ enum Failure {
 }
 
 impl Session {
-
     fn console_tail(&self) -> String {
         let Some(path) = self.vm.get().and_then(|vm| vm.console_log()) else {
             return String::new();

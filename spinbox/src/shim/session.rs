@@ -150,7 +150,8 @@ impl PhaseObserver<CleanupPhase> for PhaseEvents {
     }
 }
 
-type PhaseFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), BoxError>> + Send>>;
+type PhaseFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), BoxError>> + Send>>;
 
 /// A phase running `f` on the session, if it still exists.
 fn phase(weak: &Weak<Session>, f: fn(Arc<Session>) -> PhaseFuture) -> Phase {
@@ -304,7 +305,10 @@ impl Session {
         let me = Arc::clone(self);
         let report = self
             .teardown
-            .run(move || async move { Some(me.run_teardown().await) }, || None)
+            .run(
+                move || async move { Some(me.run_teardown().await) },
+                || None,
+            )
             .await;
         match report {
             Some(report) => report,

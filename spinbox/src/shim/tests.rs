@@ -179,11 +179,17 @@ async fn create_then_delete_runs_every_phase_once_and_ends_the_stream() {
     // The no-op phases are reported as such, and the stream's last event is event_close's.
     assert!(events.iter().any(|e| matches!(
         e,
-        ShimEvent::PhaseStarted { phase: CleanupPhase::HotplugStop, kind: PhaseKind::Noop }
+        ShimEvent::PhaseStarted {
+            phase: CleanupPhase::HotplugStop,
+            kind: PhaseKind::Noop
+        }
     )));
     assert!(matches!(
         events.last(),
-        Some(ShimEvent::PhaseFinished { phase: CleanupPhase::EventClose, .. })
+        Some(ShimEvent::PhaseFinished {
+            phase: CleanupPhase::EventClose,
+            ..
+        })
     ));
     assert!(events.iter().any(|e| matches!(e, ShimEvent::Booted(_))));
     let cause = r.shim.exit_cause().unwrap();
@@ -207,7 +213,10 @@ async fn shutdown_of_an_idle_shim_ends_the_stream_without_a_vm() {
     // Idempotent: the same report again, no new phase run.
     let again = r.shim.shutdown().await;
     assert_eq!(again.phases().len(), report.phases().len());
-    assert!(matches!(r.shim.create().await, Err(CreateError::ShuttingDown)));
+    assert!(matches!(
+        r.shim.create().await,
+        Err(CreateError::ShuttingDown)
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,7 +244,11 @@ async fn a_failed_start_returns_to_idle_and_the_next_create_works() {
     let events = r.drain().await;
     assert_eq!(
         states(&events),
-        [(Idle, Creating), (Creating, Running), (Running, ShuttingDown)]
+        [
+            (Idle, Creating),
+            (Creating, Running),
+            (Running, ShuttingDown)
+        ]
     );
 }
 
@@ -304,7 +317,9 @@ async fn the_vm_exiting_after_the_agent_answered_never_reaches_running() {
     assert_eq!(r.shim.state().state, Idle);
     let events = r.pending();
     assert_eq!(states(&events), [(Idle, Creating), (Creating, Idle)]);
-    assert!(!events.iter().any(|e| matches!(e, ShimEvent::State { to: Running, .. })));
+    assert!(!events
+        .iter()
+        .any(|e| matches!(e, ShimEvent::State { to: Running, .. })));
     assert_eq!(phases(&events), all_phases_ok());
     assert_eq!(r.backend.running(), 0);
 }
@@ -313,11 +328,16 @@ async fn the_vm_exiting_after_the_agent_answered_never_reaches_running() {
 async fn a_crash_while_running_shuts_down_with_the_cause_and_no_delete() {
     let mut r = rig(FakeScript::default());
     r.shim.create().await.unwrap();
-    r.vm().crash(ExitStatus::from_raw(9), Some("host-signal"), false);
+    r.vm()
+        .crash(ExitStatus::from_raw(9), Some("host-signal"), false);
     let events = r.drain().await;
     assert_eq!(
         states(&events),
-        [(Idle, Creating), (Creating, Running), (Running, ShuttingDown)]
+        [
+            (Idle, Creating),
+            (Creating, Running),
+            (Running, ShuttingDown)
+        ]
     );
     let exits = exited(&events);
     assert_eq!(exits.len(), 1);
@@ -336,12 +356,18 @@ async fn delete_after_a_crash_is_refused_and_shutdown_returns_the_crash_report()
     r.vm().crash(ExitStatus::from_raw(9), None, false);
     let events = r.drain().await;
     assert_eq!(exited(&events).len(), 1);
-    assert!(matches!(r.shim.delete().await, Err(DeleteError::ShuttingDown)));
+    assert!(matches!(
+        r.shim.delete().await,
+        Err(DeleteError::ShuttingDown)
+    ));
     let report = r.shim.shutdown().await;
     assert!(!report.has_errors(), "{report}");
     assert_eq!(r.vm().stops(), 1);
     let cause = r.shim.exit_cause().unwrap();
-    assert!(!cause.intentional, "a shutdown after the crash does not rewrite its cause");
+    assert!(
+        !cause.intentional,
+        "a shutdown after the crash does not rewrite its cause"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -409,7 +435,9 @@ async fn shutdown_during_boot_stops_the_booting_vm_and_fails_the_create() {
     });
     let create = r.spawn_create();
     r.wait_for("the VM to start", vm_started).await;
-    let report = tokio::time::timeout(BOUND, r.shim.shutdown()).await.unwrap();
+    let report = tokio::time::timeout(BOUND, r.shim.shutdown())
+        .await
+        .unwrap();
     assert!(!report.has_errors(), "{report}");
     let err = create.await.unwrap().unwrap_err();
     assert!(matches!(err, CreateError::ShutDownDuringCreate), "{err:?}");
@@ -418,7 +446,10 @@ async fn shutdown_during_boot_stops_the_booting_vm_and_fails_the_create() {
     assert_eq!(r.vm().stops(), 1);
     assert_eq!(r.backend.running(), 0);
     let events = r.drain().await;
-    assert_eq!(states(&events), [(Idle, Creating), (Creating, ShuttingDown)]);
+    assert_eq!(
+        states(&events),
+        [(Idle, Creating), (Creating, ShuttingDown)]
+    );
     assert_eq!(phases(&events), all_phases_ok());
     assert!(r.shim.exit_cause().unwrap().intentional);
 }
@@ -437,7 +468,11 @@ async fn shutdown_while_the_backend_is_still_starting_waits_and_stops_it() {
         create.await.unwrap(),
         Err(CreateError::ShutDownDuringCreate)
     ));
-    assert_eq!(r.vm().stops(), 1, "the VM started after the claim was not stopped");
+    assert_eq!(
+        r.vm().stops(),
+        1,
+        "the VM started after the claim was not stopped"
+    );
     assert_eq!(r.backend.running(), 0);
     assert!(!r.vm_dir_exists());
     let events = r.drain().await;
@@ -454,8 +489,10 @@ async fn a_dropped_create_tears_down_and_returns_to_idle() {
     r.wait_for("the VM to start", vm_started).await;
     create.abort();
     assert!(create.await.unwrap_err().is_cancelled());
-    r.wait_for("the shim to return to Idle", |r| r.shim.state().state == Idle)
-        .await;
+    r.wait_for("the shim to return to Idle", |r| {
+        r.shim.state().state == Idle
+    })
+    .await;
     assert_eq!(r.vm().stops(), 1);
     assert_eq!(r.backend.running(), 0);
     assert!(!r.vm_dir_exists());
@@ -463,7 +500,9 @@ async fn a_dropped_create_tears_down_and_returns_to_idle() {
     assert_eq!(states(&events), [(Idle, Creating), (Creating, Idle)]);
     assert_eq!(phases(&events), all_phases_ok());
     // The shim is usable again, and its shutdown completes.
-    let report = tokio::time::timeout(BOUND, r.shim.shutdown()).await.unwrap();
+    let report = tokio::time::timeout(BOUND, r.shim.shutdown())
+        .await
+        .unwrap();
     assert!(!report.has_errors(), "{report}");
     r.drain().await;
 }
@@ -477,7 +516,9 @@ async fn a_create_dropped_during_start_then_shutdown_at_once_leaves_nothing() {
     let create = r.spawn_create();
     r.wait_for("the start to begin", start_called).await;
     create.abort();
-    let report = tokio::time::timeout(BOUND, r.shim.shutdown()).await.unwrap();
+    let report = tokio::time::timeout(BOUND, r.shim.shutdown())
+        .await
+        .unwrap();
     assert!(!report.has_errors(), "{report}");
     // The start completes on its own task; what it started is stopped.
     r.wait_for("the started VM to be stopped", |r| {
@@ -499,8 +540,10 @@ async fn the_vm_exiting_during_delete_is_joined_not_fought() {
     r.shim.create().await.unwrap();
     let deleter = r.shim.clone();
     let delete = tokio::spawn(async move { deleter.delete().await });
-    r.wait_for("the stop to begin", |r| r.vm().stops() > 0).await;
-    r.vm().crash(ExitStatus::from_raw(9), Some("host-signal"), false);
+    r.wait_for("the stop to begin", |r| r.vm().stops() > 0)
+        .await;
+    r.vm()
+        .crash(ExitStatus::from_raw(9), Some("host-signal"), false);
     let report = delete.await.unwrap().unwrap();
     assert!(!report.has_errors(), "{report}");
     let events = r.drain().await;
@@ -547,7 +590,10 @@ async fn a_failing_stop_is_reported_and_the_vm_files_are_kept() {
     assert!(p.contains(&"vm_shutdown:failed".to_owned()), "{p:?}");
     assert!(p.contains(&"event_close:ok".to_owned()), "{p:?}");
     assert_eq!(r.shim.state().state, ShuttingDown);
-    assert!(r.vm_dir_exists(), "files of a VM that may still run were removed");
+    assert!(
+        r.vm_dir_exists(),
+        "files of a VM that may still run were removed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -572,7 +618,11 @@ async fn concurrent_shutdowns_share_one_teardown() {
     assert_eq!(phases(&events), all_phases_ok());
     assert_eq!(
         states(&events),
-        [(Idle, Creating), (Creating, Running), (Running, ShuttingDown)]
+        [
+            (Idle, Creating),
+            (Creating, Running),
+            (Running, ShuttingDown)
+        ]
     );
 }
 
@@ -664,8 +714,10 @@ async fn a_create_dropped_after_the_agent_answered_the_dial_tears_down() {
     })
     .await;
     create.abort();
-    r.wait_for("the shim to return to Idle", |r| r.shim.state().state == Idle)
-        .await;
+    r.wait_for("the shim to return to Idle", |r| {
+        r.shim.state().state == Idle
+    })
+    .await;
     assert_eq!(r.vm().stops(), 1);
     assert_eq!(r.backend.running(), 0);
     assert!(!r.vm_dir_exists());
@@ -683,9 +735,12 @@ async fn a_dropped_shutdown_still_completes_and_a_later_call_gets_its_report() {
     r.shim.create().await.unwrap();
     let shim = r.shim.clone();
     let first = tokio::spawn(async move { shim.shutdown().await });
-    r.wait_for("the stop to begin", |r| r.vm().stops() > 0).await;
+    r.wait_for("the stop to begin", |r| r.vm().stops() > 0)
+        .await;
     first.abort();
-    let report = tokio::time::timeout(BOUND, r.shim.shutdown()).await.unwrap();
+    let report = tokio::time::timeout(BOUND, r.shim.shutdown())
+        .await
+        .unwrap();
     assert!(!report.has_errors(), "{report}");
     assert_eq!(r.vm().stops(), 1);
     assert!(r.vm().has_exited());
@@ -706,7 +761,9 @@ async fn a_panicking_backend_start_fails_the_create_without_hanging() {
     assert!(matches!(err, CreateError::StartPanicked), "{err:?}");
     assert_eq!(r.shim.state().state, Idle);
     assert_eq!(phases(&r.pending()), all_phases_ok());
-    let report = tokio::time::timeout(BOUND, r.shim.shutdown()).await.unwrap();
+    let report = tokio::time::timeout(BOUND, r.shim.shutdown())
+        .await
+        .unwrap();
     assert!(!report.has_errors(), "{report}");
     r.drain().await;
 }

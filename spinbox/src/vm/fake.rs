@@ -462,7 +462,10 @@ impl Vm for FakeVm {
 
     async fn stop(&self, request: StopRequest) -> Result<StopOutcome, StopError> {
         // The stop runs on its own task, which needs an owned handle.
-        let me = self.this.upgrade().expect("a FakeVm is only reachable through its Arc");
+        let me = self
+            .this
+            .upgrade()
+            .expect("a FakeVm is only reachable through its Arc");
         self.stop
             .run(
                 move || me.run_stop(request),

@@ -169,11 +169,7 @@ fn in_child(parent: u32, as_root: bool, program: &[libc::sock_filter]) {
             let mut header = [0x2008_0522u32, 0];
             let keep = 1u32 << CAP_DAC_READ_SEARCH;
             let data = [keep, keep, 0, 0, 0, 0];
-            libc::syscall(
-                libc::SYS_capset,
-                header.as_mut_ptr(),
-                data.as_ptr(),
-            );
+            libc::syscall(libc::SYS_capset, header.as_mut_ptr(), data.as_ptr());
         }
         libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
         if cfg!(not(target_arch = "x86_64")) {

@@ -179,7 +179,12 @@ pub struct VmSpec {
 impl VmSpec {
     /// Checks every value; backends call this before they start anything.
     pub fn validate(&self) -> Result<(), SpecError> {
-        range("vCPU count", self.cpus.into(), MIN_CPUS.into(), MAX_CPUS.into())?;
+        range(
+            "vCPU count",
+            self.cpus.into(),
+            MIN_CPUS.into(),
+            MAX_CPUS.into(),
+        )?;
         range(
             "memory (MiB)",
             self.memory_mib.into(),

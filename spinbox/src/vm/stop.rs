@@ -107,4 +107,3 @@ pub struct StepReport {
     /// What went wrong in the step's action, if anything (it then fell through).
     pub note: Option<String>,
 }
-

@@ -130,7 +130,11 @@ pub fn guest(fx: &Fixture, id: &str) -> (QemuBackend, VmSpec) {
 }
 
 /// [`guest`] with the given assets (e.g. the test agent's).
-pub fn guest_with(fx: &Fixture, id: &str, assets: spinbox::vm::assets::Assets) -> (QemuBackend, VmSpec) {
+pub fn guest_with(
+    fx: &Fixture,
+    id: &str,
+    assets: spinbox::vm::assets::Assets,
+) -> (QemuBackend, VmSpec) {
     let mut config = QemuBackendConfig::new(assets);
     config.accel = AccelChoice::Fixed(Accelerator::Tcg);
     let spec = VmSpec {

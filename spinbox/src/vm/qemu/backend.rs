@@ -43,8 +43,8 @@ use crate::vm::assets::Assets;
 use crate::vm::state_dir::{prepare_root, StateDir, StateDirError};
 use crate::vm::vsock::AgentAddress;
 use crate::vm::{
-    BootError, ExitInfo, ExitWatch, HelperExit, StopError, StopOutcome, StopRequest, Vm, VmBackend, VmId,
-    VmSpec,
+    BootError, ExitInfo, ExitWatch, HelperExit, StopError, StopOutcome, StopRequest, Vm, VmBackend,
+    VmId, VmSpec,
 };
 
 /// Longest readiness line accepted.
@@ -170,7 +170,9 @@ impl QemuBackend {
         // Holding the id's lock proves no live VM owns this id: a vsock directory under it
         // is a dead shim's leftover.
         match std::fs::remove_dir_all(&vsock_dir) {
-            Ok(()) => tracing::warn!(path = %vsock_dir.display(), "removed a dead shim's vsock directory"),
+            Ok(()) => {
+                tracing::warn!(path = %vsock_dir.display(), "removed a dead shim's vsock directory");
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(source) => {
                 let _ = state_dir.remove();
@@ -253,7 +255,8 @@ impl QemuBackend {
         };
 
         let started = Instant::now();
-        let instance = match QemuInstance::start_in_dir(&config, &options, state_dir.clone()).await {
+        let instance = match QemuInstance::start_in_dir(&config, &options, state_dir.clone()).await
+        {
             Ok(i) => i,
             Err(e) => {
                 let _ = daemon.stop(Duration::from_secs(3)).await;
@@ -407,10 +410,9 @@ enum ReadyFailure {
 impl ReadyFailure {
     fn to_error(&self) -> BootError {
         match self.clone() {
-            ReadyFailure::Exited(exit, console_tail) => BootError::ExitedBeforeReady {
-                exit,
-                console_tail,
-            },
+            ReadyFailure::Exited(exit, console_tail) => {
+                BootError::ExitedBeforeReady { exit, console_tail }
+            }
             ReadyFailure::Timeout(after, console_tail) => BootError::ReadyTimeout {
                 after,
                 console_tail,
@@ -617,8 +619,7 @@ impl Vm for QemuVm {
         self.state_dir.release();
         // Published once QMP has ended, which the shutdown's close of QMP makes immediate.
         let mut exit = self.exit.clone();
-        let exit = match tokio::time::timeout(QMP_DRAIN * 2, exit.wait_for(Option::is_some)).await
-        {
+        let exit = match tokio::time::timeout(QMP_DRAIN * 2, exit.wait_for(Option::is_some)).await {
             Ok(Ok(info)) => info.clone().expect("published"),
             _ => ExitInfo {
                 status: qemu.exit_status,
