@@ -156,6 +156,16 @@ fn exited(events: &[ShimEvent]) -> Vec<ExitCause> {
 
 use ShimState::{Creating, Deleting, Idle, Running, ShuttingDown};
 
+/// The states of a creation that succeeded, then a shutdown.
+const SHUT_DOWN_AFTER_CREATE: [(ShimState, ShimState); 3] = [
+    (Idle, Creating),
+    (Creating, Running),
+    (Running, ShuttingDown),
+];
+
+/// The states of a creation that failed.
+const FAILED_CREATE: [(ShimState, ShimState); 2] = [(Idle, Creating), (Creating, Idle)];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_then_delete_runs_every_phase_once_and_ends_the_stream() {
     let mut r = rig(FakeScript::default());
@@ -232,7 +242,7 @@ async fn a_failed_start_returns_to_idle_and_the_next_create_works() {
     );
     assert_eq!(r.shim.state().state, Idle);
     let events = r.pending();
-    assert_eq!(states(&events), [(Idle, Creating), (Creating, Idle)]);
+    assert_eq!(states(&events), FAILED_CREATE);
     assert_eq!(phases(&events), all_phases_ok());
     assert!(r.shim.exit_cause().is_none());
     // The stream stays open and a new creation succeeds.
@@ -242,14 +252,7 @@ async fn a_failed_start_returns_to_idle_and_the_next_create_works() {
     let report = r.shim.shutdown().await;
     assert!(!report.has_errors(), "{report}");
     let events = r.drain().await;
-    assert_eq!(
-        states(&events),
-        [
-            (Idle, Creating),
-            (Creating, Running),
-            (Running, ShuttingDown)
-        ]
-    );
+    assert_eq!(states(&events), SHUT_DOWN_AFTER_CREATE);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -271,7 +274,7 @@ async fn an_agent_that_never_gets_ready_fails_in_bounded_time_and_leaves_nothing
     assert!(!r.vm_dir_exists());
     assert_eq!(r.backend.running(), 0);
     let events = r.pending();
-    assert_eq!(states(&events), [(Idle, Creating), (Creating, Idle)]);
+    assert_eq!(states(&events), FAILED_CREATE);
     assert_eq!(phases(&events), all_phases_ok());
     // The VM was stopped by the shim: an intentional exit.
     assert!(r.shim.exit_cause().unwrap().intentional);
@@ -294,7 +297,7 @@ async fn the_vm_exiting_while_booting_fails_the_creation_with_its_cause() {
     let cause = r.shim.exit_cause().unwrap();
     assert!(!cause.intentional && cause.guest_panicked);
     let events = r.pending();
-    assert_eq!(states(&events), [(Idle, Creating), (Creating, Idle)]);
+    assert_eq!(states(&events), FAILED_CREATE);
     let exits = exited(&events);
     assert_eq!(exits.len(), 1, "{events:#?}");
     assert!(!exits[0].intentional && exits[0].guest_panicked);
@@ -316,7 +319,7 @@ async fn the_vm_exiting_after_the_agent_answered_never_reaches_running() {
     assert_eq!(cause.shutdown_reason.as_deref(), Some("guest-reset"));
     assert_eq!(r.shim.state().state, Idle);
     let events = r.pending();
-    assert_eq!(states(&events), [(Idle, Creating), (Creating, Idle)]);
+    assert_eq!(states(&events), FAILED_CREATE);
     assert!(!events
         .iter()
         .any(|e| matches!(e, ShimEvent::State { to: Running, .. })));
@@ -331,14 +334,7 @@ async fn a_crash_while_running_shuts_down_with_the_cause_and_no_delete() {
     r.vm()
         .crash(ExitStatus::from_raw(9), Some("host-signal"), false);
     let events = r.drain().await;
-    assert_eq!(
-        states(&events),
-        [
-            (Idle, Creating),
-            (Creating, Running),
-            (Running, ShuttingDown)
-        ]
-    );
+    assert_eq!(states(&events), SHUT_DOWN_AFTER_CREATE);
     let exits = exited(&events);
     assert_eq!(exits.len(), 1);
     assert_eq!(exits[0].status.signal(), Some(9));
@@ -497,7 +493,7 @@ async fn a_dropped_create_tears_down_and_returns_to_idle() {
     assert_eq!(r.backend.running(), 0);
     assert!(!r.vm_dir_exists());
     let events = r.pending();
-    assert_eq!(states(&events), [(Idle, Creating), (Creating, Idle)]);
+    assert_eq!(states(&events), FAILED_CREATE);
     assert_eq!(phases(&events), all_phases_ok());
     // The shim is usable again, and its shutdown completes.
     let report = tokio::time::timeout(BOUND, r.shim.shutdown())
@@ -616,14 +612,7 @@ async fn concurrent_shutdowns_share_one_teardown() {
     assert_eq!(r.vm().stops(), 1);
     let events = r.drain().await;
     assert_eq!(phases(&events), all_phases_ok());
-    assert_eq!(
-        states(&events),
-        [
-            (Idle, Creating),
-            (Creating, Running),
-            (Running, ShuttingDown)
-        ]
-    );
+    assert_eq!(states(&events), SHUT_DOWN_AFTER_CREATE);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -722,7 +711,7 @@ async fn a_create_dropped_after_the_agent_answered_the_dial_tears_down() {
     assert_eq!(r.backend.running(), 0);
     assert!(!r.vm_dir_exists());
     let events = r.pending();
-    assert_eq!(states(&events), [(Idle, Creating), (Creating, Idle)]);
+    assert_eq!(states(&events), FAILED_CREATE);
     assert_eq!(phases(&events), all_phases_ok());
 }
 
