@@ -294,7 +294,10 @@ impl Shim {
         let client = dial_with_retry(&vm.agent_address(), config.rpc_timeout, config.dial_retry)
             .await
             .map_err(AgentError::Dial)?;
-        lock(&session.clients).push(client.clone());
+        if !session.adopt(&client, false) {
+            // The teardown closed the connections while this one was dialled.
+            return Err(AgentError::NotRunning(self.inner.shared.sm.state()));
+        }
         Ok(client)
     }
 
@@ -397,8 +400,11 @@ impl Shim {
             .ok_or_else(claimed)?
             .map_err(|e| fail(CreateError::Agent(e)))?;
         let first_rpc = ready + after_ready.elapsed();
-        lock(&session.clients).push(client.clone());
-        *lock(&session.control) = Some(client.clone());
+        if !session.adopt(&client, true) {
+            // The teardown claimed the session and closed its connections while this one
+            // was dialled; dropping `client` closes it.
+            return Err(claimed());
+        }
         let info = session
             .until_claimed(client.info())
             .await

@@ -99,9 +99,8 @@ pub(crate) struct Session {
     /// `true` once the teardown is claimed (after the reason is recorded).
     claimed: watch::Sender<bool>,
     console: OnceLock<ConsoleForwarder>,
-    pub(crate) clients: Mutex<Vec<AgentClient>>,
-    /// The connection the graceful shutdown uses; `vm_shutdown` closes it.
-    pub(crate) control: Mutex<Option<AgentClient>>,
+    /// The shim's agent connections; `conn_close` closes them and refuses new ones.
+    connections: Mutex<Connections>,
     pub(crate) cause: OnceLock<ExitCause>,
     cleanup: CleanupOrchestrator,
     teardown: SharedTask<Option<ShimReport>>,
@@ -114,6 +113,16 @@ impl std::fmt::Debug for Session {
             .field("reason", &self.reason.get())
             .finish_non_exhaustive()
     }
+}
+
+/// The shim's agent connections of one session.
+#[derive(Default)]
+struct Connections {
+    clients: Vec<AgentClient>,
+    /// The connection the graceful shutdown uses; `vm_shutdown` takes (and closes) it.
+    control: Option<AgentClient>,
+    /// `conn_close` has run: no connection is adopted any more.
+    closed: bool,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -178,8 +187,11 @@ impl Session {
                 io_shutdown: phase(weak, |s| Box::pin(async move { s.stop_console().await })),
                 conn_close: phase(weak, |s| {
                     Box::pin(async move {
-                        // Dropping the last clone of a client closes its connection.
-                        lock(&s.clients).clear();
+                        // Dropping the last clone of a client closes its connection. A dial
+                        // that finishes after this point finds the door closed.
+                        let mut connections = lock(&s.connections);
+                        connections.closed = true;
+                        connections.clients.clear();
                         Ok(())
                     })
                 }),
@@ -210,8 +222,7 @@ impl Session {
                 started: watch::Sender::new(false),
                 claimed: watch::Sender::new(false),
                 console: OnceLock::new(),
-                clients: Mutex::new(Vec::new()),
-                control: Mutex::new(None),
+                connections: Mutex::new(Connections::default()),
                 cause: OnceLock::new(),
                 cleanup,
                 teardown: SharedTask::default(),
@@ -238,6 +249,28 @@ impl Session {
 
     pub(crate) fn was_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    /// Keeps a clone of `client` for `conn_close` to close (and, with `control`, for the
+    /// graceful shutdown to use). `false`, keeping nothing, once `conn_close` has run: the
+    /// caller's clone is then the last one, and dropping it closes the connection.
+    pub(crate) fn adopt(&self, client: &AgentClient, control: bool) -> bool {
+        let mut connections = lock(&self.connections);
+        if connections.closed {
+            return false;
+        }
+        connections.clients.push(client.clone());
+        if control {
+            connections.control = Some(client.clone());
+        }
+        true
+    }
+
+    /// How many agent connections the session holds (for tests).
+    #[cfg(test)]
+    pub(crate) fn connections_held(&self) -> usize {
+        let connections = lock(&self.connections);
+        connections.clients.len() + usize::from(connections.control.is_some())
     }
 
     /// The VM exited on its own: claims the teardown for it (a crash once the VM is up, a
@@ -372,7 +405,7 @@ impl Session {
         let Some(vm) = self.vm.get() else {
             return Ok(());
         };
-        let control = lock(&self.control).take();
+        let control = lock(&self.connections).control.take();
         let hook = shutdown_hook(vm.agent_address(), self.shared.config.rpc_timeout, control);
         let outcome = vm
             .stop(StopRequest {

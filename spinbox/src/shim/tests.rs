@@ -673,6 +673,24 @@ async fn the_agent_is_refused_at_once_unless_running() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_dialled_across_conn_close_is_not_kept() {
+    // The real-QEMU race: a dial (by `create` or `agent`) answered just after `conn_close`
+    // ran. Its clone must not be kept by a session nobody will tear down again.
+    let r = rig(FakeScript::default());
+    r.shim.create().await.unwrap();
+    let session = r.shim.session().expect("a session");
+    let late = r.shim.agent().await.unwrap();
+    // Before the teardown: the shim's connection from `create` (kept twice, as a client and
+    // as the control connection) and this one.
+    assert_eq!(session.connections_held(), 3);
+    assert!(!r.shim.shutdown().await.has_errors());
+    assert_eq!(session.connections_held(), 0);
+    assert!(!session.adopt(&late, true));
+    assert!(!session.adopt(&late, false));
+    assert_eq!(session.connections_held(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_existing_vm_directory_is_refused_and_left_untouched() {
     let r = rig(FakeScript::default());
     let theirs = r.root.path().join("vm1");

@@ -313,6 +313,9 @@ pub enum BootError {
     /// The readiness connection did not carry a valid notice.
     #[error("malformed readiness notice {0:?}")]
     BadReady(String),
+    /// [`Vm::stop`] was called before the agent announced readiness.
+    #[error("the VM was stopped before its agent was ready")]
+    Stopped,
 }
 
 /// A request to stop a VM.

@@ -279,6 +279,7 @@ impl QemuBackend {
             ready_timeout: spec.ready_timeout,
             ready_line_timeout: c.ready_line_timeout,
             ready: tokio::sync::Mutex::new(Ready::Waiting(listener, ready_path)),
+            stopping: watch::Sender::new(false),
             exit,
         }))
     }
@@ -405,6 +406,7 @@ enum ReadyFailure {
     Timeout(Duration, String),
     BadReady(String),
     Accept(PathBuf, std::io::ErrorKind, String),
+    Stopped,
 }
 
 impl ReadyFailure {
@@ -418,6 +420,7 @@ impl ReadyFailure {
                 console_tail,
             },
             ReadyFailure::BadReady(line) => BootError::BadReady(line),
+            ReadyFailure::Stopped => BootError::Stopped,
             ReadyFailure::Accept(path, kind, msg) => BootError::Prepare {
                 path,
                 source: std::io::Error::new(kind, msg),
@@ -439,6 +442,8 @@ pub struct QemuVm {
     ready_timeout: Duration,
     ready_line_timeout: Duration,
     ready: tokio::sync::Mutex<Ready>,
+    /// Set by `stop`: a readiness wait in progress ends (and closes its listener) at once.
+    stopping: watch::Sender<bool>,
     exit: ExitWatch,
 }
 
@@ -549,7 +554,13 @@ impl Vm for QemuVm {
         let mut ready = self.ready.lock().await;
         let result = match &*ready {
             Ready::Done(r) => return r.clone().map_err(|f| f.to_error()),
-            Ready::Waiting(listener, path) => self.wait_ready_inner(listener, path).await,
+            Ready::Waiting(listener, path) => {
+                let mut stopping = self.stopping.subscribe();
+                tokio::select! {
+                    r = self.wait_ready_inner(listener, path) => r,
+                    _ = stopping.wait_for(|s| *s) => Err(ReadyFailure::Stopped),
+                }
+            }
         };
         // Answered (not cancelled): the listener is no longer needed.
         if let Ready::Waiting(_, path) = &*ready {
@@ -574,14 +585,15 @@ impl Vm for QemuVm {
     async fn stop(&self, request: StopRequest) -> Result<StopOutcome, StopError> {
         let start = Instant::now();
         // A readiness wait nobody finished: close its listener now, not when the VM is
-        // dropped (a later `wait_ready` says the VM was stopped).
-        if let Ok(mut ready) = self.ready.try_lock() {
+        // dropped (a later `wait_ready` says the VM was stopped). A wait in progress ends at
+        // once on `stopping` and releases the lock (a `try_lock` here would lose that race
+        // and leave the listener open for as long as the VM handle lives).
+        self.stopping.send_replace(true);
+        {
+            let mut ready = self.ready.lock().await;
             if let Ready::Waiting(_, path) = &*ready {
-                let path = path.clone();
-                *ready = Ready::Done(Err(ReadyFailure::BadReady(
-                    "none: the VM was stopped before its agent was ready".to_owned(),
-                )));
                 let _ = std::fs::remove_file(path);
+                *ready = Ready::Done(Err(ReadyFailure::Stopped));
             }
         }
         let qemu = self
