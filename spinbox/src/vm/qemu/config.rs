@@ -707,42 +707,140 @@ mod tests {
         })
     }
 
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(256))]
+    /// Bytes mostly from the alphabet a caller would use, mixed with the characters QEMU's
+    /// parsers treat specially (`,` `=`, spaces, quotes, newlines) and arbitrary bytes; in
+    /// about one case in four, a NUL at a random place.
+    fn hostile_bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
+        let bytes = proptest::collection::vec(
+            prop_oneof![
+                6 => proptest::sample::select(b"abcdefghijklmnopqrstuvwxyz0123456789/._-".to_vec()),
+                2 => proptest::sample::select(b",,= \"'\n\\:".to_vec()),
+                1 => 1..=u8::MAX,
+            ],
+            1..max,
+        );
+        (bytes, proptest::option::weighted(0.25, any::<proptest::sample::Index>())).prop_map(
+            |(mut bytes, nul)| {
+                if let Some(at) = nul {
+                    bytes.insert(at.index(bytes.len() + 1), 0);
+                }
+                bytes
+            },
+        )
+    }
 
-        /// Whatever bytes a caller puts in paths, command lines and names, every option
-        /// list in the argv carries only the keys this module writes, and each escaped
-        /// value reads back exactly as given.
+    /// A string in the same spirit, from `alphabet` mostly (hostile characters include
+    /// non-ASCII; a NUL in about one case in four).
+    fn hostile_text(alphabet: &'static str, max: usize) -> impl Strategy<Value = String> {
+        let chars = proptest::collection::vec(
+            prop_oneof![
+                12 => proptest::sample::select(alphabet.chars().collect::<Vec<_>>()),
+                2 => proptest::sample::select(vec![',', '=', '"', '\'', '\n', 'é', '\u{202e}']),
+                1 => any::<char>().prop_filter("NUL is placed separately", |c| *c != '\0'),
+            ],
+            0..max,
+        );
+        (chars, proptest::option::weighted(0.25, any::<proptest::sample::Index>())).prop_map(
+            |(mut chars, nul)| {
+                if let Some(at) = nul {
+                    chars.insert(at.index(chars.len() + 1), '\0');
+                }
+                chars.into_iter().collect()
+            },
+        )
+    }
+
+    /// The refusal `to_argv` must give for these inputs, by the documented rules (checked in
+    /// this order: kernel path, command line, vhost-user socket), or `None` if it must
+    /// build an argv.
+    fn expected_refusal(path: &Path, text: &str, socket: &Path) -> Option<ConfigError> {
+        if path.as_os_str().as_bytes().contains(&0) {
+            return Some(ConfigError::NulByte { what: "kernel path" });
+        }
+        if text.contains('\0') {
+            return Some(ConfigError::NulByte {
+                what: "kernel command line",
+            });
+        }
+        check_socket(socket).err().map(ConfigError::Socket)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Whatever a caller puts in paths and command lines, the argv is either refused
+        /// with exactly the error the rules name, or every option list in it carries only
+        /// the keys this module writes and each escaped value reads back exactly as given.
+        /// Every case reaches an assertion.
         #[test]
         fn no_input_introduces_an_option_key(
-            path in proptest::collection::vec(any::<u8>(), 1..80),
-            text in ".{0,80}",
-            id in ".{0,90}",
+            path in hostile_bytes(140),
+            text in hostile_text("abcdefghijklmnopqrstuvwxyz0123456789=. ", 80),
         ) {
             let path = PathBuf::from(OsString::from_vec(path));
-            let id = VmId::new(id).unwrap_or_else(|_| VmId::new("fallback").unwrap());
-            let mut c = config_with(&path, text, id.as_str());
+            let mut c = config_with(&path, text.clone(), "vm1");
             c.agent = Some(AgentChannel::VhostUserVsock { backend_socket: path.clone() });
-            let Ok(argv) = c.to_argv(&paths(), host()) else { return Ok(()); };
-            let mut i = 0;
-            while i < argv.len() {
-                let opt = argv[i].to_string_lossy().into_owned();
-                prop_assert!(opt.starts_with('-'), "value where an option belongs: {opt}");
-                let takes_value = !matches!(opt.as_str(), "-nodefaults" | "-no-user-config" | "-no-reboot");
-                if takes_value {
-                    let v = argv[i + 1].as_bytes();
-                    if let Some(keys) = expected_keys(&opt, v) {
-                        for (k, val) in parse_keyval(v) {
-                            let k = String::from_utf8_lossy(&k).into_owned();
-                            prop_assert!(keys.contains(&k.as_str()), "{opt}: unexpected key {k:?} in {:?}", argv[i + 1]);
-                            if k == "filename" {
-                                prop_assert_eq!(&val[..], path.as_os_str().as_bytes());
+            let socket = paths().resolve(&path);
+            let result = c.to_argv(&paths(), host());
+            match (expected_refusal(&path, &text, &socket), result) {
+                (Some(expected), Err(got)) => {
+                    prop_assert_eq!(got.to_string(), expected.to_string());
+                }
+                (Some(expected), Ok(argv)) => {
+                    prop_assert!(false, "expected {expected:?}, got an argv {argv:?}");
+                }
+                (None, Err(got)) => prop_assert!(false, "refused a valid input: {got:?}"),
+                (None, Ok(argv)) => {
+                    let mut checked_filename = false;
+                    let mut i = 0;
+                    while i < argv.len() {
+                        let opt = argv[i].to_string_lossy().into_owned();
+                        prop_assert!(opt.starts_with('-'), "value where an option belongs: {opt}");
+                        if matches!(opt.as_str(), "-nodefaults" | "-no-user-config" | "-no-reboot") {
+                            i += 1;
+                            continue;
+                        }
+                        let v = argv[i + 1].as_bytes();
+                        if opt == "-append" {
+                            prop_assert_eq!(v, text.as_bytes());
+                        }
+                        if let Some(keys) = expected_keys(&opt, v) {
+                            for (k, val) in parse_keyval(v) {
+                                let k = String::from_utf8_lossy(&k).into_owned();
+                                prop_assert!(keys.contains(&k.as_str()), "{opt}: unexpected key {k:?} in {:?}", argv[i + 1]);
+                                if k == "filename" {
+                                    prop_assert_eq!(&val[..], path.as_os_str().as_bytes());
+                                    checked_filename = true;
+                                }
+                                if opt == "-chardev" && k == "path" && v.starts_with(b"socket,id=agent") {
+                                    prop_assert_eq!(&val[..], socket.as_os_str().as_bytes());
+                                }
                             }
                         }
+                        i += 2;
                     }
-                    i += 2;
-                } else {
-                    i += 1;
+                    prop_assert!(checked_filename, "the disk's filename was not found in {argv:?}");
+                }
+            }
+        }
+
+        /// Any id is either a valid [`VmId`] or refused with the rule it breaks; a valid
+        /// one reaches the argv as `-name guest=<id>` unchanged.
+        #[test]
+        fn ids_are_refused_or_used_verbatim(id in hostile_text("abcdefghijklmnopqrstuvwxyz0123456789._-", 30)) {
+            let by_rule = !id.is_empty()
+                && id.len() <= crate::vm::id::MAX_ID_LEN
+                && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+                && !id.starts_with(['.', '_', '-'])
+                && !id.ends_with(['.', '_', '-'])
+                && !id.as_bytes().windows(2).any(|w| [w[0], w[1]].iter().all(|b| matches!(b, b'.' | b'_' | b'-')));
+            match VmId::new(id.clone()) {
+                Err(e) => prop_assert!(!by_rule, "valid id {id:?} refused: {e}"),
+                Ok(vm_id) => {
+                    prop_assert!(by_rule, "invalid id {id:?} accepted");
+                    let argv = QemuConfig::new(vm_id).to_argv(&paths(), host()).unwrap();
+                    let name = argv.windows(2).find(|w| w[0] == "-name").map(|w| w[1].clone());
+                    prop_assert_eq!(name, Some(OsString::from(format!("guest={id}"))));
                 }
             }
         }
