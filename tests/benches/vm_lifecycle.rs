@@ -1,22 +1,32 @@
-//! VM lifecycle benchmark (SPEC §5.4, issue 7 a–c) on real VMs, under the accelerator the
-//! host offers. `cargo bench -p tests --bench vm_lifecycle -- [--runs N]` (default 10; needs
-//! `scripts/provision`). Prints medians and spread, and the ratios against the baselines
+//! VM lifecycle benchmark (SPEC §5.4, issue 18) on real VMs, under the accelerator the host
+//! offers. `cargo bench -p tests --bench vm_lifecycle -- [--runs N]` (default 10; needs
+//! `scripts/provision`). Prints medians and spread, and every ratio against a baseline
 //! measured in the same run.
 //!
-//! a. QEMU exec → first agent RPC answered, and agent ready → first RPC answered (the
-//!    manager's own overhead once the guest says it is ready).
-//! b. delete → every cleanup phase done and QEMU reaped, cooperating guest; against the Go
-//!    original's fixed-sleep policy on the same kind of VM: ctrl-alt-delete, wait 500 ms,
-//!    QMP quit, wait up to 2 s, SIGKILL.
-//! c. delete with a guest that ignores every shutdown request (`spinbox.agent=stubborn`):
+//! a. Boot: QEMU exec → first agent RPC answered, for the default (tuned) kernel command
+//!    line and for the plain one it replaced (the reference), runs interleaved; where the
+//!    time goes, from the guest's own clock (the agent reports when /init started, when its
+//!    modules were loaded and when it served, in guest uptime).
+//! b. Delete → every cleanup phase done and QEMU reaped, cooperating guest; against the
+//!    physical floor (the agent's `Shutdown` RPC → QEMU exit, nothing else) and against the
+//!    Go upstream's shutdown, ported faithfully (`PrepareShutdown`, close the connections,
+//!    ctrl-alt-delete, wait for QEMU's exit *or* 500 ms, QMP `quit`, wait up to 2 s,
+//!    SIGKILL) on spinbox's VM (`-no-reboot`) and on a VM booted as upstream boots it
+//!    (without `-no-reboot`).
+//! c. Delete with a guest that ignores every shutdown request (`spinbox.agent=stubborn`):
 //!    bounded by the configured grace (graceful step + guest power request) plus 100 ms.
+//! d. Footprint with 1 and 4 idle VMs: resident memory of this (shim) process per VM, of
+//!    each QEMU and each vsock daemon, and how many such VMs fit in this host's memory.
 
 use nix::sys::signal::Signal;
 use spinbox::shim::{Shim, ShimConfig};
+use spinbox::vm::agent::{dial_with_retry, AgentClient, RetryPolicy};
 use spinbox::vm::assets::Assets;
-use spinbox::vm::qemu::{probe_accelerator, QemuBackend, QemuBackendConfig, QemuVm};
+use spinbox::vm::qemu::{
+    probe_accelerator, KernelArgs, OnReset, QemuBackend, QemuBackendConfig, QemuVm,
+};
 use spinbox::vm::stop::EscalationPolicy;
-use spinbox::vm::{StopRequest, Vm, VmId};
+use spinbox::vm::{StopRequest, Vm};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -66,47 +76,192 @@ fn config(root: &std::path::Path) -> ShimConfig {
     }
 }
 
-fn backend(assets: Assets) -> Arc<QemuBackend> {
-    Arc::new(QemuBackend::new(QemuBackendConfig::new(assets)))
+fn backend_with(assets: Assets, tweak: impl FnOnce(&mut QemuBackendConfig)) -> Arc<QemuBackend> {
+    let mut config = QemuBackendConfig::new(assets);
+    tweak(&mut config);
+    Arc::new(QemuBackend::new(config))
 }
 
-/// The Go original's fixed-sleep teardown of a booted VM; returns the time until QEMU is
-/// reaped. The backend then cleans the rest up (not timed, as the Go policy did not either).
-async fn go_fixed_sleep_policy(vm: &QemuVm) -> Duration {
-    let instance = vm.instance();
-    let start = Instant::now();
-    let _ = instance.qmp().send_ctrl_alt_delete().await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let _ = instance.qmp().quit(Duration::from_secs(2)).await;
-    if instance
-        .process()
-        .wait_exit_timeout(Duration::from_secs(2))
+const RPC: Duration = Duration::from_secs(10);
+
+/// Boots a VM on `qemu` and returns it with a connection to its agent.
+async fn boot(qemu: &QemuBackend, root: &std::path::Path, id: &str) -> (Arc<QemuVm>, AgentClient) {
+    let spec = config(root).spec(id.parse().unwrap());
+    let vm = qemu.start_qemu(&spec).await.expect("start");
+    vm.wait_ready().await.expect("boot");
+    let client = dial_with_retry(&vm.agent_address(), RPC, RetryPolicy::default())
         .await
-        .is_none()
-    {
-        let _ = instance.process().signal(Signal::SIGKILL).await;
-        let _ = instance.process().wait_exit().await;
-    }
+        .expect("dial");
+    (vm, client)
+}
+
+/// Stops what a measurement left running (not timed).
+async fn clean_up(vm: &QemuVm) {
+    let _ = vm
+        .stop(StopRequest {
+            policy: EscalationPolicy::default(),
+            graceful: None,
+        })
+        .await;
+}
+
+/// The physical floor: the agent's `Shutdown` RPC → QEMU exit, nothing else.
+async fn floor_run(vm: &QemuVm, client: AgentClient) -> Duration {
+    let start = Instant::now();
+    client.shutdown().await.expect("Shutdown");
+    // The agent powers off once the host has the reply and closes.
+    drop(client);
+    vm.instance().process().wait_exit().await;
     start.elapsed()
 }
 
-/// The Go policy, `runs` times, each on a freshly booted VM.
-async fn go_policy_runs(qemu: &QemuBackend, root: &std::path::Path, runs: usize) -> Vec<Duration> {
-    let mut go_policy = Vec::new();
-    for i in 0..runs {
-        let id: VmId = format!("bench-go{i}").parse().unwrap();
-        let spec = config(root).spec(id);
-        let vm = qemu.start_qemu(&spec).await.expect("start");
-        vm.wait_ready().await.expect("boot");
-        go_policy.push(go_fixed_sleep_policy(&vm).await);
-        let _ = vm
-            .stop(StopRequest {
-                policy: EscalationPolicy::default(),
-                graceful: None,
-            })
-            .await;
+/// The Go upstream's shutdown (`internal/host/vm/qemu/shutdown.go` and the shim's
+/// `PrepareShutdown` before it), ported step by step; returns the time until QEMU is
+/// reaped. The backend then cleans the rest up (not timed: upstream's resource cleanup
+/// after the process is gone is not part of this comparison either).
+async fn go_upstream_run(vm: &QemuVm, client: AgentClient) -> Duration {
+    let instance = vm.instance();
+    let process = instance.process();
+    let start = Instant::now();
+    let _ = client.prepare_shutdown().await;
+    // closeClientConnections
+    drop(client);
+    // shutdownGuest: ctrl-alt-delete, else ACPI powerdown (2 s QMP timeout)
+    let qmp = instance.qmp();
+    if qmp.send_ctrl_alt_delete().await.is_err() {
+        let _ = qmp.system_powerdown().await;
     }
-    go_policy
+    // stopQemuProcess: QEMU's exit or 500 ms, whichever first
+    if process
+        .wait_exit_timeout(Duration::from_millis(500))
+        .await
+        .is_some()
+    {
+        return start.elapsed();
+    }
+    // quit (1 s), then wait up to 2 s, then SIGKILL and wait up to 2 s
+    if qmp.quit(Duration::from_secs(1)).await.is_ok()
+        && process
+            .wait_exit_timeout(Duration::from_secs(2))
+            .await
+            .is_some()
+    {
+        return start.elapsed();
+    }
+    let _ = process.signal(Signal::SIGKILL).await;
+    let _ = process.wait_exit_timeout(Duration::from_secs(2)).await;
+    start.elapsed()
+}
+
+/// A `kB` field of a /proc file of `pid`, in MiB (fails loudly: a footprint figure must
+/// not be invented).
+fn proc_mib(pid: u32, file: &str, field: &str) -> f64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+        .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/{file}: {e}"));
+    let kib: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/{file}"));
+    kib / 1024.0
+}
+
+/// Resident memory of `pid`, in MiB.
+fn rss_mib(pid: u32) -> f64 {
+    proc_mib(pid, "status", "VmRSS")
+}
+
+/// This process's children, from /proc (fails loudly).
+fn children() -> Vec<u32> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").expect("list /proc/self/task") {
+        let path = task.expect("task entry").path().join("children");
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        out.extend(
+            text.split_whitespace()
+                .map(|p| p.parse::<u32>().expect("pid")),
+        );
+    }
+    out
+}
+
+fn mem_total_mib() -> f64 {
+    let info = std::fs::read_to_string("/proc/meminfo").expect("read /proc/meminfo");
+    let kib: f64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("MemTotal");
+    kib / 1024.0
+}
+
+fn secs_ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn median_ms(samples: &[f64]) -> f64 {
+    let mut v = samples.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        f64::midpoint(v[n / 2 - 1], v[n / 2])
+    }
+}
+
+/// One boot's timings: host-side exec → first RPC, and the guest's own timeline.
+#[derive(Default)]
+struct BootSamples {
+    exec_to_rpc: Vec<Duration>,
+    ready_to_rpc: Vec<Duration>,
+    /// exec → the guest kernel's clock starts (host time at the `Info` answer minus the
+    /// guest uptime it reported).
+    to_kernel: Vec<f64>,
+    kernel_to_init: Vec<f64>,
+    init_to_modules: Vec<f64>,
+    modules_to_serving: Vec<f64>,
+    serving_to_rpc: Vec<f64>,
+}
+
+impl BootSamples {
+    fn push(&mut self, created: &spinbox::shim::Created) {
+        let t = &created.timings;
+        self.exec_to_rpc.push(t.first_rpc);
+        self.ready_to_rpc.push(t.ready_to_first_rpc);
+        let info = &created.info;
+        let boot = info.boot;
+        let uptime = secs_ms(info.uptime);
+        self.to_kernel.push(secs_ms(t.first_rpc) - uptime);
+        if let (Some(init), Some(modules), Some(serving)) =
+            (boot.init_started, boot.modules_loaded, boot.serving)
+        {
+            self.kernel_to_init.push(secs_ms(init));
+            self.init_to_modules.push(secs_ms(modules) - secs_ms(init));
+            self.modules_to_serving
+                .push(secs_ms(serving) - secs_ms(modules));
+            self.serving_to_rpc.push(uptime - secs_ms(serving));
+        }
+    }
+
+    fn print_breakdown(&self, name: &str) {
+        let parts = [
+            ("QEMU exec → guest kernel clock starts", &self.to_kernel),
+            ("kernel → /init (the agent) starts", &self.kernel_to_init),
+            (
+                "/init → filesystems and modules ready",
+                &self.init_to_modules,
+            ),
+            ("modules → agent serving", &self.modules_to_serving),
+            ("serving → first RPC answered", &self.serving_to_rpc),
+        ];
+        for (what, samples) in parts {
+            if !samples.is_empty() {
+                println!("| {name}: {what} | {:.1} ms |", median_ms(samples));
+            }
+        }
+    }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -117,55 +272,207 @@ async fn main() {
     let runs = runs_from_args();
     let root = tempfile::tempdir().expect("tempdir");
     let assets = tests::assets::assets();
-    let qemu = backend(assets.clone());
+    let tuned = backend_with(assets.clone(), |_| {});
+    let plain = backend_with(assets.clone(), |c| c.kernel_args = KernelArgs::Plain);
+    let upstream_vm = backend_with(assets.clone(), |c| c.on_reset = OnReset::Reboot);
     let accel = probe_accelerator(&assets.qemu).await;
     println!("accelerator: {:?} ({})", accel.accelerator, accel.reason);
     println!("runs per scenario: {runs}\n");
 
-    let mut exec_to_rpc = Vec::new();
-    let mut ready_to_rpc = Vec::new();
-    let mut ping_rtt = Vec::new();
-    let mut fresh_dial = Vec::new();
+    // a + b: boots of both command lines, interleaved; the tuned VMs are then deleted.
+    let mut boot_tuned = BootSamples::default();
+    let mut boot_plain = BootSamples::default();
     let mut delete = Vec::new();
     for i in 0..runs {
-        let shim = Shim::new(
-            format!("bench-a{i}").parse().unwrap(),
-            config(root.path()),
-            qemu.clone(),
-        );
-        let created = shim.create().await.expect("boot");
-        exec_to_rpc.push(created.timings.first_rpc);
-        ready_to_rpc.push(created.timings.ready_to_first_rpc);
-        // What the guest and the vsock path cost by themselves, to tell them apart from
-        // the manager's own overhead: a ping on an open connection, and a fresh dial
-        // (daemon CONNECT/OK + ttrpc + a verifying ping).
-        let client = shim.agent().await.expect("client");
-        for _ in 0..3 {
+        for (name, qemu, samples) in [
+            ("p", &plain, &mut boot_plain),
+            ("t", &tuned, &mut boot_tuned),
+        ] {
+            let shim = Shim::new(
+                format!("bench-a{name}{i}").parse().unwrap(),
+                config(root.path()),
+                qemu.clone(),
+            );
+            let created = shim.create().await.expect("boot");
+            samples.push(&created);
             let start = Instant::now();
-            client.ping().await.expect("ping");
-            ping_rtt.push(start.elapsed());
+            let report = shim.delete().await.expect("delete");
+            if name == "t" {
+                delete.push(start.elapsed());
+            }
+            assert!(!report.has_errors(), "{report}");
         }
-        drop(client);
-        let address = shim.agent_address().expect("a running VM");
-        let start = Instant::now();
-        let dialed = spinbox::vm::agent::dial(&address, Duration::from_secs(10)).await;
-        fresh_dial.push(start.elapsed());
-        drop(dialed.expect("fresh dial"));
-        let start = Instant::now();
-        let report = shim.delete().await.expect("delete");
-        delete.push(start.elapsed());
-        assert!(!report.has_errors(), "{report}");
     }
 
-    let go_policy = go_policy_runs(&qemu, root.path(), runs).await;
+    // b: the floor and the upstream shutdown, interleaved.
+    let (floor, go_no_reboot, go_upstream_vm) =
+        shutdown_runs(&tuned, &upstream_vm, root.path(), runs).await;
 
+    // c: a guest that ignores shutdown.
+    let (stubborn, grace) = stubborn_runs(root.path(), runs).await;
+
+    println!("| measurement | median | min–max | runs |");
+    println!("|---|---:|---:|---:|");
+    let a_plain = row(
+        "a. exec → first RPC answered, reference (plain command line)",
+        &boot_plain.exec_to_rpc,
+    );
+    let a = row(
+        "a. exec → first RPC answered, default (tuned command line)",
+        &boot_tuned.exec_to_rpc,
+    );
+    let a_ready = row(
+        "a. agent ready → first RPC answered (default)",
+        &boot_tuned.ready_to_rpc,
+    );
+    let b = row("b. spinbox delete → all phases done, QEMU reaped", &delete);
+    let b_floor = row("b. floor: agent Shutdown RPC → QEMU exit", &floor);
+    let b_go = row(
+        "b. Go upstream shutdown, spinbox's VM (-no-reboot) → QEMU reaped",
+        &go_no_reboot,
+    );
+    let b_go_up = row(
+        "b. Go upstream shutdown, upstream's VM (reboots) → QEMU reaped",
+        &go_upstream_vm,
+    );
+    let c = row("c. delete, guest ignores shutdown", &stubborn);
+    println!();
+    println!("| where the boot's time goes (median, guest clock) | |");
+    println!("|---|---:|");
+    boot_plain.print_breakdown("reference");
+    boot_tuned.print_breakdown("default");
+    println!();
+    let verdict = |ratio: f64, target: f64| if ratio <= target { "met" } else { "MISSED" };
+    let boot_ratio = a / a_plain;
+    println!(
+        "a: default / reference boot = {boot_ratio:.3} (target ≤ 0.75: {}); agent ready → first RPC {a_ready:.1} ms",
+        verdict(boot_ratio, 0.75)
+    );
+    let floor_ratio = b / b_floor;
+    println!(
+        "b: delete / floor = {floor_ratio:.3} (target ≤ 2: {}); delete / Go upstream on spinbox's VM = {:.3}; on upstream's VM = {:.3}",
+        verdict(floor_ratio, 2.0),
+        b / b_go,
+        b / b_go_up
+    );
+    let bound = grace.as_secs_f64() * 1000.0 + 100.0;
+    let (_, _, c_max) = stats(&stubborn);
+    println!(
+        "c: configured grace {grace:?}; median {c:.1} ms, max {c_max:.1} ms; bound grace + 100 ms = {bound:.0} ms ({})",
+        if c_max <= bound { "met" } else { "MISSED" }
+    );
+
+    footprint(&tuned, root.path(), runs).await;
+}
+
+/// d: resident memory with 1 and then 4 idle VMs up at once.
+async fn footprint(qemu: &Arc<QemuBackend>, root: &std::path::Path, runs: usize) {
+    let me = std::process::id();
+    let guest_mib = f64::from(config(root).memory_mib);
+    println!();
+    println!("| VMs up | this process (shim) | per VM | QEMU RSS, each | of which guest memory (shmem) / QEMU heap and TCG code cache (anon) / binaries and libraries (file) | QEMU PSS, each | QEMU RSS / guest memory | vsock daemon, each |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let counts: &[usize] = if runs > 1 { &[1, 4] } else { &[1] };
+    let mut per_vm_total = 0.0;
+    for &n in counts {
+        let base = rss_mib(me);
+        let mut shims = Vec::new();
+        for i in 0..n {
+            let shim = Shim::new(
+                format!("bench-d{n}-{i}").parse().unwrap(),
+                config(root),
+                qemu.clone(),
+            );
+            shim.create().await.expect("boot");
+            shims.push(shim);
+        }
+        // Idle after boot.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let shim_mib = rss_mib(me);
+        let qemu_pids: Vec<u32> = shims
+            .iter()
+            .map(|s| s.vm_pid().expect("QEMU pid"))
+            .collect();
+        let qemu_mib: Vec<f64> = qemu_pids.iter().map(|&p| rss_mib(p)).collect();
+        // The other children are the vsock daemons (one per VM).
+        let daemon_mib: Vec<f64> = children()
+            .into_iter()
+            .filter(|p| !qemu_pids.contains(p))
+            .map(rss_mib)
+            .collect();
+        assert_eq!(daemon_mib.len(), n, "one vsock daemon per VM");
+        let per_vm = (shim_mib - base) / f64::from(u32::try_from(n).expect("few VMs"));
+        let q = median_ms(&qemu_mib);
+        let d = median_ms(&daemon_mib);
+        let part = |field: &str| {
+            median_ms(
+                &qemu_pids
+                    .iter()
+                    .map(|&p| proc_mib(p, "status", field))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let pss = median_ms(
+            &qemu_pids
+                .iter()
+                .map(|&p| proc_mib(p, "smaps_rollup", "Pss"))
+                .collect::<Vec<_>>(),
+        );
+        println!(
+            "| {n} | {shim_mib:.1} MiB | {per_vm:.1} MiB | {q:.1} MiB | {:.1} / {:.1} / {:.1} MiB | {pss:.1} MiB | {:.2} | {d:.1} MiB |",
+            part("RssShmem"),
+            part("RssAnon"),
+            part("RssFile"),
+            q / guest_mib
+        );
+        per_vm_total = per_vm.max(0.0) + pss + d;
+        for shim in shims {
+            let report = shim.delete().await.expect("delete");
+            assert!(!report.has_errors(), "{report}");
+        }
+    }
+    let total = mem_total_mib();
+    println!(
+        "d: QEMU / guest memory target ≤ 0.5; idle VMs that fit in {total:.0} MiB at {per_vm_total:.1} MiB each (shim share + QEMU PSS + daemon): {:.0}",
+        (total / per_vm_total).floor()
+    );
+}
+
+/// b: the physical floor and the upstream shutdown on both VM variants, interleaved.
+async fn shutdown_runs(
+    tuned: &QemuBackend,
+    upstream_vm: &QemuBackend,
+    root: &std::path::Path,
+    runs: usize,
+) -> (Vec<Duration>, Vec<Duration>, Vec<Duration>) {
+    let mut floor = Vec::new();
+    let mut go_no_reboot = Vec::new();
+    let mut go_upstream_vm = Vec::new();
+    for i in 0..runs {
+        let (vm, client) = boot(tuned, root, &format!("bench-f{i}")).await;
+        floor.push(floor_run(&vm, client).await);
+        clean_up(&vm).await;
+        let (vm, client) = boot(tuned, root, &format!("bench-g{i}")).await;
+        go_no_reboot.push(go_upstream_run(&vm, client).await);
+        clean_up(&vm).await;
+        let (vm, client) = boot(upstream_vm, root, &format!("bench-u{i}")).await;
+        go_upstream_vm.push(go_upstream_run(&vm, client).await);
+        clean_up(&vm).await;
+    }
+
+    (floor, go_no_reboot, go_upstream_vm)
+}
+
+/// c: deletes of a guest that ignores every request to power off; with the grace it was
+/// given.
+async fn stubborn_runs(root: &std::path::Path, runs: usize) -> (Vec<Duration>, Duration) {
     let mut stubborn = Vec::new();
-    let mut stubborn_config = config(root.path());
+    let mut stubborn_config = config(root);
     stubborn_config.kernel_args = vec!["spinbox.agent=stubborn".to_owned()];
     stubborn_config.shutdown.graceful = Duration::from_secs(1);
     stubborn_config.shutdown.guest_request_wait = Duration::from_millis(500);
     let grace = stubborn_config.shutdown.graceful + stubborn_config.shutdown.guest_request_wait;
-    let stubborn_backend = backend(tests::assets::test_assets());
+    let stubborn_backend = backend_with(tests::assets::test_assets(), |_| {});
     for i in 0..runs {
         let shim = Shim::new(
             format!("bench-c{i}").parse().unwrap(),
@@ -178,39 +485,5 @@ async fn main() {
         stubborn.push(start.elapsed());
     }
 
-    println!("| measurement | median | min–max | runs |");
-    println!("|---|---:|---:|---:|");
-    let a = row("a. QEMU exec → first agent RPC answered", &exec_to_rpc);
-    let a_ready = row("a. agent ready → first RPC answered", &ready_to_rpc);
-    let rtt = row(
-        "   of which: ping round trip on an open connection",
-        &ping_rtt,
-    );
-    let dial = row(
-        "   of which: fresh dial (CONNECT/OK, ttrpc, verifying ping)",
-        &fresh_dial,
-    );
-    let b = row("b. spinbox delete → all phases done, QEMU reaped", &delete);
-    let b_go = row(
-        "b. baseline: Go fixed-sleep policy → QEMU reaped",
-        &go_policy,
-    );
-    let c = row("c. delete, guest ignores shutdown", &stubborn);
-    println!();
-    println!("a: exec → first RPC median {a:.1} ms; ready → first RPC median {a_ready:.1} ms (target ≤ 10 ms)");
-    println!(
-        "a: the first dial is one attempt; the same dial on warm paths takes {dial:.1} ms and a ping {rtt:.1} ms: {:.1} ms is the guest's first accept and reply running cold code",
-        a_ready - dial
-    );
-    println!(
-        "b: ratio spinbox / fixed-sleep policy = {:.3} (target ≤ 0.15)",
-        b / b_go
-    );
-    let bound = grace.as_secs_f64() * 1000.0 + 100.0;
-    let (_, _, c_max) = stats(&stubborn);
-    println!(
-        "c: configured grace {:?}; median {c:.1} ms, max {c_max:.1} ms; bound grace + 100 ms = {bound:.0} ms ({})",
-        grace,
-        if c_max <= bound { "met" } else { "MISSED" }
-    );
+    (stubborn, grace)
 }

@@ -52,6 +52,7 @@ async fn real_guest_serves_the_agent_and_shuts_down_gracefully() {
     first.ping().await.expect("ping");
     let info = first.info().await.expect("info");
     eprintln!("guest info: {info:?}");
+    assert_boot_timeline(&info);
     assert_eq!(info.kernel_release, assets.kernel_release);
     assert!(
         info.kernel_version.contains(&assets.kernel_package_version),
@@ -127,4 +128,19 @@ async fn real_guest_serves_the_agent_and_shuts_down_gracefully() {
         vsock_dir.display()
     );
     assert_root_clean(&fx);
+}
+
+/// The agent's start, in guest uptime: every step reported, in order, before the answer.
+fn assert_boot_timeline(info: &spinbox::vm::agent::AgentInfo) {
+    let boot = info.boot;
+    let (init, modules, serving) = (
+        boot.init_started.expect("init_started"),
+        boot.modules_loaded.expect("modules_loaded"),
+        boot.serving.expect("serving"),
+    );
+    assert!(
+        init <= modules && modules <= serving && serving <= info.uptime,
+        "{boot:?} vs uptime {:?}",
+        info.uptime
+    );
 }

@@ -23,6 +23,7 @@ mod ready;
 mod service;
 #[cfg(feature = "test-knobs")]
 mod test_knobs;
+mod timeline;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,6 +66,7 @@ pub enum PowerOff {
 }
 
 fn main() {
+    timeline::mark(timeline::Step::InitStarted);
     tracing_subscriber::fmt()
         .with_ansi(false)
         .with_target(false)
@@ -90,6 +92,7 @@ fn run(pid1: bool) -> Result<PowerOff, AgentError> {
         init::mount_filesystems().map_err(AgentError::Init)?;
         init::load_modules(std::path::Path::new(init::MODULE_DIR)).map_err(AgentError::Init)?;
     }
+    timeline::mark(timeline::Step::ModulesLoaded);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -120,6 +123,7 @@ async fn serve() -> Result<PowerOff, AgentError> {
         .add_listener(listener)
         .register_service(create_system(Arc::new(service)));
     server.start().await.map_err(AgentError::Serve)?;
+    timeline::mark(timeline::Step::Serving);
     tracing::info!(port = AGENT_PORT, "serving ttrpc on vsock");
     tokio::spawn(ready::announce());
 

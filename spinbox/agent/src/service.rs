@@ -8,6 +8,7 @@ use spinbox_protocol::agent_ttrpc::System;
 use tokio::sync::mpsc;
 use ttrpc::asynchronous::TtrpcContext;
 
+use crate::timeline::{self, Step};
 use crate::PowerOff;
 
 /// The service: stateless but for the channel that asks `main` to power off.
@@ -39,6 +40,10 @@ impl System for SystemService {
             .and_then(|s| s.split_whitespace().next()?.parse().ok())
             .unwrap_or_default();
         crate::VERSION.clone_into(&mut r.agent_version);
+        let boot = r.boot.mut_or_insert_default();
+        boot.init_started = timeline::get(Step::InitStarted);
+        boot.modules_loaded = timeline::get(Step::ModulesLoaded);
+        boot.serving = timeline::get(Step::Serving);
         Ok(r)
     }
 

@@ -117,6 +117,28 @@ pub struct AgentInfo {
     pub uptime: Duration,
     /// The agent's version.
     pub agent_version: String,
+    /// When the agent reached each step of its start.
+    pub boot: GuestBootTimeline,
+}
+
+/// When the guest agent reached each step of its start, in guest uptime (the guest
+/// kernel's clock starts just after the kernel is entered). `None` where the agent did not
+/// say (an older agent, or a step it skipped).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct GuestBootTimeline {
+    /// The agent (`/init`) started.
+    pub init_started: Option<Duration>,
+    /// Filesystems mounted and kernel modules loaded.
+    pub modules_loaded: Option<Duration>,
+    /// The agent's RPC server listens (its readiness notice follows).
+    pub serving: Option<Duration>,
+}
+
+/// A positive number of seconds as a duration; `None` for 0 (protobuf's "unset") or junk.
+fn secs(s: f64) -> Option<Duration> {
+    (s > 0.0)
+        .then(|| Duration::try_from_secs_f64(s).ok())
+        .flatten()
 }
 
 /// A connection to the agent. Cheap to clone; clones share the connection, which closes
@@ -189,6 +211,14 @@ impl AgentClient {
             kernel_version: r.kernel_version,
             uptime: Duration::try_from_secs_f64(r.uptime_seconds).unwrap_or_default(),
             agent_version: r.agent_version,
+            boot: r
+                .boot
+                .as_ref()
+                .map_or_else(GuestBootTimeline::default, |b| GuestBootTimeline {
+                    init_started: secs(b.init_started),
+                    modules_loaded: secs(b.modules_loaded),
+                    serving: secs(b.serving),
+                }),
         })
     }
 

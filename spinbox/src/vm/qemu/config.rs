@@ -120,6 +120,18 @@ pub enum AgentChannel {
     },
 }
 
+/// What QEMU does when the guest resets (reboots).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnReset {
+    /// QEMU exits (`-no-reboot`): a guest reboot, a triple fault or ctrl-alt-delete ends
+    /// the VM, so a guest that goes down never comes back unnoticed.
+    #[default]
+    Exit,
+    /// The guest reboots and QEMU keeps running: how the Go upstream boots its VMs (for
+    /// baselines that reproduce it).
+    Reboot,
+}
+
 /// Whether to pass `-sandbox on` (QEMU's seccomp filter).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SandboxMode {
@@ -159,11 +171,14 @@ pub struct QemuConfig {
     pub agent: Option<AgentChannel>,
     /// Seccomp sandbox.
     pub sandbox: SandboxMode,
+    /// What a guest reset does (default: QEMU exits).
+    pub on_reset: OnReset,
 }
 
 impl QemuConfig {
     /// A configuration with defaults: `qemu-system-x86_64`, q35, automatic accelerator,
-    /// 1 vCPU, 256 MiB, no kernel, no disks, no agent, sandbox when supported.
+    /// 1 vCPU, 256 MiB, no kernel, no disks, no agent, sandbox when supported, QEMU exits
+    /// when the guest resets.
     pub fn new(id: VmId) -> Self {
         Self {
             id,
@@ -178,6 +193,7 @@ impl QemuConfig {
             disks: Vec::new(),
             agent: None,
             sandbox: SandboxMode::Auto,
+            on_reset: OnReset::Exit,
         }
     }
 
@@ -249,7 +265,9 @@ impl QemuConfig {
         let mut a = Argv::default();
         a.flag("-nodefaults");
         a.flag("-no-user-config");
-        a.flag("-no-reboot");
+        if self.on_reset == OnReset::Exit {
+            a.flag("-no-reboot");
+        }
         a.opt("-display", "none");
         a.opt("-name", KeyVal::new().kv("guest", self.id.as_str()).build());
 

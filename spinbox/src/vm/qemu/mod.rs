@@ -22,8 +22,10 @@ internal_mod!(qmp);
 internal_mod!(vsock_daemon);
 
 pub use accel::{probe_accelerator, AccelChoice, Accelerator, ProbeResult, UnknownAccelerator};
-pub use backend::{KernelImage, QemuBackend, QemuBackendConfig, QemuStartError, QemuVm};
-pub use config::SandboxMode;
+pub use backend::{
+    KernelArgs, KernelImage, QemuBackend, QemuBackendConfig, QemuStartError, QemuVm,
+};
+pub use config::{Machine, OnReset, SandboxMode};
 pub use instance::{QemuInstance, StartError};
 pub use qmp::{QmpClient, QmpError};
 pub use vsock_daemon::DaemonError;
