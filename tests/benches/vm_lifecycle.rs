@@ -166,6 +166,31 @@ fn proc_mib(pid: u32, file: &str, field: &str) -> f64 {
     kib / 1024.0
 }
 
+/// Resident memory, in MiB, of `pid`'s mappings of `file` (from /proc/<pid>/smaps).
+fn mapped_file_rss_mib(pid: u32, file: &std::path::Path) -> f64 {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))
+        .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/smaps: {e}"));
+    let file = file.to_string_lossy();
+    let mut inside = false;
+    let mut kib = 0.0;
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            inside = line.ends_with(file.as_ref());
+        } else if inside {
+            if let Some(v) = line.strip_prefix("Rss:") {
+                kib += v
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<f64>()
+                    .expect("Rss");
+            }
+        }
+    }
+    kib / 1024.0
+}
+
 /// Resident memory of `pid`, in MiB.
 fn rss_mib(pid: u32) -> f64 {
     proc_mib(pid, "status", "VmRSS")
@@ -362,16 +387,21 @@ async fn main() {
         if c_max <= bound { "met" } else { "MISSED" }
     );
 
-    footprint(&tuned, root.path(), runs).await;
+    footprint(&tuned, &assets.vmlinux, root.path(), runs).await;
 }
 
 /// d: resident memory with 1 and then 4 idle VMs up at once.
-async fn footprint(qemu: &Arc<QemuBackend>, root: &std::path::Path, runs: usize) {
+async fn footprint(
+    qemu: &Arc<QemuBackend>,
+    kernel_image: &std::path::Path,
+    root: &std::path::Path,
+    runs: usize,
+) {
     let me = std::process::id();
     let guest_mib = f64::from(config(root).memory_mib);
     println!();
-    println!("| VMs up | this process (shim) | per VM | QEMU RSS, each | of which guest memory (shmem) / QEMU heap and TCG code cache (anon) / binaries and libraries (file) | QEMU PSS, each | QEMU RSS / guest memory | vsock daemon, each |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| VMs up | this process (shim) | per VM | QEMU RSS, each | of which guest memory (shmem) / QEMU heap and TCG code cache (anon) / files (file) | of the files: the kernel image QEMU keeps mapped | QEMU PSS, each | QEMU RSS / guest memory | vsock daemon, each |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let counts: &[usize] = if runs > 1 { &[1, 4] } else { &[1] };
     let mut per_vm_total = 0.0;
     for &n in counts {
@@ -412,6 +442,12 @@ async fn footprint(qemu: &Arc<QemuBackend>, root: &std::path::Path, runs: usize)
                     .collect::<Vec<_>>(),
             )
         };
+        let kernel = median_ms(
+            &qemu_pids
+                .iter()
+                .map(|&p| mapped_file_rss_mib(p, kernel_image))
+                .collect::<Vec<_>>(),
+        );
         let pss = median_ms(
             &qemu_pids
                 .iter()
@@ -419,7 +455,7 @@ async fn footprint(qemu: &Arc<QemuBackend>, root: &std::path::Path, runs: usize)
                 .collect::<Vec<_>>(),
         );
         println!(
-            "| {n} | {shim_mib:.1} MiB | {per_vm:.1} MiB | {q:.1} MiB | {:.1} / {:.1} / {:.1} MiB | {pss:.1} MiB | {:.2} | {d:.1} MiB |",
+            "| {n} | {shim_mib:.1} MiB | {per_vm:.1} MiB | {q:.1} MiB | {:.1} / {:.1} / {:.1} MiB | {kernel:.1} MiB | {pss:.1} MiB | {:.2} | {d:.1} MiB |",
             part("RssShmem"),
             part("RssAnon"),
             part("RssFile"),

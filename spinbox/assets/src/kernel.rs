@@ -99,8 +99,11 @@ pub fn provision(root: &Path) -> Result<Kernel, KernelError> {
         vmlinux: dir.join("vmlinux"),
         modules: dir.join("modules"),
     };
+    // The marker names the module selection it was made for: a changed selection unpacks
+    // the package again.
     let done = dir.join(".complete");
-    if done.exists() {
+    let stamp = wanted_stamp();
+    if std::fs::read_to_string(&done).is_ok_and(|s| s == stamp) {
         tracing::info!(%package, %version, "kernel cached");
         return Ok(kernel);
     }
@@ -111,8 +114,16 @@ pub fn provision(root: &Path) -> Result<Kernel, KernelError> {
     let result = unpack_into(&work, &package, &release, &dir, &kernel);
     let _ = std::fs::remove_dir_all(&work);
     result?;
-    std::fs::write(&done, b"").map_err(io("write", &done))?;
+    std::fs::write(&done, stamp).map_err(io("write", &done))?;
     Ok(kernel)
+}
+
+/// The module selection, as the cache marker records it.
+fn wanted_stamp() -> String {
+    WANTED
+        .iter()
+        .map(|(name, optional)| format!("{name}{}\n", if *optional { "?" } else { "" }))
+        .collect()
 }
 
 /// The package `linux-image-amd64` depends on, and its candidate version.
