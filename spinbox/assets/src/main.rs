@@ -8,7 +8,7 @@
 //!    ELF `vmlinux` extracted from the bzImage's xz payload, and the modules the agent
 //!    needs resolved from their `depends=` modinfo — cached per package version;
 //! 3. `vhost-device-vsock` (`cargo install --locked`), cached per version;
-//! 4. the static musl agent (`cargo build --profile agent`) and the gzip'd `newc`
+//! 4. the static musl agent (`cargo build --profile agent`) and the uncompressed `newc`
 //!    initramfs holding it as `/init` with the modules and their load order; then the same
 //!    with the agent's `test-knobs` feature, the test initramfs (`test_initramfs` in the
 //!    manifest) that the host's fault tests boot.
@@ -113,9 +113,9 @@ fn provision(dir: &Path) -> Result<Assets, ProvisionError> {
     )?;
     tools::ensure_agent_target()?;
     // Each build overwrites the binary: pack it before the next one.
-    let initramfs = dir.join("initramfs.cpio.gz");
+    let initramfs = dir.join("initramfs.cpio");
     kernel::write_initramfs(&tools::build_agent(&[])?, &kernel, &initramfs)?;
-    let test_initramfs = dir.join("initramfs-test.cpio.gz");
+    let test_initramfs = dir.join("initramfs-test.cpio");
     kernel::write_initramfs(
         &tools::build_agent(&["test-knobs"])?,
         &kernel,
@@ -149,17 +149,11 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<(), ProvisionError> {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Read as _;
-
     use super::*;
 
-    /// The bytes of `/init` in a gzip'd `newc` initramfs.
+    /// The bytes of `/init` in a `newc` initramfs.
     fn init_of(initramfs: &Path) -> Vec<u8> {
-        let gz = std::fs::read(initramfs).expect("read the initramfs");
-        let mut archive = Vec::new();
-        flate2::read::GzDecoder::new(gz.as_slice())
-            .read_to_end(&mut archive)
-            .expect("gunzip the initramfs");
+        let archive = std::fs::read(initramfs).expect("read the initramfs");
         cpio::parse(&archive)
             .into_iter()
             .find(|(name, ..)| name == "init")

@@ -269,8 +269,8 @@ mod tests {
             kernel_release: "6.1.0-1-amd64".into(),
             bzimage: f("vmlinuz"),
             vmlinux: f("vmlinux"),
-            initramfs: f("initramfs.cpio.gz"),
-            test_initramfs: Some(f("initramfs-test.cpio.gz")),
+            initramfs: f("initramfs.cpio"),
+            test_initramfs: Some(f("initramfs-test.cpio")),
             vhost_device_vsock: f("vdv"),
         };
         std::fs::write(dir.join(MANIFEST_FILE), assets.to_manifest()).unwrap();

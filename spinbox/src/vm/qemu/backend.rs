@@ -99,6 +99,18 @@ impl KernelArgs {
     }
 }
 
+/// The firmware QEMU runs before the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Firmware {
+    /// qboot (`qboot.rom`, shipped with QEMU): a minimal firmware that only boots Linux,
+    /// much quicker than `SeaBIOS` to reach the kernel, with the same ACPI tables (QEMU
+    /// builds them).
+    #[default]
+    Qboot,
+    /// QEMU's default for the machine (`SeaBIOS` on q35): the reference configuration.
+    Default,
+}
+
 /// The QEMU backend's own settings.
 #[derive(Debug, Clone)]
 pub struct QemuBackendConfig {
@@ -112,6 +124,8 @@ pub struct QemuBackendConfig {
     pub machine: Machine,
     /// The kernel command line's base (default: tuned for a short boot).
     pub kernel_args: KernelArgs,
+    /// The firmware (default: qboot).
+    pub firmware: Firmware,
     /// What a guest reset does (default: QEMU exits, so a rebooting guest ends the VM).
     pub on_reset: OnReset,
     /// QEMU's `-sandbox` (default: on where the binary supports it).
@@ -135,6 +149,7 @@ impl QemuBackendConfig {
             kernel: KernelImage::Vmlinux,
             machine: Machine::Q35,
             kernel_args: KernelArgs::Tuned,
+            firmware: Firmware::Qboot,
             on_reset: OnReset::Exit,
             sandbox: SandboxMode::Auto,
             guest_cid: 3,
@@ -283,6 +298,11 @@ impl QemuBackend {
         config.sandbox = c.sandbox;
         config.machine = c.machine.clone();
         config.on_reset = c.on_reset;
+        config.firmware = match c.firmware {
+            // Found by name in QEMU's data directories, like its default firmware.
+            Firmware::Qboot => Some(PathBuf::from("qboot.rom")),
+            Firmware::Default => None,
+        };
         config.cpus = spec.cpus;
         config.memory_mib = spec.memory_mib;
         config.kernel = Some(kernel.to_owned());

@@ -173,6 +173,9 @@ pub struct QemuConfig {
     pub sandbox: SandboxMode,
     /// What a guest reset does (default: QEMU exits).
     pub on_reset: OnReset,
+    /// Firmware image for `-bios` (a path, or a file name QEMU looks up in its data
+    /// directories); `None` for QEMU's default (`SeaBIOS` on q35).
+    pub firmware: Option<PathBuf>,
 }
 
 impl QemuConfig {
@@ -194,6 +197,7 @@ impl QemuConfig {
             agent: None,
             sandbox: SandboxMode::Auto,
             on_reset: OnReset::Exit,
+            firmware: None,
         }
     }
 
@@ -215,6 +219,9 @@ impl QemuConfig {
             )?;
         }
         no_nul("QEMU binary", self.binary.as_os_str())?;
+        if let Some(f) = &self.firmware {
+            no_nul("firmware path", f.as_os_str())?;
+        }
         if let Some(k) = &self.kernel {
             no_nul("kernel path", k.as_os_str())?;
         }
@@ -269,6 +276,9 @@ impl QemuConfig {
             a.flag("-no-reboot");
         }
         a.opt("-display", "none");
+        if let Some(f) = &self.firmware {
+            a.opt("-bios", f.as_os_str());
+        }
         a.opt("-name", KeyVal::new().kv("guest", self.id.as_str()).build());
 
         let mut machine = KeyVal::new().kv("type", self.machine.name());

@@ -23,7 +23,7 @@ internal_mod!(vsock_daemon);
 
 pub use accel::{probe_accelerator, AccelChoice, Accelerator, ProbeResult, UnknownAccelerator};
 pub use backend::{
-    KernelArgs, KernelImage, QemuBackend, QemuBackendConfig, QemuStartError, QemuVm,
+    Firmware, KernelArgs, KernelImage, QemuBackend, QemuBackendConfig, QemuStartError, QemuVm,
 };
 pub use config::{Machine, OnReset, SandboxMode};
 pub use instance::{QemuInstance, StartError};
