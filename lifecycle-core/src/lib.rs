@@ -72,6 +72,7 @@
 //! assert_eq!(teardown.completed_phases(), TeardownPhase::ALL);
 //! ```
 
+mod cas;
 pub mod cleanup;
 pub mod observe;
 pub mod state;
@@ -88,6 +89,7 @@ pub use state::{LifecycleState, StateMachine, Transition, TransitionError, Unkno
 /// Items used by macro expansions. Not a public API: no stability guarantees.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::cas::{refused, RawAtomic, Step};
     pub use crate::sync::{AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering};
     pub use core::time::Duration;
 

@@ -12,6 +12,8 @@ mod item;
 mod state_machine;
 
 #[cfg(test)]
+mod declarations;
+#[cfg(test)]
 mod snapshot_tests;
 
 use proc_macro::TokenStream;
