@@ -94,11 +94,25 @@ pub mod __private {
     pub use core::time::Duration;
 
     /// Emits the debug event of a successful transition when the `tracing` feature is on.
+    ///
+    /// Takes the states, not their names: the names are looked up inside the event, so only
+    /// when it is enabled (with no subscriber, a transition pays the level check alone).
     #[inline(always)]
     #[allow(unused_variables)]
-    pub fn trace_transition(machine: &'static str, transition: &'static str, from: &str, to: &str) {
+    pub fn trace_transition<S: crate::LifecycleState>(
+        machine: &'static str,
+        transition: &'static str,
+        from: S,
+        to: S,
+    ) {
         #[cfg(feature = "tracing")]
-        tracing::debug!(machine, transition, from, to, "state transition");
+        tracing::debug!(
+            machine,
+            transition,
+            from = from.name(),
+            to = to.name(),
+            "state transition"
+        );
     }
 
     /// Declares a `const fn` normally and a plain `fn` under `--cfg loom`, whose atomics

@@ -456,7 +456,7 @@ impl Ctx<'_, '_> {
                 #[inline]
                 pub fn force(&self, to: #e) -> #e {
                     let from = Self::decode(self.raw.swap(to.to_raw(), #p::Ordering::AcqRel));
-                    #p::trace_transition(#machine_name, "force", #e::name(from), #e::name(to));
+                    #p::trace_transition(#machine_name, "force", from, to);
                     #krate::TransitionObserver::<#e>::on_force(&self.observer, from, to);
                     from
                 }
