@@ -1,10 +1,12 @@
-//! What a rejected declaration expands to: the enum and a stub of its machine, so that the
-//! only errors shown are the macro's own (as thiserror's fallback implementations do).
+//! What a rejected declaration expands to: the enum with stubs of its generated items, and a
+//! stub of its machine, so that the only errors shown are the macro's own (as thiserror's
+//! fallback implementations do).
 //!
-//! Without them every use of the machine type or of one of its methods would add a "cannot
-//! find type" or "no method" error on top of the real mistake. The stub's bodies are
+//! Without them every use of the machine type, of one of its methods or of the enum's
+//! generated items would add a "cannot find" or "no method" error on top of the real mistake. The stub's bodies are
 //! `unreachable!()`: a crate with a rejected declaration never builds, so they never run.
 
+use super::ast::Repr;
 use super::attr::MachineArgs;
 use super::expand::{strip_helpers, user_derives, DERIVES};
 use super::valid::OBSERVER_PARAM;
@@ -18,6 +20,7 @@ pub fn fallback(
     item: &ItemEnum,
     args: &MachineArgs,
     krate: &Path,
+    repr: Repr,
     derived_above: &[String],
 ) -> TokenStream {
     let mut stripped = strip_helpers(item);
@@ -37,11 +40,46 @@ pub fn fallback(
         .map(|d| format_ident!("{d}"))
         .collect();
     let derive = (!derives.is_empty()).then(|| quote!(#[derive(#(#derives),*)]));
+    let usable = fieldless && item.generics.params.is_empty();
+    let items = usable.then(|| enum_stub(item, krate, repr));
     let machine = machine_stub(item, args, krate);
     quote! {
         #derive
         #stripped
+        #items
         #machine
+    }
+}
+
+/// The enum's generated associated items and trait impls, with the same signatures.
+fn enum_stub(item: &ItemEnum, krate: &Path, repr: Repr) -> TokenStream {
+    let e = &item.ident;
+    let repr = format_ident!("{}", repr.name());
+    let initial = item.variants.first().map(|v| {
+        let v = &v.ident;
+        quote!(pub const INITIAL: #e = #e::#v;)
+    });
+    quote! {
+        #[allow(dead_code, missing_docs, clippy::all, clippy::pedantic)]
+        impl #e {
+            pub const ALL: &'static [#e] = &[];
+            #initial
+            pub const TRANSITIONS: &'static [#krate::Transition<#e>] = &[];
+            pub const MERMAID: &'static str = "";
+            pub const fn name(self) -> &'static str { ::core::unreachable!() }
+            pub const fn is_terminal(self) -> bool { ::core::unreachable!() }
+            pub const fn to_raw(self) -> #repr { ::core::unreachable!() }
+            pub const fn from_raw(_raw: #repr) -> ::core::result::Result<#e, #krate::UnknownStateError> {
+                ::core::unreachable!()
+            }
+            pub const fn can_transition(_from: #e, _to: #e) -> bool { ::core::unreachable!() }
+        }
+
+        impl ::core::fmt::Display for #e {
+            fn fmt(&self, _f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                ::core::unreachable!()
+            }
+        }
     }
 }
 

@@ -41,12 +41,13 @@ pub fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         .clone()
         .unwrap_or_else(|| syn::parse_quote!(::lifecycle_core));
     let enm = ast::Enum::from_item(&mut cx, &item);
+    let repr = enm.repr;
     let parsed_ok = cx.is_ok();
     let derived_above = placement::derived_above();
     match valid::validate(&mut cx, enm, &args) {
         Some(model) if parsed_ok && cx.is_ok() => expand::expand(&model, krate, &derived_above),
         _ => {
-            let fallback = fallback::fallback(&item, &args, &krate, &derived_above);
+            let fallback = fallback::fallback(&item, &args, &krate, repr, &derived_above);
             let errors = cx.into_compile_errors();
             quote!(#fallback #errors)
         }

@@ -19,4 +19,6 @@ fn main() {
     let _ = machine.try_stop();
     assert!(machine.is_idle() || machine.state() == S::Running);
     assert!(S::Idle < S::Running);
+    assert_eq!(S::ALL.len(), S::TRANSITIONS.len());
+    println!("{} {} {}", S::INITIAL.name(), S::Idle, S::Running.to_raw());
 }
