@@ -111,8 +111,8 @@ impl<S: LifecycleState> Step<S, S::Raw> {
     }
 
     /// A transition with several sources (or `*`): a load, then a compare-exchange from
-    /// exactly the value read while that value is a source (`source` maps a discriminant to
-    /// its state when it is one). The machine moves straight from the observed source to the
+    /// exactly the value read while that value is a source (`is_source` tells the sources'
+    /// discriminants). The machine moves straight from the observed source to the
     /// target, never through another state; a weak compare-exchange suffices, as a failure
     /// (spurious or not) re-reads the state and tries again.
     #[allow(clippy::inline_always)]
@@ -120,7 +120,7 @@ impl<S: LifecycleState> Step<S, S::Raw> {
     pub fn from_any_of<A, O>(
         self,
         atomic: &A,
-        source: impl Fn(S::Raw) -> Option<S>,
+        is_source: impl Fn(S::Raw) -> bool,
         observer: &O,
     ) -> Result<S, TransitionError<S>>
     where
@@ -128,18 +128,17 @@ impl<S: LifecycleState> Step<S, S::Raw> {
         O: TransitionObserver<S>,
     {
         let mut current = atomic.load_acquire();
-        loop {
-            let Some(from) = source(current) else {
+        let from = loop {
+            if !is_source(current) {
                 return Err(refused(self.transition, current));
-            };
+            }
             match atomic.compare_exchange_weak_acq_rel(current, self.target) {
-                Ok(_) => {
-                    self.entered(from, observer);
-                    return Ok(from);
-                }
+                Ok(_) => break decode(current),
                 Err(actual) => current = actual,
             }
-        }
+        };
+        self.entered(from, observer);
+        Ok(from)
     }
 
     /// After the compare-and-swap that won, on the winning thread: the `tracing` event (if
@@ -158,6 +157,22 @@ impl<S: LifecycleState> Step<S, S::Raw> {
     }
 }
 
+/// The state whose discriminant the machine held. Only values the machine stored reach it,
+/// so the error arm never runs (and, cold, stays out of the way).
+#[inline]
+fn decode<S: LifecycleState>(raw: S::Raw) -> S {
+    match S::from_raw(raw) {
+        Ok(state) => state,
+        Err(unknown) => unknown_state(unknown),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn unknown_state(unknown: crate::UnknownStateError) -> ! {
+    unreachable!("the machine's atomic is private and only ever stores `to_raw` values: {unknown}")
+}
+
 /// The error of a refused transition: `observed` is the discriminant the failed
 /// compare-exchange (or the load) saw.
 #[cold]
@@ -166,11 +181,7 @@ pub fn refused<S: LifecycleState>(
     transition: &'static Transition<S>,
     observed: S::Raw,
 ) -> TransitionError<S> {
-    match S::from_raw(observed) {
-        Ok(state) => TransitionError::new(transition, state),
-        // The machine's atomic is private and only ever stores `to_raw` values.
-        Err(unknown) => unreachable!("{unknown}"),
-    }
+    TransitionError::new(transition, decode(observed))
 }
 
 #[cfg(all(test, not(loom)))]

@@ -95,9 +95,11 @@ pub mod __private {
 
     /// Emits the debug event of a successful transition when the `tracing` feature is on.
     ///
-    /// Takes the states, not their names: the names are looked up inside the event, so only
-    /// when it is enabled (with no subscriber, a transition pays the level check alone).
-    #[inline(always)]
+    /// Inlined, it is only the level check (with no subscriber, or DEBUG off, one relaxed
+    /// load): the event itself is built out of line, so its code does not make every `try_*`
+    /// too large to inline. It takes the states, not their names, so the names are looked up
+    /// only for an enabled event.
+    #[inline]
     #[allow(unused_variables)]
     pub fn trace_transition<S: crate::LifecycleState>(
         machine: &'static str,
@@ -106,13 +108,21 @@ pub mod __private {
         to: S,
     ) {
         #[cfg(feature = "tracing")]
-        tracing::debug!(
-            machine,
-            transition,
-            from = from.name(),
-            to = to.name(),
-            "state transition"
-        );
+        if tracing::level_enabled!(tracing::Level::DEBUG) {
+            emit_transition(machine, transition, from.name(), to.name());
+        }
+    }
+
+    #[cfg(feature = "tracing")]
+    #[cold]
+    #[inline(never)]
+    fn emit_transition(
+        machine: &'static str,
+        transition: &'static str,
+        from: &'static str,
+        to: &'static str,
+    ) {
+        tracing::debug!(machine, transition, from, to, "state transition");
     }
 
     /// Declares a `const fn` normally and a plain `fn` under `--cfg loom`, whose atomics

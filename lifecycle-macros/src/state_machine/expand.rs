@@ -506,15 +506,11 @@ impl Ctx<'_, '_> {
             let (raw, from) = (self.raw(single), self.variant(single));
             quote!(#step.from_one(&self.raw, #raw, #from, &self.observer))
         } else {
-            let (raws, variants): (Vec<_>, Vec<_>) =
-                self.raw_arms(t.sources.iter().copied()).into_iter().unzip();
+            let raws = t.sources.iter().map(|&s| self.raw(s));
             quote! {
                 #step.from_any_of(
                     &self.raw,
-                    |raw| match raw {
-                        #(#raws => ::core::option::Option::Some(#variants),)*
-                        _ => ::core::option::Option::None,
-                    },
+                    |raw| ::core::matches!(raw, #(#raws)|*),
                     &self.observer,
                 )
             }
