@@ -75,6 +75,7 @@ fn enum_stub(item: &ItemEnum, krate: &Path, repr: Repr) -> TokenStream {
             pub const fn can_transition(_from: #e, _to: #e) -> bool { ::core::unreachable!() }
         }
 
+        #[automatically_derived]
         impl ::core::fmt::Display for #e {
             fn fmt(&self, _f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
                 ::core::unreachable!()
@@ -145,6 +146,7 @@ fn machine_stub(item: &ItemEnum, args: &MachineArgs, krate: &Path) -> Option<Tok
             #(#transitions)*
         }
 
+        #[automatically_derived]
         impl ::core::default::Default for #machine {
             fn default() -> Self { ::core::unreachable!() }
         }
