@@ -72,6 +72,7 @@
 //! assert_eq!(teardown.completed_phases(), TeardownPhase::ALL);
 //! ```
 
+mod cas;
 pub mod cleanup;
 pub mod observe;
 pub mod state;
@@ -88,14 +89,39 @@ pub use state::{LifecycleState, StateMachine, Transition, TransitionError, Unkno
 /// Items used by macro expansions. Not a public API: no stability guarantees.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::cas::{refused, RawAtomic, Step};
     pub use crate::sync::{AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering};
     pub use core::time::Duration;
 
     /// Emits the debug event of a successful transition when the `tracing` feature is on.
-    #[inline(always)]
+    ///
+    /// Inlined, it is only the level check (with no subscriber, or DEBUG off, one relaxed
+    /// load): the event itself is built out of line, so its code does not make every `try_*`
+    /// too large to inline. It takes the states, not their names, so the names are looked up
+    /// only for an enabled event.
+    #[inline]
     #[allow(unused_variables)]
-    pub fn trace_transition(machine: &'static str, transition: &'static str, from: &str, to: &str) {
+    pub fn trace_transition<S: crate::LifecycleState>(
+        machine: &'static str,
+        transition: &'static str,
+        from: S,
+        to: S,
+    ) {
         #[cfg(feature = "tracing")]
+        if tracing::level_enabled!(tracing::Level::DEBUG) {
+            emit_transition(machine, transition, from.name(), to.name());
+        }
+    }
+
+    #[cfg(feature = "tracing")]
+    #[cold]
+    #[inline(never)]
+    fn emit_transition(
+        machine: &'static str,
+        transition: &'static str,
+        from: &'static str,
+        to: &'static str,
+    ) {
         tracing::debug!(machine, transition, from, to, "state transition");
     }
 

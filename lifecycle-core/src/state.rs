@@ -14,11 +14,12 @@ pub struct Transition<S: 'static> {
     /// The transition's name as declared (`start_creating`); the machine method is `try_<name>`.
     pub name: &'static str,
     /// The states the transition may leave, in declaration order. For a transition declared
-    /// from `*` this is every non-terminal state.
+    /// from `*` this is every non-terminal state except the target.
     pub sources: &'static [S],
     /// The state the transition enters.
     pub target: S,
-    /// Whether the transition was declared from `*` ("any non-terminal state").
+    /// Whether the transition was declared from `*`: any non-terminal state except the
+    /// target (which `*` never includes).
     pub from_any: bool,
 }
 
@@ -105,7 +106,11 @@ impl<S: LifecycleState> fmt::Display for TransitionError<S> {
         }
         write!(f, "machine is `{}`, expected ", self.observed)?;
         if self.transition.from_any {
-            return f.write_str("any non-terminal state");
+            f.write_str("any non-terminal state")?;
+            if !self.transition.target.is_terminal() {
+                write!(f, " but `{}`", self.transition.target)?;
+            }
+            return Ok(());
         }
         for (i, source) in self.transition.sources.iter().enumerate() {
             match i {

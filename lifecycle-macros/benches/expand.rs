@@ -1,10 +1,15 @@
 //! Macro cost (SPEC §5.3): in-process expansion time of spinbox's two declarations.
 //!
 //! A proc-macro crate exports nothing but its macros, so the bench compiles the macro's own
-//! modules into itself (`#[path]`) and times their `expand` functions on the same token input
-//! rustc would hand them. Parsing the input from text is done once, outside the timing.
+//! modules into itself (`#[path]`) and times their `expand` functions on the input rustc
+//! hands them: each declaration is read from spinbox's source file, doc comments included
+//! (as `#[doc = "..."]` attributes). Reading and tokenizing the source is done once, outside
+//! the timing.
 // Bench targets build with `cfg(test)`, so the included modules bring their unit tests along.
 #![allow(dead_code, unused_imports, missing_docs, clippy::all, clippy::pedantic)]
+
+// The macro's modules ask `proc_macro` whether they run inside the compiler (here: no).
+extern crate proc_macro;
 
 #[path = "../src/case.rs"]
 mod case;
@@ -12,38 +17,24 @@ mod case;
 mod cleanup_phases;
 #[path = "../src/ctxt.rs"]
 mod ctxt;
+#[path = "../src/declarations.rs"]
+mod declarations;
 #[path = "../src/item.rs"]
 mod item;
 #[path = "../src/state_machine/mod.rs"]
 mod state_machine;
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use declarations::{attribute_input, SHIM_STATE_SOURCE};
 use proc_macro2::TokenStream;
 use std::hint::black_box;
 
-const SHIM_ARGS: &str = "transitions(
-    start_creating: Idle => Creating,
-    mark_created: Creating => Running,
-    mark_creation_failed: Creating => Idle,
-    start_deleting: Running => Deleting,
-    shut_down: * => ShuttingDown,
-)";
-const SHIM_ENUM: &str = "#[repr(u8)] pub enum ShimState {
-    #[initial] Idle = 0, Creating = 1, Running = 2, Deleting = 3, #[terminal] ShuttingDown = 4,
-}";
-const CLEANUP_STRUCT: &str = "pub struct CleanupPhases {
-    pub hotplug_stop: Phase, pub io_shutdown: Phase, pub conn_close: Phase,
-    pub vm_shutdown: Phase, pub network_cleanup: Phase, pub mount_cleanup: Phase,
-    pub event_close: Phase,
-}";
-
-fn tokens(text: &str) -> TokenStream {
-    text.parse().expect("valid tokens")
-}
+const CLEANUP_SOURCE: &str = include_str!("../../spinbox/src/cleanup.rs");
 
 fn expansion(c: &mut Criterion) {
-    let (args, item) = (tokens(SHIM_ARGS), tokens(SHIM_ENUM));
-    let cleanup = tokens(CLEANUP_STRUCT);
+    let (args, item) = attribute_input(SHIM_STATE_SOURCE, "ShimState", "state_machine");
+    let (cleanup_args, cleanup) =
+        attribute_input(CLEANUP_SOURCE, "CleanupPhases", "cleanup_phases");
     let mut g = c.benchmark_group("expand");
     // The floor any attribute macro pays: parsing its input into a syn tree.
     g.bench_function("baseline_parse_shim_enum", |b| {
@@ -56,7 +47,12 @@ fn expansion(c: &mut Criterion) {
         b.iter(|| black_box(state_machine::expand(args.clone(), item.clone())));
     });
     g.bench_function("cleanup_phases_spinbox", |b| {
-        b.iter(|| black_box(cleanup_phases::expand(TokenStream::new(), cleanup.clone())));
+        b.iter(|| {
+            black_box(cleanup_phases::expand(
+                cleanup_args.clone(),
+                cleanup.clone(),
+            ))
+        });
     });
     g.finish();
 }

@@ -39,24 +39,32 @@ pub fn to_camel_case(name: &str) -> String {
         .collect()
 }
 
-/// Levenshtein distance, for suggesting the closest declared name.
+/// Optimal string alignment distance: insertions, deletions, substitutions and transpositions
+/// of two adjacent characters each count as one edit, so `Runnign` is one edit from `Running`
+/// (plain Levenshtein counts two and can miss the suggestion for short names).
 fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut diagonal = row[0];
-        row[0] = i + 1;
-        for (j, &cb) in b.iter().enumerate() {
-            let above = row[j + 1];
-            row[j + 1] = if ca == cb {
-                diagonal
-            } else {
-                1 + diagonal.min(above).min(row[j])
-            };
-            diagonal = above;
+    // Three rows: the one before the previous one is needed for transpositions.
+    let mut before: Vec<usize> = vec![0; b.len() + 1];
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    let mut current: Vec<usize> = vec![0; b.len() + 1];
+    for i in 1..=a.len() {
+        current[0] = i;
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (previous[j] + 1)
+                .min(current[j - 1] + 1)
+                .min(previous[j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(before[j - 2] + 1);
+            }
+            current[j] = best;
         }
+        std::mem::swap(&mut before, &mut previous);
+        std::mem::swap(&mut previous, &mut current);
     }
-    row[b.len()]
+    previous[b.len()]
 }
 
 /// The candidate closest to `name`, if it is close enough to be a plausible typo.
@@ -98,5 +106,18 @@ mod tests {
         assert_eq!(closest("idle", states), Some("Idle"));
         assert_eq!(closest("Zebra", states), None);
         assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+
+    #[test]
+    fn transposition_is_one_edit() {
+        assert_eq!(edit_distance("Runnign", "Running"), 1);
+        assert_eq!(edit_distance("ab", "ba"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("abc", ""), 3);
+        // Optimal string alignment: a transposed pair is not edited again.
+        assert_eq!(edit_distance("ca", "abc"), 3);
+        // Short names, where Levenshtein's 2 exceeds the threshold: still suggested.
+        assert_eq!(closest("Pu", ["Up", "Done"]), Some("Up"));
+        assert_eq!(closest("Dnoe", ["Up", "Done"]), Some("Done"));
     }
 }

@@ -12,6 +12,8 @@ mod item;
 mod state_machine;
 
 #[cfg(test)]
+mod declarations;
+#[cfg(test)]
 mod snapshot_tests;
 
 use proc_macro::TokenStream;
@@ -28,7 +30,7 @@ use proc_macro::TokenStream;
 ///         /// docs for try_name
 ///         name: Source => Target,  // one source: a single compare-exchange
 ///         name: A | B => Target,   // several sources
-///         name: * => Target,       // any non-terminal state
+///         name: * => Target,       // any non-terminal state except Target
 ///     ),
 /// )]
 /// #[repr(u8)]                      // u8 (default), u16, u32 or u64
@@ -38,23 +40,35 @@ use proc_macro::TokenStream;
 /// Exactly one variant is `#[initial]`; `#[terminal]` states have no way out. Discriminants,
 /// explicit (integer literals) or implied, are what the atomic stores.
 ///
+/// `*` never includes the transition's own target: a machine already in `Target` refuses the
+/// transition, so of several threads racing it exactly one wins. A self-loop written out
+/// (`name: A => A`) is an error, as its compare-and-swap would report a change that did not
+/// happen.
+///
+/// Derives may be written below the attribute (the macro derives only what is missing) or
+/// above it: rustc hides a derive written above an attribute macro from the macro, so the
+/// macro reads those from the source file. A derive above it inside `cfg_attr`, or on an item
+/// another macro produced, is not seen: write it below.
+///
 /// # Generated
 ///
 /// On the enum: derives of `Clone`, `Copy`, `PartialEq`, `Eq`, `Hash`, `Debug` (those not
 /// already derived); `ALL`, `INITIAL`, `TRANSITIONS` (name, sources, target), `MERMAID`;
 /// `const fn` `name`, `is_terminal`, `to_raw`, `from_raw`, `can_transition`; `Display` (the
 /// `snake_case` name), `TryFrom<repr>`, `From<Enum> for repr` and
-/// `lifecycle_core::LifecycleState`.
+/// `lifecycle_core::LifecycleState`. No state may share a name with these items, and no
+/// transition may be called `apply` (its `try_apply` would shadow `StateMachine::try_apply`).
 ///
 /// The machine, `Machine<O = NoObserver>`: one atomic of the repr's width plus an observer
 /// `O` (`lifecycle_core::TransitionObserver`; the default `NoObserver` is zero-sized, so
 /// `size_of` is the repr's), `const fn new` and `Default` (unobserved), `const fn
 /// with_observer(observer)`, `observer()`, `state`, `is_<state>` per state,
-/// `try_<transition>` per transition (returns the state it left, or a `TransitionError`
-/// naming the transition, its sources and target and the state observed; a success is
+/// `try_<transition>` per transition (returns the state it left, or a `TransitionError` naming
+/// the transition, its sources and target and the state observed; a success is
 /// reported to the observer), `force` (unconditional swap, the escape hatch; reported to the
 /// observer's `on_force`), `Debug` and `lifecycle_core::StateMachine` (whose `try_apply` takes
-/// a table entry). With `lifecycle-core`'s `tracing` feature, each successful transition
+/// a table entry). Every method takes `&self`: there is no `reset`, `force(Enum::INITIAL)` goes
+/// back to the start. With `lifecycle-core`'s `tracing` feature, each successful transition
 /// emits a debug event (machine, transition, from, to).
 ///
 /// Successful transitions and `force` are `AcqRel`; reads are `Acquire`: writes made before a

@@ -1,7 +1,9 @@
-//! Expansion snapshots: each declaration is expanded in-process, pretty-printed with
+//! Expansion snapshots: each declaration (spinbox's own are read from its source files) is
+//! expanded in-process, pretty-printed with
 //! prettyplease and compared with the file under `src/snapshots/`. Review changes with
 //! `cargo insta review` (or `INSTA_UPDATE=always` and read the diff).
 
+use crate::declarations::{attribute_input, SESSION_STATE_SOURCE, SHIM_STATE_SOURCE};
 use proc_macro2::TokenStream;
 use quote::quote;
 
@@ -14,41 +16,33 @@ fn state_machine(args: TokenStream, item: TokenStream) -> String {
     pretty(crate::state_machine::expand(args, item))
 }
 
-#[test]
-fn spinbox_shim_state() {
-    insta::assert_snapshot!(state_machine(
-        quote! {
-            transitions(
-                start_creating: Idle => Creating,
-                mark_created: Creating => Running,
-                mark_creation_failed: Creating => Idle,
-                start_deleting: Running => Deleting,
-                shut_down: * => ShuttingDown,
-            )
-        },
-        quote! {
-            #[repr(u8)]
-            pub enum ShimState {
-                #[initial] Idle = 0,
-                Creating = 1,
-                Running = 2,
-                Deleting = 3,
-                #[terminal] ShuttingDown = 4,
-            }
-        },
-    ));
+fn spinbox_state_machine(source: &str, name: &str) -> String {
+    let (args, item) = attribute_input(source, name, "state_machine");
+    state_machine(args, item)
 }
 
 #[test]
-fn multi_source_firecracker() {
+fn spinbox_shim_state() {
+    insta::assert_snapshot!(spinbox_state_machine(SHIM_STATE_SOURCE, "ShimState"));
+}
+
+#[test]
+fn spinbox_session_state() {
+    insta::assert_snapshot!(spinbox_state_machine(SESSION_STATE_SOURCE, "SessionState"));
+}
+
+/// A multi-source transition and a `*` whose target is not terminal.
+#[test]
+fn multi_source_and_any() {
     insta::assert_snapshot!(state_machine(
         quote! {
-            machine = FirecrackerVm,
+            machine = Vm,
             transitions(
                 start: NotStarted => Running,
                 pause: Running => Paused,
                 resume: Paused => Running,
                 stop: Running | Paused => Stopped,
+                fail: * => Failed,
             )
         },
         quote! {
@@ -57,6 +51,7 @@ fn multi_source_firecracker() {
                 #[initial] NotStarted,
                 Running,
                 Paused,
+                Failed,
                 #[terminal] Stopped,
             }
         },

@@ -1,87 +1,38 @@
-//! Generated `try_*` transitions against hand-written baselines (SPEC §5.1).
+//! Generated `try_*` transitions against the usual alternatives (SPEC §5.1), built **with
+//! lifecycle-core's `tracing` feature** (this crate enables it for `tracing_events.rs`) and no
+//! subscriber installed.
 //!
-//! Each benchmark performs a round trip that leaves the machine where it started, so every
-//! iteration does the same work:
-//! - single source: `pause` (Running → Paused) then `resume` (Paused → Running);
-//! - multi source: `stop` (Running | Paused → Stopped), then a reset to Running;
-//! - any: `fail` (`*` → Stopped), then a reset to Running.
+//! The generated-against-hand-written comparison on every path (single source, multi source,
+//! `*`, contended), without `tracing` and with it, is lifecycle-core's own benchmark:
+//! `cargo bench -p lifecycle-core --bench transitions [--features tracing]`.
 //!
-//! Baselines: a hand-written `AtomicU8` doing exactly the same compare-exchanges, a
+//! Each benchmark here performs a round trip that leaves the machine where it started, so
+//! every iteration does the same work: `pause` (Running → Paused) then `resume` (Paused →
+//! Running).
+//!
+//! Baselines: a hand-written `AtomicU8` doing exactly the same compare-exchanges
+//! (`lifecycle-core/benches/baseline/hand_written.rs`, shared with lifecycle-core's bench), a
 //! `Mutex<enum>` machine, and rust-fsm (a `&mut self` state-machine crate) behind a `Mutex`.
-//! "contended" variants run the same loop on 2 threads sharing one machine.
+//! "contended" variants run the same loop on 2 threads sharing one machine (the generated
+//! machine's contended figures are in lifecycle-core's benchmark).
 //!
 //! The single-source group also runs the generated machine with a counting
 //! `TransitionObserver` (one relaxed atomic add per transition), beside the hand-written
 //! machine doing the same add: the observer hook itself should cost nothing more.
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+// Only the single-source half of the baseline is used here; the rest serves lifecycle-core's
+// benchmark.
+#[path = "../../lifecycle-core/benches/baseline/hand_written.rs"]
+#[allow(dead_code)]
+mod hand_written;
+
+use criterion::Criterion;
+use hand_written::{contended_group, print_ratios, HandWritten, RUNNING};
 use lifecycle_core::{Transition, TransitionObserver};
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Barrier, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Mutex;
 use tests::firecracker::{FirecrackerVm, VmState};
-
-const NOT_STARTED: u8 = 0;
-const RUNNING: u8 = 1;
-const PAUSED: u8 = 2;
-const STOPPED: u8 = 3;
-
-/// The hand-written equivalent of the generated machine.
-struct HandWritten(AtomicU8);
-
-impl HandWritten {
-    #[inline]
-    fn pause(&self) -> Result<u8, u8> {
-        self.0
-            .compare_exchange(RUNNING, PAUSED, Ordering::AcqRel, Ordering::Acquire)
-    }
-    #[inline]
-    fn resume(&self) -> Result<u8, u8> {
-        self.0
-            .compare_exchange(PAUSED, RUNNING, Ordering::AcqRel, Ordering::Acquire)
-    }
-    #[inline]
-    fn stop(&self) -> Result<u8, u8> {
-        let mut current = self.0.load(Ordering::Acquire);
-        loop {
-            if current != RUNNING && current != PAUSED {
-                return Err(current);
-            }
-            match self.0.compare_exchange_weak(
-                current,
-                STOPPED,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(from) => return Ok(from),
-                Err(actual) => current = actual,
-            }
-        }
-    }
-    #[inline]
-    fn fail(&self) -> Result<u8, u8> {
-        let mut current = self.0.load(Ordering::Acquire);
-        loop {
-            if current == STOPPED {
-                return Err(current);
-            }
-            match self.0.compare_exchange_weak(
-                current,
-                STOPPED,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(from) => return Ok(from),
-                Err(actual) => current = actual,
-            }
-        }
-    }
-    #[inline]
-    fn force(&self, to: u8) -> u8 {
-        self.0.swap(to, Ordering::AcqRel)
-    }
-}
 
 /// An observer that counts transitions: one relaxed atomic add each.
 #[derive(Default)]
@@ -190,78 +141,16 @@ fn single_source(c: &mut Criterion) {
     g.finish();
 }
 
-fn multi_source_and_any(c: &mut Criterion) {
-    let mut g = c.benchmark_group("multi_source");
-    let hand = HandWritten(AtomicU8::new(RUNNING));
-    g.bench_function("hand_written_atomic", |b| {
-        b.iter(|| {
-            black_box(hand.stop()).ok();
-            black_box(hand.force(RUNNING));
-        });
-    });
-    let vm = running_generated();
-    g.bench_function("generated", |b| {
-        b.iter(|| {
-            black_box(vm.try_stop()).ok();
-            black_box(vm.force(VmState::Running));
-        });
-    });
-    g.finish();
-
-    let mut g = c.benchmark_group("any");
-    let hand = HandWritten(AtomicU8::new(RUNNING));
-    g.bench_function("hand_written_atomic", |b| {
-        b.iter(|| {
-            black_box(hand.fail()).ok();
-            black_box(hand.force(RUNNING));
-        });
-    });
-    let vm = running_generated();
-    g.bench_function("generated", |b| {
-        b.iter(|| {
-            black_box(vm.try_fail()).ok();
-            black_box(vm.force(VmState::Running));
-        });
-    });
-    g.finish();
-    let _ = NOT_STARTED;
-}
-
-/// Runs `op` `iters` times on each of 2 threads at once; the time is the wall clock of the
-/// whole contended run divided by nothing (criterion divides by `iters`).
-fn contended(iters: u64, op: &(dyn Fn() + Sync)) -> Duration {
-    let barrier = Barrier::new(2);
-    std::thread::scope(|s| {
-        let worker = s.spawn(|| {
-            barrier.wait();
-            for _ in 0..iters {
-                op();
-            }
-        });
-        barrier.wait();
-        let start = Instant::now();
-        for _ in 0..iters {
-            op();
-        }
-        worker.join().unwrap();
-        start.elapsed()
-    })
-}
-
 fn two_threads(c: &mut Criterion) {
-    let mut g = c.benchmark_group("contended_2_threads");
     let hand = HandWritten(AtomicU8::new(RUNNING));
-    let vm = running_generated();
     let locked = Locked(Mutex::new(VmState::Running));
     let fsm: Fsm = Mutex::new(rust_fsm::StateMachine::new());
-    let cases: [(&str, &(dyn Fn() + Sync)); 4] = [
+    // The generated machine's contended figures, with and without `tracing`, come from
+    // lifecycle-core's benchmark.
+    let cases: [(&str, &(dyn Fn() + Sync)); 3] = [
         ("hand_written_atomic", &|| {
             black_box(hand.pause()).ok();
             black_box(hand.resume()).ok();
-        }),
-        ("generated", &|| {
-            black_box(vm.try_pause()).ok();
-            black_box(vm.try_resume()).ok();
         }),
         ("mutex_enum", &|| {
             black_box(locked.transition(&[VmState::Running], VmState::Paused)).ok();
@@ -272,13 +161,16 @@ fn two_threads(c: &mut Criterion) {
             black_box(fsm_consume(&fsm, &vm::Input::Resume));
         }),
     ];
-    for (name, op) in cases {
-        g.bench_with_input(BenchmarkId::from_parameter(name), &op, |b, op| {
-            b.iter_custom(|iters| contended(iters, *op));
-        });
-    }
-    g.finish();
+    contended_group(c, "contended_2_threads", &cases);
 }
 
-criterion_group!(benches, single_source, multi_source_and_any, two_threads);
-criterion_main!(benches);
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    single_source(&mut c);
+    two_threads(&mut c);
+    c.final_summary();
+    // In criterion's test mode (`cargo test --all-targets`) nothing is measured.
+    if std::env::args().any(|a| a == "--bench") {
+        print_ratios(&["single_source"]);
+    }
+}

@@ -5,7 +5,25 @@ use super::ast::Enum;
 use super::attr::{MachineArgs, Sources, TransitionDecl};
 use crate::case::{closest, to_snake_case};
 use crate::ctxt::Ctxt;
+use proc_macro2::Span;
 use syn::Ident;
+
+/// Where the first occurrence of a duplicate is, for the error at the second one: `line 4`.
+///
+/// Stable `proc_macro` cannot attach a note to an error (`Diagnostic` is unstable), and a
+/// second `compile_error!` at the first occurrence reads as a second mistake. So the error
+/// sits at the second occurrence and names the line of the first in its message.
+fn place(first: &impl syn::spanned::Spanned) -> String {
+    line_of(first.span()).map_or_else(
+        || "an earlier line".to_owned(),
+        |line| format!("line {line}"),
+    )
+}
+
+/// The line `span` starts on, when the compiler can say (not in unit tests).
+fn line_of(span: Span) -> Option<usize> {
+    proc_macro::is_available().then(|| span.unwrap().line())
+}
 
 /// A transition whose states are resolved to indices into [`Enum::states`].
 pub struct Resolved<'a> {
@@ -50,14 +68,13 @@ fn check_initial(cx: &mut Ctxt, enm: &Enum) -> Option<usize> {
         let Some(attr) = state.initial else { continue };
         match initial {
             None => initial = Some(index),
-            Some(first) => cx.duplicate(
+            Some(first) => cx.error_spanned_by(
                 attr,
                 format!(
-                    "several initial states: `{}` is already marked `#[initial]`",
-                    enm.states[first].ident
+                    "several initial states: `{}` on {} is already marked `#[initial]`",
+                    enm.states[first].ident,
+                    place(enm.states[first].ident),
                 ),
-                enm.states[first].initial,
-                "first initial state marked here",
             ),
         }
     }
@@ -81,34 +98,8 @@ fn resolve_transitions<'a>(
     for decl in decls {
         let target = resolve_state(cx, enm, &decl.target);
         let (sources, from_any) = match &decl.sources {
-            Sources::Any(star) => {
-                let sources: Vec<usize> = (0..enm.states.len())
-                    .filter(|&i| enm.states[i].terminal.is_none())
-                    .collect();
-                if sources.is_empty() {
-                    cx.error_spanned_by(star, "`*` matches no state: every state is terminal");
-                }
-                (Some(sources), true)
-            }
-            Sources::List(idents) => {
-                let mut sources = Vec::with_capacity(idents.len());
-                let mut ok = true;
-                for (i, ident) in idents.iter().enumerate() {
-                    if let Some(first) = idents[..i].iter().find(|f| *f == ident) {
-                        cx.duplicate(
-                            ident,
-                            format!("state `{ident}` listed twice as a source"),
-                            first,
-                            "first listed here",
-                        );
-                    }
-                    match resolve_state(cx, enm, ident) {
-                        Some(index) => sources.push(index),
-                        None => ok = false,
-                    }
-                }
-                (ok.then_some(sources), false)
-            }
+            Sources::Any(star) => (Some(any_sources(cx, enm, decl, *star, target)), true),
+            Sources::List(idents) => (list_sources(cx, enm, idents), false),
         };
         if let (Some(sources), Some(target)) = (sources, target) {
             resolved.push(Resolved {
@@ -123,23 +114,89 @@ fn resolve_transitions<'a>(
     resolved
 }
 
+/// `*`: every non-terminal state except the target. A machine already in the target would
+/// otherwise "win" the transition again and again (its compare-and-swap succeeds without
+/// changing anything), so every racer of a `fail: * => Failed` would believe it failed the
+/// machine; with the target excluded exactly one does.
+fn any_sources(
+    cx: &mut Ctxt,
+    enm: &Enum,
+    decl: &TransitionDecl,
+    star: syn::Token![*],
+    target: Option<usize>,
+) -> Vec<usize> {
+    let sources: Vec<usize> = (0..enm.states.len())
+        .filter(|&i| enm.states[i].terminal.is_none() && Some(i) != target)
+        .collect();
+    if sources.is_empty() && target.is_some() {
+        cx.error_spanned_by(
+            star,
+            format!(
+                "`*` matches no state: every state other than `{}` is terminal, so transition `{}` could never happen",
+                decl.target, decl.name
+            ),
+        );
+    }
+    sources
+}
+
+fn list_sources(cx: &mut Ctxt, enm: &Enum, idents: &[Ident]) -> Option<Vec<usize>> {
+    let mut sources = Vec::with_capacity(idents.len());
+    let mut ok = true;
+    for (i, ident) in idents.iter().enumerate() {
+        if idents[..i].contains(ident) {
+            cx.error_spanned_by(ident, format!("state `{ident}` listed twice as a source"));
+        }
+        match resolve_state(cx, enm, ident) {
+            Some(index) => sources.push(index),
+            None => ok = false,
+        }
+    }
+    ok.then_some(sources)
+}
+
+/// A transition from a state to itself is refused: its compare-and-swap would "succeed"
+/// without changing anything, which tells the caller it won a race that did not happen. To
+/// ask whether the machine is in a state, use `is_<state>()`.
+fn check_self_loops(cx: &mut Ctxt, transitions: &[Resolved]) {
+    for t in transitions {
+        let Sources::List(idents) = &t.decl.sources else {
+            continue;
+        };
+        for (ident, &source) in idents.iter().zip(&t.sources) {
+            if source == t.target {
+                cx.error_spanned_by(
+                    ident,
+                    format!(
+                        "transition `{}` leads from `{ident}` to `{ident}` itself: a self-loop would report a change that did not happen; remove `{ident}` from its sources (to test the state, use `is_{}()`)",
+                        t.decl.name,
+                        to_snake_case(&ident.to_string()),
+                    ),
+                );
+            }
+        }
+    }
+}
+
 fn check_duplicate_transitions(cx: &mut Ctxt, transitions: &[Resolved]) {
     for (i, t) in transitions.iter().enumerate() {
         if let Some(first) = transitions[..i].iter().find(|f| f.name == t.name) {
             let message = if first.decl.name == t.decl.name {
-                format!("duplicate transition `{}`", t.decl.name)
+                format!(
+                    "duplicate transition `{}`: already declared on {}",
+                    t.decl.name,
+                    place(&first.decl.name)
+                )
             } else {
                 format!(
-                    "transition `{}` generates `try_{}`, which transition `{}` already generates",
-                    t.decl.name, t.name, first.decl.name
+                    "transition `{}` generates `try_{}`, which transition `{}` on {} already generates; rename one of them",
+                    t.decl.name,
+                    t.name,
+                    first.decl.name,
+                    place(&first.decl.name)
                 )
             };
-            cx.duplicate(
-                &t.decl.name,
-                message,
-                &first.decl.name,
-                "first declared here",
-            );
+            cx.error_spanned_by(&t.decl.name, message);
         }
     }
 }
@@ -193,14 +250,14 @@ fn check_discriminants(cx: &mut Ctxt, enm: &Enum) {
     for (i, state) in enm.states.iter().enumerate() {
         let Some(raw) = state.raw else { continue };
         if let Some(first) = enm.states[..i].iter().find(|s| s.raw == Some(raw)) {
-            cx.duplicate(
+            cx.error_spanned_by(
                 state.ident,
                 format!(
-                    "discriminant {raw} of `{}` is already used by `{}`",
-                    state.ident, first.ident
+                    "discriminant {raw} of `{}` is already used by `{}` on {}",
+                    state.ident,
+                    first.ident,
+                    place(first.ident)
                 ),
-                first.ident,
-                "first used here",
             );
         }
     }
@@ -209,22 +266,25 @@ fn check_discriminants(cx: &mut Ctxt, enm: &Enum) {
 fn check_name_collisions(cx: &mut Ctxt, enm: &Enum, machine: &Ident) {
     for (i, state) in enm.states.iter().enumerate() {
         if let Some(first) = enm.states[..i].iter().find(|s| s.name == state.name) {
-            cx.duplicate(
+            cx.error_spanned_by(
                 state.ident,
                 format!(
-                    "state `{}` generates `is_{}` and the name `{}`, which `{}` already generates",
-                    state.ident, state.name, state.name, first.ident
+                    "state `{}` generates `is_{}` and the name `{}`, which `{}` on {} already generates; rename one of them",
+                    state.ident,
+                    state.name,
+                    state.name,
+                    first.ident,
+                    place(first.ident)
                 ),
-                first.ident,
-                "first generated for this state",
             );
         }
     }
+    check_generated_items(cx, enm);
     if *machine == enm.item.ident {
         cx.error_spanned_by(
             machine,
             format!(
-                "the machine type `{machine}` would collide with the state enum of the same name"
+                "the machine type `{machine}` would collide with the state enum of the same name; give `machine = ...` another name"
             ),
         );
     }
@@ -242,6 +302,56 @@ fn check_name_collisions(cx: &mut Ctxt, enm: &Enum, machine: &Ident) {
     }
 }
 
+/// The associated items generated on the state enum. A variant of the same name wins every
+/// `Enum::NAME` path, so `const INITIAL: Self = Enum::INITIAL` would silently name the
+/// variant, and the other items would not type-check.
+const ENUM_ITEMS: [(&str, &str); 9] = [
+    ("ALL", "associated constant"),
+    ("INITIAL", "associated constant"),
+    ("TRANSITIONS", "associated constant"),
+    ("MERMAID", "associated constant"),
+    ("name", "associated function"),
+    ("is_terminal", "associated function"),
+    ("to_raw", "associated function"),
+    ("from_raw", "associated function"),
+    ("can_transition", "associated function"),
+];
+
+fn check_generated_items(cx: &mut Ctxt, enm: &Enum) {
+    let e = &enm.item.ident;
+    for state in &enm.states {
+        let ident = state.ident.to_string();
+        let ident = ident.strip_prefix("r#").unwrap_or(&ident);
+        if let Some((item, kind)) = ENUM_ITEMS.iter().find(|(item, _)| *item == ident) {
+            cx.error_spanned_by(
+                state.ident,
+                format!(
+                    "state `{ident}` collides with the {kind} `{e}::{item}` that `#[state_machine]` generates; rename the state"
+                ),
+            );
+        }
+    }
+}
+
+/// The one `StateMachine` trait method a `try_<transition>` can be named like. The inherent
+/// method would shadow the trait's at every `machine.try_apply(...)` call.
+const TRAIT_TRY_METHOD: &str = "try_apply";
+
+fn check_transition_methods(cx: &mut Ctxt, transitions: &[Resolved]) {
+    for t in transitions {
+        let method = format!("try_{}", t.name);
+        if method == TRAIT_TRY_METHOD {
+            cx.error_spanned_by(
+                &t.decl.name,
+                format!(
+                    "transition `{}` generates `try_{}`, which would shadow `StateMachine::{method}`; rename the transition",
+                    t.decl.name, t.name
+                ),
+            );
+        }
+    }
+}
+
 /// The name of the generated machine's observer type parameter.
 pub const OBSERVER_PARAM: &str = "O";
 
@@ -251,6 +361,8 @@ pub fn validate<'a>(cx: &mut Ctxt, enm: Enum<'a>, args: &'a MachineArgs) -> Opti
     let initial = check_initial(cx, &enm);
     let transitions = resolve_transitions(cx, &enm, &args.transitions);
     check_duplicate_transitions(cx, &transitions);
+    check_self_loops(cx, &transitions);
+    check_transition_methods(cx, &transitions);
     check_terminal_sources(cx, &enm, &transitions);
     let machine = args
         .machine
