@@ -14,6 +14,8 @@ mod cleanup_phases;
 mod ctxt;
 #[path = "../src/item.rs"]
 mod item;
+#[path = "../src/options.rs"]
+mod options;
 #[path = "../src/state_machine/mod.rs"]
 mod state_machine;
 

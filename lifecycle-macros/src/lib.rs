@@ -9,6 +9,7 @@ mod case;
 mod cleanup_phases;
 mod ctxt;
 mod item;
+mod options;
 mod state_machine;
 
 #[cfg(test)]
@@ -100,10 +101,15 @@ pub fn state_machine(args: TokenStream, input: TokenStream) -> TokenStream {
 /// )]
 /// struct Phases {
 ///     first: Phase,                 // field order is cleanup order
-///     #[phase(timeout = "5s")]      // optional per-phase timeout: ms, s or m
+///     #[phase(timeout = "1.5s")]    // optional per-phase timeout: a number and ms, s or m
 ///     second: Phase,
 /// }
 /// ```
+///
+/// Each option may be given once; a build reports every mistaken option at once (unknown,
+/// repeated or malformed) and still applies the others. Timeouts are exact: `"250ms"`,
+/// `"1.5s"`, `"0.25s"`, `"2m"`; zero, negative, finer than a nanosecond or too large for a
+/// `Duration` is a compile error (leave the attribute out for no timeout).
 ///
 /// Each field holds one `lifecycle_core::Phase`: `Phase::new(|| async { … })` for an async
 /// action, `Phase::sync(|| …)` for a quick synchronous one, `Phase::noop()` for a phase that

@@ -1,10 +1,10 @@
 //! Code generation: the phase enum and the orchestrator wrapping `lifecycle_core`'s engine.
 
-use super::ast::PhaseField;
 use super::attr::is_phase_helper;
+use super::valid::Model;
 use proc_macro2::TokenStream;
 use quote::quote;
-use syn::{Ident, ItemStruct, Path};
+use syn::ItemStruct;
 
 /// The struct as written, minus the `#[phase(...)]` helpers.
 pub fn strip_helpers(item: &ItemStruct) -> ItemStruct {
@@ -24,13 +24,15 @@ fn docs(field: &syn::Field) -> Vec<&syn::Attribute> {
 }
 
 #[allow(clippy::too_many_lines)]
-pub fn expand(
-    item: &ItemStruct,
-    phases: &[PhaseField],
-    phase_enum: &Ident,
-    orchestrator: &Ident,
-    krate: &Path,
-) -> TokenStream {
+pub fn expand(model: &Model) -> TokenStream {
+    let Model {
+        input,
+        phases,
+        phase_enum,
+        orchestrator,
+        krate,
+    } = model;
+    let item = input.item;
     let vis = &item.vis;
     let strukt = &item.ident;
     let stripped = strip_helpers(item);
