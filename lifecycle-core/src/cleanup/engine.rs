@@ -315,6 +315,7 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
 /// use core::fmt;
 /// use core::time::Duration;
 /// use lifecycle_core::cleanup::{CleanupEngine, Phase, PhaseId, PhaseOutcome};
+/// use std::error::Error as _;
 ///
 /// #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 /// enum Step {
@@ -368,8 +369,10 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
 /// let err = again.into_result().unwrap_err();
 /// assert_eq!(
 ///     err.to_string(),
-///     "cleanup failed in 1 of 3 phases: shutdown_vm (guest did not power off)"
+///     "cleanup failed in 1 of 3 phases: shutdown_vm (failed)"
 /// );
+/// // The phase's own error is the source, so an error chain shows it once.
+/// assert_eq!(err.source().unwrap().to_string(), "guest did not power off");
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct CleanupEngine<P: PhaseId> {
@@ -1042,7 +1045,7 @@ mod tests {
         let err = engine.execute().await.into_result().unwrap_err();
         assert_eq!(
             err.to_string(),
-            "cleanup failed in 2 of 7 phases: vm_shutdown (vm_shutdown), \
+            "cleanup failed in 2 of 7 phases: vm_shutdown (failed), \
              mount_cleanup (timed out after 20ms)"
         );
         let source = std::error::Error::source(&err).expect("first cause");
