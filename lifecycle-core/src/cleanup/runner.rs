@@ -1,0 +1,204 @@
+//! The runner: one `execute` / `execute_from` call walking the phases in order.
+//!
+//! Every call walks the phases in order and leaves phase `i` only once it is final, so:
+//!
+//! > **Phase `i` is claimed (`PENDING → RUNNING` or `PENDING → SKIPPED`) only after every
+//! > phase `j < i` is final.**
+//!
+//! The claim makes exactly one caller the claimer of each phase ([`super::slot`]), so each
+//! phase runs (or is skipped) exactly once, and never before its predecessors are finished.
+//!
+//! A [`PhaseObserver`] is called by the claimer while the phase is still `RUNNING`, before the
+//! outcome is published, so its calls are ordered like the phases themselves. A phase skipped
+//! while an observer is attached goes `PENDING → RUNNING → SKIPPED` for the same reason (the
+//! observer is told in between); without one it is claimed `SKIPPED` directly.
+//!
+//! Durations cost one clock read per phase that runs: a phase starts when the caller's
+//! previous phase ended (or when it stopped waiting), and no-op phases read no clock.
+
+use super::cancel::RunGuard;
+use super::engine::CleanupEngine;
+use super::panic::{catch, notify, CatchUnwind};
+use super::phase::{Action, PhaseFuture};
+use super::slot::{Slot, State};
+use super::{CleanupReport, PhaseId, PhaseKind, PhaseOutcome, PhaseReport};
+use crate::observe::PhaseObserver;
+use core::time::Duration;
+use std::time::Instant;
+
+/// Tells the observer, if any, that `phase` reached its final outcome.
+pub(super) fn report_finished<P: PhaseId>(
+    observer: Option<&dyn PhaseObserver<P>>,
+    phase: P,
+    kind: PhaseKind,
+    outcome: &PhaseOutcome,
+    duration: Duration,
+) {
+    if let Some(observer) = observer {
+        notify(phase, "phase_finished", || {
+            observer.phase_finished(phase, kind, outcome, duration);
+        });
+    }
+}
+
+impl<P: PhaseId> CleanupEngine<P> {
+    pub(super) async fn run_from(&self, from: usize) -> CleanupReport<P> {
+        let started = Instant::now();
+        // When this call last saw the clock: a phase it runs starts when the previous one
+        // ended, so each phase costs one clock read, not two.
+        let mut mark = started;
+        let mut reports = Vec::with_capacity(P::ALL.len());
+        for (i, (&phase, slot)) in P::ALL.iter().zip(self.slots.iter()).enumerate() {
+            let (outcome, duration) = loop {
+                match slot.load() {
+                    State::DONE => {
+                        let (outcome, duration) = slot.recorded();
+                        break (PhaseOutcome::AlreadyDone(Box::new(outcome)), duration);
+                    }
+                    State::SKIPPED => {
+                        break (
+                            PhaseOutcome::AlreadyDone(Box::new(PhaseOutcome::Skipped)),
+                            Duration::ZERO,
+                        );
+                    }
+                    State::RUNNING => {
+                        slot.wait_final().await;
+                        mark = Instant::now();
+                    }
+                    _ => {
+                        // PENDING. Every earlier phase is final: this loop left each of them
+                        // only once it was, and final states last until `reset(&mut self)`.
+                        // So claiming phase `i` here keeps the order invariant.
+                        if i < from {
+                            if self.claim_skipped(i, phase, slot) {
+                                break (PhaseOutcome::Skipped, Duration::ZERO);
+                            }
+                        } else if slot.claim(State::RUNNING) {
+                            let (outcome, duration, end) =
+                                self.run_claimed(i, phase, slot, mark).await;
+                            mark = end;
+                            break (outcome, duration);
+                        }
+                        // Another call claimed it first: look again.
+                    }
+                }
+            };
+            reports.push(PhaseReport {
+                phase,
+                outcome,
+                duration,
+            });
+        }
+        let report = CleanupReport::new(reports, mark.duration_since(started));
+        #[cfg(feature = "tracing")]
+        if report.has_errors() {
+            let failed: Vec<&str> = report.failed_phases().iter().map(|p| p.name()).collect();
+            tracing::warn!(
+                failed = %failed.join(", "),
+                "cleanup finished with {} failed phase(s)",
+                failed.len()
+            );
+        }
+        report
+    }
+
+    /// Claims phase `i` as skipped (and reports it to the observer); false if another call
+    /// claimed it first.
+    fn claim_skipped(&self, i: usize, phase: P, slot: &Slot) -> bool {
+        let Some(observer) = self.observer.as_deref() else {
+            // Nobody waits on a phase that was never RUNNING.
+            return slot.claim(State::SKIPPED);
+        };
+        // Through RUNNING, so the observer hears of the skip before any call moves past it.
+        if !slot.claim(State::RUNNING) {
+            return false;
+        }
+        let kind = self.actions[i].kind();
+        report_finished(
+            Some(observer),
+            phase,
+            kind,
+            &PhaseOutcome::Skipped,
+            Duration::ZERO,
+        );
+        slot.publish(State::SKIPPED);
+        true
+    }
+
+    /// Runs phase `i`, which this call has claimed (`RUNNING`) at `start`, and publishes its
+    /// outcome. Returns the outcome, the duration and when it ended.
+    async fn run_claimed(
+        &self,
+        i: usize,
+        phase: P,
+        slot: &Slot,
+        start: Instant,
+    ) -> (PhaseOutcome, Duration, Instant) {
+        let kind = self.actions[i].kind();
+        let observer = self.observer.as_deref();
+        if let Some(observer) = observer {
+            notify(phase, "phase_started", || {
+                observer.phase_started(phase, kind);
+            });
+        }
+        if kind == PhaseKind::Noop {
+            // Nothing runs: no clock, no span.
+            report_finished(observer, phase, kind, &PhaseOutcome::Ok, Duration::ZERO);
+            slot.finish(PhaseOutcome::Ok, Duration::ZERO);
+            return (PhaseOutcome::Ok, Duration::ZERO, start);
+        }
+        let guard = RunGuard::arm(slot, start, observer, phase, kind);
+        #[cfg(feature = "tracing")]
+        let outcome = {
+            use tracing::Instrument;
+            let span = tracing::info_span!("cleanup_phase", phase = phase.name());
+            self.run_action(i).instrument(span).await
+        };
+        #[cfg(not(feature = "tracing"))]
+        let outcome = {
+            let _ = phase;
+            self.run_action(i).await
+        };
+        let (outcome, duration, end) = guard.complete(outcome);
+        #[cfg(feature = "tracing")]
+        tracing::debug!(phase = phase.name(), %outcome, ?duration, "cleanup phase finished");
+        (outcome, duration, end)
+    }
+
+    /// Runs phase `i`'s action, turning errors, panics and timeouts into its outcome.
+    async fn run_action(&self, i: usize) -> PhaseOutcome {
+        let f = match &self.actions[i].action {
+            Action::Noop => return PhaseOutcome::Ok,
+            Action::Sync(f) => {
+                return match catch(f) {
+                    Ok(Ok(())) => PhaseOutcome::Ok,
+                    Ok(Err(error)) => PhaseOutcome::Failed(error.into()),
+                    Err(message) => PhaseOutcome::Panicked(message),
+                }
+            }
+            Action::Async(f) => f,
+        };
+        let future: PhaseFuture = match catch(f) {
+            Ok(future) => future,
+            Err(message) => return PhaseOutcome::Panicked(message),
+        };
+        let Some(timeout) = self.timeouts[i] else {
+            return match CatchUnwind(future).await {
+                Ok(Ok(())) => PhaseOutcome::Ok,
+                Ok(Err(error)) => PhaseOutcome::Failed(error.into()),
+                Err(message) => PhaseOutcome::Panicked(message),
+            };
+        };
+        // Creating the timer panics outside a Tokio runtime with time enabled.
+        let timed = match catch(|| Box::pin(tokio::time::timeout(timeout, future))) {
+            Ok(timed) => timed,
+            Err(message) => return PhaseOutcome::Panicked(message),
+        };
+        match CatchUnwind(timed).await {
+            Ok(Ok(Ok(()))) => PhaseOutcome::Ok,
+            Ok(Ok(Err(error))) => PhaseOutcome::Failed(error.into()),
+            Ok(Err(_elapsed)) => PhaseOutcome::TimedOut(timeout),
+            Err(message) => PhaseOutcome::Panicked(message),
+        }
+    }
+}
