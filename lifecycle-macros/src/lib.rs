@@ -119,12 +119,25 @@ pub fn state_machine(args: TokenStream, input: TokenStream) -> TokenStream {
 ///
 /// The phase enum (one variant per field, `CamelCase`, ordered) with `ALL`, `COUNT`, `name()`
 /// (the field's `snake_case` name), `index()`, `default_timeout()`, `Display` and
-/// `lifecycle_core::PhaseId`; and the orchestrator with `new(phases)`, `execute()`,
-/// `execute_from(phase)`, `completed_phases()`, `is_complete()`, `reset()`, `with_timeout`,
-/// `set_timeout`, `timeout`, `with_observer` and `set_observer` (a
-/// `lifecycle_core::PhaseObserver` that sees every phase start and finish). It wraps `lifecycle_core::CleanupEngine`, which documents the
-/// semantics: phases strictly in order, each at most once until `reset`, a failing, panicking
-/// or timed-out phase recorded and the next one run, concurrent runs sharing the work.
+/// `lifecycle_core::PhaseId`; and the orchestrator, with:
+///
+/// - `new(phases)` (and `From<Struct>`): timeouts start as declared;
+/// - `execute()`: runs every phase not yet run, in order; `execute_from(phase)`: the
+///   recovery path, runs `phase` and the later ones, the earlier ones not yet run are
+///   skipped and stay skipped until `reset`;
+/// - `completed_phases()` (the phases that ran, whatever their outcome),
+///   `skipped_phases()`, `is_complete()` (no phase left to run);
+/// - `reset(&mut self)`: forget every outcome so the phases can run again (`&mut`, so it
+///   can never race a run);
+/// - `with_timeout(phase, d)`, `set_timeout(&mut self, phase, Option<d>)`,
+///   `timeout(phase)`;
+/// - `with_observer(observer)`, `set_observer(&mut self, Option<observer>)` (a
+///   `lifecycle_core::PhaseObserver` that sees every phase start and finish);
+/// - `engine()`: the `lifecycle_core::CleanupEngine` underneath, and `Debug`.
+///
+/// `CleanupEngine` documents the semantics: phases strictly in order, each at most once
+/// until `reset`, a failing, panicking or timed-out phase recorded and the next one run,
+/// concurrent runs sharing the work.
 ///
 /// # Example
 ///

@@ -4,7 +4,7 @@
 //! in [`super::slot`]; the cancel guard and panic capture in [`super::cancel`] and
 //! [`super::panic`].
 
-use super::slot::Slot;
+use super::slot::{Slot, State};
 use super::{CleanupReport, Phase, PhaseId};
 use crate::observe::PhaseObserver;
 use core::fmt;
@@ -188,31 +188,49 @@ impl<P: PhaseId> CleanupEngine<P> {
         self.run_from(0).await
     }
 
-    /// Runs `from` and every phase after it that is not yet run, in order, for recovery
-    /// from a failure part-way through a setup.
+    /// Runs `from` and every phase after it that is not yet run, in order: the recovery
+    /// path for a setup that failed part-way, when the phases before `from` never applied
+    /// (nothing of theirs was created, so there is nothing of theirs to clean up).
     ///
     /// Phases before `from` that no run has claimed yet are claimed as
-    /// [`PhaseOutcome::Skipped`](super::PhaseOutcome::Skipped), so no later run can run them
-    /// after a later phase; the ones already final are reported as
-    /// [`PhaseOutcome::AlreadyDone`](super::PhaseOutcome::AlreadyDone). Returns once every
-    /// phase is final, with a report covering every phase.
+    /// [`PhaseOutcome::Skipped`](super::PhaseOutcome::Skipped) and **stay skipped until
+    /// [`reset`](Self::reset)**: a later `execute` reports them as
+    /// [`AlreadyDone`](super::PhaseOutcome::AlreadyDone)`(Skipped)` and does not run them.
+    /// (Go's `ExecutePartial` leaves them runnable instead, so a later full run there would
+    /// stop hotplug after the event loop is closed.) Phases before `from` that are already
+    /// final are reported as `AlreadyDone`. A skip is not an error. When the earlier phases
+    /// may apply after all, call [`execute`](Self::execute), not this.
+    ///
+    /// Returns once every phase is final, with a report covering every phase.
     pub async fn execute_from(&self, from: P) -> CleanupReport<P> {
         self.run_from(from.index()).await
     }
 
-    /// The phases in a final state (run, cancelled or skipped), in order.
+    /// The phases that ran, whatever their outcome (ok, failed, panicked, timed out or
+    /// cancelled), in order. Skipped phases are not among them: see
+    /// [`skipped_phases`](Self::skipped_phases).
     pub fn completed_phases(&self) -> Vec<P> {
+        self.phases_in(State::DONE)
+    }
+
+    /// The phases an [`execute_from`](Self::execute_from) passed by, in order; they will not
+    /// run until [`reset`](Self::reset).
+    pub fn skipped_phases(&self) -> Vec<P> {
+        self.phases_in(State::SKIPPED)
+    }
+
+    /// Whether no phase is left to run or running: each one ran or was skipped.
+    pub fn is_complete(&self) -> bool {
+        self.slots.iter().all(|slot| slot.load().is_final())
+    }
+
+    fn phases_in(&self, state: State) -> Vec<P> {
         P::ALL
             .iter()
             .zip(self.slots.iter())
-            .filter(|(_, slot)| slot.load().is_final())
+            .filter(|(_, slot)| slot.load() == state)
             .map(|(&phase, _)| phase)
             .collect()
-    }
-
-    /// Whether every phase is final.
-    pub fn is_complete(&self) -> bool {
-        self.slots.iter().all(|slot| slot.load().is_final())
     }
 
     /// Forgets every phase's state and outcome, so the next run runs them all again.

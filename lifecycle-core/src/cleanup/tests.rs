@@ -290,6 +290,44 @@ async fn the_generated_orchestrator_wraps_the_engine() {
     assert_eq!(orchestrator.engine().completed_phases(), T::ALL);
 }
 
+/// `execute_from` is the recovery path for phases that never applied: they are skipped for
+/// good (until `reset`), are not counted as completed, and do not keep the engine from being
+/// complete. Through the generated orchestrator, as users call it.
+#[tokio::test]
+async fn skipped_phases_stay_skipped_until_reset() {
+    let probe = Probe::new();
+    let act = |phase| probe.phase(phase, Act::Ok);
+    let mut orchestrator = TestOrchestrator::new(TestPhases {
+        hotplug_stop: act(T::HotplugStop),
+        io_shutdown: act(T::IoShutdown),
+        conn_close: act(T::ConnClose),
+        vm_shutdown: act(T::VmShutdown),
+        network_cleanup: act(T::NetworkCleanup),
+        mount_cleanup: act(T::MountCleanup),
+        event_close: act(T::EventClose),
+    });
+    let report = orchestrator.execute_from(T::ConnClose).await;
+    assert!(!report.has_errors(), "{report}");
+    assert_eq!(orchestrator.completed_phases(), &T::ALL[2..]);
+    assert_eq!(orchestrator.skipped_phases(), &T::ALL[..2]);
+    assert!(orchestrator.is_complete());
+
+    // A later full run does not run them after the later phases.
+    let again = orchestrator.execute().await;
+    assert_eq!(probe.runs(), [0, 0, 1, 1, 1, 1, 1]);
+    assert!(is_already_done(outcome(&again, T::HotplugStop), skipped));
+    assert_eq!(orchestrator.skipped_phases(), &T::ALL[..2]);
+
+    // Only `reset` makes them runnable again; then every phase runs, in order.
+    orchestrator.reset();
+    assert!(orchestrator.completed_phases().is_empty());
+    assert!(orchestrator.skipped_phases().is_empty());
+    let fresh = orchestrator.execute().await;
+    assert!(fresh.phases().iter().all(|r| ok(&r.outcome)), "{fresh}");
+    assert_eq!(probe.runs(), [1, 1, 2, 2, 2, 2, 2]);
+    assert_eq!(orchestrator.completed_phases(), T::ALL);
+}
+
 #[tokio::test]
 async fn execute_from_after_partial_failure_recovers_the_rest() {
     let probe = Probe::new();
