@@ -6,9 +6,6 @@
 use super::test_support::{block_on, YieldOnce};
 use crate::cleanup::{Phase, PhaseOutcome};
 use crate::cleanup_phases;
-use core::future::Future;
-use core::pin::Pin;
-use core::task::{Context, Poll, Waker};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -57,8 +54,9 @@ fn model(name: &str, f: impl Fn() + Sync + Send + 'static) {
         counter.fetch_add(1, Ordering::Relaxed);
         f();
     });
+    // The same line as the `tests` crate's models print (scripts/test-all shows them).
     println!(
-        "loom model {name}: {} iterations",
+        "{name}: explored {} interleavings",
         iterations.load(Ordering::Relaxed)
     );
 }
