@@ -112,3 +112,41 @@ fn loom_execute_from_racing_execute() {
         assert!(engine.is_complete());
     });
 }
+
+/// The no-op fast path (`PENDING → DONE` in one CAS, nothing recorded) racing a caller that
+/// finds the phase done: both report `Ok`, exactly one as the runner, and the phase after it
+/// still runs once, after it.
+#[test]
+fn loom_noop_fast_path_racing_execute() {
+    model("noop_fast_path_racing_execute", || {
+        let log = Log::default();
+        let inline = {
+            let log = Arc::clone(&log);
+            Phase::sync(move || {
+                log.lock().unwrap().push(L::B);
+                Ok::<(), &'static str>(())
+            })
+        };
+        let engine = Arc::new(ModelOrchestrator::new(Model {
+            a: Phase::noop(),
+            b: inline,
+        }));
+        let other = {
+            let engine = Arc::clone(&engine);
+            loom::thread::spawn(move || block_on(engine.execute()))
+        };
+        let mine = block_on(engine.execute());
+        let theirs = other.join().unwrap();
+        assert_eq!(*log.lock().unwrap(), [L::B]);
+        let runners = [&mine, &theirs]
+            .iter()
+            .filter(|r| matches!(r.get(L::A).outcome, PhaseOutcome::Ok))
+            .count();
+        assert_eq!(runners, 1);
+        for report in [&mine, &theirs] {
+            assert!(!report.has_errors());
+            assert!(!report.get(L::A).outcome.is_error());
+        }
+        assert!(engine.is_complete());
+    });
+}

@@ -187,8 +187,10 @@ impl<P: PhaseId> CleanupReport<P> {
             .collect()
     }
 
-    /// Wall-clock time of the whole run, from the call until every phase was final
-    /// (including time spent waiting for phases other runs were running).
+    /// Wall-clock time of the whole run: from when it began its first phase (running it, or
+    /// waiting for another run to finish it) until every phase was final, waits included.
+    /// Zero when the run had nothing to run or wait for (every phase already final, skipped
+    /// or a no-op): the clock is only read around work.
     pub fn total_duration(&self) -> Duration {
         self.total
     }

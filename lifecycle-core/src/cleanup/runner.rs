@@ -13,8 +13,9 @@
 //! while an observer is attached goes `PENDING → RUNNING → SKIPPED` for the same reason (the
 //! observer is told in between); without one it is claimed `SKIPPED` directly.
 //!
-//! Durations cost one clock read per phase that runs: a phase starts when the caller's
-//! previous phase ended (or when it stopped waiting), and no-op phases read no clock.
+//! Durations cost one clock read per phase that runs, plus one for the start: a phase starts
+//! when the caller's previous phase ended (or when it stopped waiting). No-op phases read no
+//! clock and, without an observer, take one compare-and-swap (`PENDING → DONE`) each.
 
 use super::cancel::RunGuard;
 use super::engine::CleanupEngine;
@@ -43,16 +44,25 @@ pub(super) fn report_finished<P: PhaseId>(
 
 impl<P: PhaseId> CleanupEngine<P> {
     pub(super) async fn run_from(&self, from: usize) -> CleanupReport<P> {
-        let started = Instant::now();
-        // When this call last saw the clock: a phase it runs starts when the previous one
-        // ended, so each phase costs one clock read, not two.
-        let mut mark = started;
+        // The clock is read lazily: when this call first runs or waits for a phase (the
+        // start of its total), then once per phase it runs (a phase starts when the previous
+        // one ended, or when the wait before it ended). No-op phases and phases found final
+        // read no clock at all.
+        let mut started: Option<Instant> = None;
+        let mut mark: Option<Instant> = None;
         let mut reports = Vec::with_capacity(P::ALL.len());
         for (i, (&phase, slot)) in P::ALL.iter().zip(self.slots.iter()).enumerate() {
+            let kind = self.actions[i].kind();
             let (outcome, duration) = loop {
                 match slot.load() {
                     State::DONE => {
-                        let (outcome, duration) = slot.recorded();
+                        // A no-op's outcome is always `Ok` in no time; its fast path below
+                        // records nothing in the slot.
+                        let (outcome, duration) = if kind == PhaseKind::Noop {
+                            (PhaseOutcome::Ok, Duration::ZERO)
+                        } else {
+                            slot.recorded()
+                        };
                         break (PhaseOutcome::AlreadyDone(Box::new(outcome)), duration);
                     }
                     State::SKIPPED => {
@@ -62,8 +72,9 @@ impl<P: PhaseId> CleanupEngine<P> {
                         );
                     }
                     State::RUNNING => {
+                        started.get_or_insert_with(Instant::now);
                         slot.wait_final().await;
-                        mark = Instant::now();
+                        mark = Some(Instant::now());
                     }
                     _ => {
                         // PENDING. Every earlier phase is final: this loop left each of them
@@ -73,10 +84,18 @@ impl<P: PhaseId> CleanupEngine<P> {
                             if self.claim_skipped(i, phase, slot) {
                                 break (PhaseOutcome::Skipped, Duration::ZERO);
                             }
+                        } else if kind == PhaseKind::Noop && self.observer.is_none() {
+                            // Straight to DONE: nothing runs, nobody can be waiting on a
+                            // phase that was never RUNNING, and readers know the outcome.
+                            if slot.claim(State::DONE) {
+                                break (PhaseOutcome::Ok, Duration::ZERO);
+                            }
                         } else if slot.claim(State::RUNNING) {
+                            let start = *mark.get_or_insert_with(Instant::now);
+                            started.get_or_insert(start);
                             let (outcome, duration, end) =
-                                self.run_claimed(i, phase, slot, mark).await;
-                            mark = end;
+                                self.run_claimed(i, phase, slot, start).await;
+                            mark = Some(end);
                             break (outcome, duration);
                         }
                         // Another call claimed it first: look again.
@@ -89,7 +108,8 @@ impl<P: PhaseId> CleanupEngine<P> {
                 duration,
             });
         }
-        let report = CleanupReport::new(reports, mark.duration_since(started));
+        let total = started.map_or(Duration::ZERO, |s| mark.unwrap_or(s).duration_since(s));
+        let report = CleanupReport::new(reports, total);
         #[cfg(feature = "tracing")]
         if report.has_errors() {
             let failed: Vec<&str> = report.failed_phases().iter().map(|p| p.name()).collect();
@@ -144,7 +164,8 @@ impl<P: PhaseId> CleanupEngine<P> {
         if kind == PhaseKind::Noop {
             // Nothing runs: no clock, no span.
             report_finished(observer, phase, kind, &PhaseOutcome::Ok, Duration::ZERO);
-            slot.finish(PhaseOutcome::Ok, Duration::ZERO);
+            // Readers know a no-op's outcome; nothing to record.
+            slot.publish(State::DONE);
             return (PhaseOutcome::Ok, Duration::ZERO, start);
         }
         let guard = RunGuard::arm(slot, start, observer, phase, kind);

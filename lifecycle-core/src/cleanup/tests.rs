@@ -222,6 +222,23 @@ async fn noop_phases_are_ok_and_run_nothing() {
     assert_eq!(report.get(T::HotplugStop).duration, Duration::ZERO);
 }
 
+/// No-op phases take the fast path (straight to DONE, no clock, nothing recorded): later
+/// runs still report them `AlreadyDone(Ok)` in no time, and a run that only met no-ops and
+/// final phases reports a zero total.
+#[test]
+fn noop_fast_path_reports_like_any_other_phase() {
+    let engine = CleanupEngine::<T>::new((0..7).map(|_| Phase::noop()).collect());
+    let first = block_on(engine.execute());
+    assert!(first.phases().iter().all(|r| ok(&r.outcome)), "{first}");
+    assert_eq!(engine.completed_phases(), T::ALL);
+    let second = block_on(engine.execute());
+    for r in second.phases() {
+        assert!(is_already_done(&r.outcome, ok), "{second}");
+        assert_eq!(r.duration, Duration::ZERO);
+    }
+    assert_eq!(second.total_duration(), Duration::ZERO);
+}
+
 #[tokio::test]
 async fn sync_phases_run_inline_and_convert_errors() {
     let calls = Arc::new(AtomicUsize::new(0));
