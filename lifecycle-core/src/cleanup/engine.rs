@@ -6,6 +6,8 @@
 
 use super::slot::{Slot, State};
 use super::{CleanupReport, Phase, PhaseId};
+#[cfg(doc)]
+use super::PhaseOutcome;
 use crate::observe::PhaseObserver;
 use core::fmt;
 use core::marker::PhantomData;
