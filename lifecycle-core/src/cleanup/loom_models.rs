@@ -17,6 +17,15 @@ struct Model {
 
 type Log = Arc<Mutex<Vec<L>>>;
 
+/// Phase `b`: a synchronous action that logs itself.
+fn inline(log: &Log) -> Phase {
+    let log = Arc::clone(log);
+    Phase::sync(move || {
+        log.lock().unwrap().push(L::B);
+        Ok::<(), &'static str>(())
+    })
+}
+
 fn engine(log: &Log) -> ModelOrchestrator {
     let yielding = {
         let log = Arc::clone(log);
@@ -29,13 +38,7 @@ fn engine(log: &Log) -> ModelOrchestrator {
             }
         })
     };
-    let inline = {
-        let log = Arc::clone(log);
-        Phase::sync(move || {
-            log.lock().unwrap().push(L::B);
-            Ok::<(), &'static str>(())
-        })
-    };
+    let inline = inline(log);
     ModelOrchestrator::new(Model {
         a: yielding,
         b: inline,
@@ -120,16 +123,9 @@ fn loom_execute_from_racing_execute() {
 fn loom_noop_fast_path_racing_execute() {
     model("noop_fast_path_racing_execute", || {
         let log = Log::default();
-        let inline = {
-            let log = Arc::clone(&log);
-            Phase::sync(move || {
-                log.lock().unwrap().push(L::B);
-                Ok::<(), &'static str>(())
-            })
-        };
         let engine = Arc::new(ModelOrchestrator::new(Model {
             a: Phase::noop(),
-            b: inline,
+            b: inline(&log),
         }));
         let other = {
             let engine = Arc::clone(&engine);
