@@ -5,9 +5,9 @@
 //! [`super::panic`].
 
 use super::slot::{Slot, State};
-use super::{CleanupReport, Phase, PhaseId};
 #[cfg(doc)]
 use super::PhaseOutcome;
+use super::{CleanupReport, Phase, PhaseId};
 use crate::observe::PhaseObserver;
 use core::fmt;
 use core::marker::PhantomData;
