@@ -173,7 +173,13 @@ impl<P: PhaseId> CleanupEngine<P> {
         let outcome = {
             use tracing::Instrument;
             let span = tracing::info_span!("cleanup_phase", phase = phase.name());
-            self.run_action(i).instrument(span).await
+            // A disabled span (no subscriber wants it) would still be entered and exited on
+            // every poll; skip the wrapper then.
+            if span.is_disabled() {
+                self.run_action(i).await
+            } else {
+                self.run_action(i).instrument(span).await
+            }
         };
         #[cfg(not(feature = "tracing"))]
         let outcome = {
