@@ -21,6 +21,8 @@ mod ctxt;
 mod declarations;
 #[path = "../src/item.rs"]
 mod item;
+#[path = "../src/options.rs"]
+mod options;
 #[path = "../src/state_machine/mod.rs"]
 mod state_machine;
 

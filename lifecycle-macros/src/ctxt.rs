@@ -39,6 +39,15 @@ impl Ctxt {
         self.errors.is_empty()
     }
 
+    /// Every recorded message, notes included, in order (for unit tests).
+    #[cfg(test)]
+    pub fn messages(&self) -> Vec<String> {
+        self.errors
+            .iter()
+            .flat_map(|e| e.clone().into_iter().map(|m| m.to_string()))
+            .collect()
+    }
+
     /// All recorded errors as `compile_error!` invocations.
     pub fn into_compile_errors(self) -> TokenStream {
         self.errors

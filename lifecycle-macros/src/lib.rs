@@ -9,6 +9,7 @@ mod case;
 mod cleanup_phases;
 mod ctxt;
 mod item;
+mod options;
 mod state_machine;
 
 #[cfg(test)]
@@ -114,10 +115,15 @@ pub fn state_machine(args: TokenStream, input: TokenStream) -> TokenStream {
 /// )]
 /// struct Phases {
 ///     first: Phase,                 // field order is cleanup order
-///     #[phase(timeout = "5s")]      // optional per-phase timeout: ms, s or m
+///     #[phase(timeout = "1.5s")]    // optional per-phase timeout: a number and ms, s or m
 ///     second: Phase,
 /// }
 /// ```
+///
+/// Each option may be given once; a build reports every mistaken option at once (unknown,
+/// repeated or malformed) and still applies the others. Timeouts are exact: `"250ms"`,
+/// `"1.5s"`, `"0.25s"`, `"2m"`; zero, negative, finer than a nanosecond or too large for a
+/// `Duration` is a compile error (leave the attribute out for no timeout).
 ///
 /// Each field holds one `lifecycle_core::Phase`: `Phase::new(|| async { … })` for an async
 /// action, `Phase::sync(|| …)` for a quick synchronous one, `Phase::noop()` for a phase that
@@ -127,12 +133,25 @@ pub fn state_machine(args: TokenStream, input: TokenStream) -> TokenStream {
 ///
 /// The phase enum (one variant per field, `CamelCase`, ordered) with `ALL`, `COUNT`, `name()`
 /// (the field's `snake_case` name), `index()`, `default_timeout()`, `Display` and
-/// `lifecycle_core::PhaseId`; and the orchestrator with `new(phases)`, `execute()`,
-/// `execute_from(phase)`, `completed_phases()`, `is_complete()`, `reset()`, `with_timeout`,
-/// `set_timeout`, `timeout`, `with_observer` and `set_observer` (a
-/// `lifecycle_core::PhaseObserver` that sees every phase start and finish). It wraps `lifecycle_core::CleanupEngine`, which documents the
-/// semantics: phases strictly in order, each at most once until `reset`, a failing, panicking
-/// or timed-out phase recorded and the next one run, concurrent runs sharing the work.
+/// `lifecycle_core::PhaseId`; and the orchestrator, with:
+///
+/// - `new(phases)` (and `From<Struct>`): timeouts start as declared;
+/// - `execute()`: runs every phase not yet run, in order; `execute_from(phase)`: the
+///   recovery path, runs `phase` and the later ones, the earlier ones not yet run are
+///   skipped and stay skipped until `reset`;
+/// - `completed_phases()` (the phases that ran, whatever their outcome),
+///   `skipped_phases()`, `is_complete()` (no phase left to run);
+/// - `reset(&mut self)`: forget every outcome so the phases can run again (`&mut`, so it
+///   can never race a run);
+/// - `with_timeout(phase, d)`, `set_timeout(&mut self, phase, Option<d>)`,
+///   `timeout(phase)`;
+/// - `with_observer(observer)`, `set_observer(&mut self, Option<observer>)` (a
+///   `lifecycle_core::PhaseObserver` that sees every phase start and finish);
+/// - `engine()`: the `lifecycle_core::CleanupEngine` underneath, and `Debug`.
+///
+/// `CleanupEngine` documents the semantics: phases strictly in order, each at most once
+/// until `reset`, a failing, panicking or timed-out phase recorded and the next one run,
+/// concurrent runs sharing the work.
 ///
 /// # Example
 ///

@@ -3,10 +3,13 @@
 //! `RUSTFLAGS="--cfg loom" cargo test --release -p tests --test loom_cleanup`.
 #![cfg(loom)]
 
+mod loom_common;
+
 use lifecycle_core::{cleanup_phases, Phase, PhaseKind, PhaseObserver, PhaseOutcome};
 use loom::cell::UnsafeCell;
 use loom::sync::Arc;
 use loom::thread;
+use loom_common::model;
 // Plain std counters: loom runs the model's threads one at a time, so these need no
 // tracking, and leaving them out keeps the explored state space to the engine's own
 // synchronization.
@@ -116,7 +119,7 @@ const STARTED_THEN_FINISHED: [Call; 4] = [
 /// each phase once, started then finished, one phase at a time, in order.
 #[test]
 fn two_concurrent_executes() {
-    loom::model(|| {
+    model(|| {
         let counters = Arc::new(Counters::default());
         let log = unlocked_log();
         let orch = Arc::new(orchestrator(&counters, 1).with_observer(log.clone()));
@@ -160,7 +163,7 @@ fn two_concurrent_executes() {
 /// then finished, before the second. (`lifecycle-core`'s own models run without observer.)
 #[test]
 fn execute_from_racing_execute() {
-    loom::model(|| {
+    model(|| {
         let counters = Arc::new(Counters::default());
         let log = unlocked_log();
         let orch = Arc::new(orchestrator(&counters, usize::MAX).with_observer(log.clone()));

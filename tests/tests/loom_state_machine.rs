@@ -4,17 +4,20 @@
 //! (scripts/test-all does); without `--cfg loom` this file is empty.
 #![cfg(loom)]
 
+mod loom_common;
+
 use lifecycle_core::{LifecycleState, Transition, TransitionObserver};
 use loom::cell::UnsafeCell;
 use loom::sync::Arc;
 use loom::thread;
+use loom_common::model;
 use spinbox::state::{AtomicShimState, ShimState};
 use tests::firecracker::{FirecrackerVm, VmState};
 
 /// Model 1: N threads race the same single-source transition. Exactly one wins; every loser
 /// reports the state it observed (the winner's target); the final state is the target.
 fn race_same_transition(threads: usize) {
-    loom::model(move || {
+    model(move || {
         let sm = Arc::new(AtomicShimState::new());
         let handles: Vec<_> = (0..threads)
             .map(|_| {
@@ -49,7 +52,7 @@ fn three_threads_race_one_transition() {
 /// (start_deleting refused, observing ShuttingDown).
 #[test]
 fn different_transitions_from_the_same_state() {
-    loom::model(|| {
+    model(|| {
         let sm = Arc::new(AtomicShimState::new());
         let _ = sm.force(ShimState::Running);
         let deleter = {
@@ -79,7 +82,7 @@ fn different_transitions_from_the_same_state() {
 /// machine never leaves the declared graph or loses an update.
 #[test]
 fn multi_source_transition_racing_moves_between_sources() {
-    loom::model(|| {
+    model(|| {
         let vm = Arc::new(FirecrackerVm::new());
         vm.try_start().unwrap();
         let flipper = {
@@ -112,7 +115,7 @@ fn multi_source_transition_racing_moves_between_sources() {
 /// the machine ends in the forced state.
 #[test]
 fn force_racing_a_transition() {
-    loom::model(|| {
+    model(|| {
         let sm = Arc::new(AtomicShimState::new());
         let forcer = {
             let sm = sm.clone();
@@ -133,7 +136,7 @@ fn force_racing_a_transition() {
 /// visible to a thread that observes the target state; loom reports a data race otherwise.
 #[test]
 fn writes_before_a_transition_are_visible_to_observers_of_its_target() {
-    loom::model(|| {
+    model(|| {
         let sm = Arc::new(AtomicShimState::new());
         let data = Arc::new(UnsafeCell::new(0_u32));
         sm.try_start_creating().unwrap();
@@ -210,7 +213,7 @@ fn assert_reported<S: LifecycleState>(reports: &Reports, successes: &[(usize, S)
 /// `try_*`, with the state it really left.
 #[test]
 fn observer_sees_each_success_of_three_racing_threads_once() {
-    loom::model(|| {
+    model(|| {
         let sm = Arc::new(AtomicShimState::with_observer(Reports::new()));
         let creators: Vec<_> = (0..2)
             .map(|_| {
@@ -238,7 +241,7 @@ fn observer_sees_each_success_of_three_racing_threads_once() {
 /// Firecracker machine (`pause` then `resume` racing `stop`).
 #[test]
 fn observer_sees_each_success_of_two_racing_threads_once() {
-    loom::model(|| {
+    model(|| {
         let vm = Arc::new(FirecrackerVm::with_observer(Reports::new()));
         let _ = vm.force(VmState::Running);
         let flipper = {

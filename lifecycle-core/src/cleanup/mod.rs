@@ -15,9 +15,17 @@
 //! and duration; [`CleanupReport::into_result`] turns a report with errors into a
 //! [`CleanupError`] naming every failed phase.
 
+mod cancel;
 mod engine;
+#[cfg(all(test, loom))]
+mod loom_models;
+mod panic;
 mod phase;
 mod report;
+mod runner;
+mod slot;
+#[cfg(all(test, not(loom)))]
+mod tests;
 
 pub use engine::CleanupEngine;
 pub use phase::{Phase, PhaseId, PhaseKind};
@@ -28,61 +36,75 @@ pub use report::{
 /// The error type phase actions are converted into: any thread-safe error.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
-/// A hand-written 7-phase [`PhaseId`] enum shared by the unit tests of this module.
-#[cfg(all(test, not(loom)))]
-pub(crate) mod test_phases {
-    use super::PhaseId;
-    use core::fmt;
-    use core::time::Duration;
+/// A yielding future and a runtime-free executor, for the unit tests and the loom models.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use core::future::Future;
+    use core::pin::{pin, Pin};
+    use core::task::{Context, Poll, Waker};
+    #[cfg(loom)]
+    use loom::thread;
+    use std::sync::Arc;
+    #[cfg(not(loom))]
+    use std::thread;
 
-    /// The spinbox phases, in cleanup order.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-    pub(crate) enum T {
-        HotplugStop,
-        IoShutdown,
-        ConnClose,
-        VmShutdown,
-        NetworkCleanup,
-        MountCleanup,
-        EventClose,
-    }
+    /// Yields once: wakes itself and returns `Pending`, so another thread can observe the
+    /// phase `RUNNING` and wait on it.
+    pub(crate) struct YieldOnce(pub(crate) bool);
 
-    impl PhaseId for T {
-        const ALL: &'static [Self] = &[
-            T::HotplugStop,
-            T::IoShutdown,
-            T::ConnClose,
-            T::VmShutdown,
-            T::NetworkCleanup,
-            T::MountCleanup,
-            T::EventClose,
-        ];
-
-        fn index(self) -> usize {
-            self as usize
-        }
-
-        fn name(self) -> &'static str {
-            match self {
-                T::HotplugStop => "hotplug_stop",
-                T::IoShutdown => "io_shutdown",
-                T::ConnClose => "conn_close",
-                T::VmShutdown => "vm_shutdown",
-                T::NetworkCleanup => "network_cleanup",
-                T::MountCleanup => "mount_cleanup",
-                T::EventClose => "event_close",
+    impl Future for YieldOnce {
+        type Output = ();
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            if self.0 {
+                Poll::Ready(())
+            } else {
+                self.0 = true;
+                cx.waker().wake_by_ref();
+                Poll::Pending
             }
         }
-
-        fn default_timeout(self) -> Option<Duration> {
-            None
-        }
     }
 
-    impl fmt::Display for T {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str(self.name())
+    /// Drives `future` on the current thread, parking between polls: the engine needs no
+    /// Tokio runtime. Under loom, a lost wake-up leaves it parked forever, which loom reports
+    /// as a deadlock. (`loom::future::block_on` needs loom's `futures` feature, which this
+    /// crate does not enable.)
+    pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
+        struct Unpark(thread::Thread);
+        impl std::task::Wake for Unpark {
+            fn wake(self: Arc<Self>) {
+                self.0.unpark();
+            }
         }
+        let waker = Waker::from(Arc::new(Unpark(thread::current())));
+        let mut cx = Context::from_waker(&waker);
+        let mut future = pin!(future);
+        loop {
+            if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+                return output;
+            }
+            thread::park();
+        }
+    }
+}
+
+/// The spinbox phases, declared with the macro, shared by the unit tests of this module.
+#[cfg(all(test, not(loom)))]
+pub(crate) mod test_phases {
+    use super::Phase;
+    use crate::cleanup_phases;
+    use core::fmt;
+
+    /// The spinbox phases, in cleanup order; the macro generates `T` and `TestOrchestrator`.
+    #[cleanup_phases(crate = crate, phase = T)]
+    pub(crate) struct TestPhases {
+        pub(crate) hotplug_stop: Phase,
+        pub(crate) io_shutdown: Phase,
+        pub(crate) conn_close: Phase,
+        pub(crate) vm_shutdown: Phase,
+        pub(crate) network_cleanup: Phase,
+        pub(crate) mount_cleanup: Phase,
+        pub(crate) event_close: Phase,
     }
 
     /// A plain error for tests.

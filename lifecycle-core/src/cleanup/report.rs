@@ -102,11 +102,12 @@ impl PhaseOutcome {
         }
     }
 
-    /// Describes a failed outcome for [`CleanupError`]'s message: the cause's text for
-    /// [`Failed`](Self::Failed), the outcome's own text otherwise.
-    fn failure_text(&self) -> String {
+    /// How a failed outcome went wrong, for [`CleanupError`]'s message: its kind and the
+    /// details no `source()` carries (the timeout, the panic message), never the error a
+    /// failed phase returned, which `source()` gives.
+    fn failure_kind(&self) -> String {
         match self.original() {
-            Self::Failed(failure) => failure.to_string(),
+            Self::Failed(_) => "failed".to_owned(),
             other => other.to_string(),
         }
     }
@@ -186,8 +187,10 @@ impl<P: PhaseId> CleanupReport<P> {
             .collect()
     }
 
-    /// Wall-clock time of the whole run, from the call until every phase was final
-    /// (including time spent waiting for phases other runs were running).
+    /// Wall-clock time of the whole run: from when it began its first phase (running it, or
+    /// waiting for another run to finish it) until every phase was final, waits included.
+    /// Zero when the run had nothing to run or wait for (every phase already final, skipped
+    /// or a no-op): the clock is only read around work.
     pub fn total_duration(&self) -> Duration {
         self.total
     }
@@ -299,11 +302,16 @@ impl<P: PhaseId> Error for PhaseError<P> {
 /// A cleanup run in which at least one phase failed, panicked, timed out or was
 /// cancelled; built by [`CleanupReport::into_result`].
 ///
-/// The message names every failed phase with its cause:
-/// `cleanup failed in 2 of 7 phases: vm_shutdown (disk busy), mount_cleanup (timed out after 5s)`.
-/// [`source`](Error::source) is the first failed phase's cause: the error it returned, or,
-/// when it timed out, panicked or was cancelled, its [`PhaseError`].
-/// [`failures`](Self::failures) gives every failed phase, each with its own `source()`.
+/// The message names every failed phase with how it failed, and leaves the error a phase
+/// returned to [`source`](Error::source), so an error-chain print (`error: cause: cause`)
+/// shows each cause once:
+/// `cleanup failed in 2 of 7 phases: vm_shutdown (failed), mount_cleanup (timed out after 5s)`,
+/// then `: disk busy` from `source()`.
+///
+/// An error has one `source()` chain, so it carries the error of the first phase that
+/// returned one (`None` when every failure is a timeout, panic or cancellation, which the
+/// message describes in full). [`failures`](Self::failures) gives every failed phase, each
+/// a [`PhaseError`] with its own `source()`; the report's `Display` shows every cause.
 #[derive(Debug, Clone)]
 pub struct CleanupError<P> {
     report: CleanupReport<P>,
@@ -357,7 +365,7 @@ impl<P: PhaseId> fmt::Display for CleanupError<P> {
                 f,
                 "{} ({})",
                 failure.phase.name(),
-                failure.outcome.failure_text()
+                failure.outcome.failure_kind()
             )?;
         }
         Ok(())
@@ -366,11 +374,10 @@ impl<P: PhaseId> fmt::Display for CleanupError<P> {
 
 impl<P: PhaseId> Error for CleanupError<P> {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
-        let first = self.failures.first()?;
-        match first.outcome.failure() {
-            Some(failure) => Some(failure.cause()),
-            None => Some(first),
-        }
+        self.failures
+            .iter()
+            .find_map(|failure| failure.outcome.failure())
+            .map(|failure| failure.cause() as &(dyn Error + 'static))
     }
 }
 
@@ -423,6 +430,14 @@ mod tests {
         );
     }
 
+    /// The message, then every `source()`, as `spinbox` and `anyhow`'s `{:#}` print them.
+    fn chain(error: &(dyn Error + 'static)) -> String {
+        let causes: Vec<String> = std::iter::successors(Some(error), |e| (*e).source())
+            .map(ToString::to_string)
+            .collect();
+        causes.join(": ")
+    }
+
     #[test]
     fn error_names_every_failed_phase_and_exposes_causes() {
         let mut outcomes = vec![PhaseOutcome::Ok; 7];
@@ -434,7 +449,7 @@ mod tests {
         let err = report.into_result().unwrap_err();
         assert_eq!(
             err.to_string(),
-            "cleanup failed in 2 of 7 phases: vm_shutdown (disk busy), \
+            "cleanup failed in 2 of 7 phases: vm_shutdown (failed), \
              mount_cleanup (timed out after 5s)"
         );
         assert_eq!(err.source().unwrap().to_string(), "disk busy");
@@ -452,19 +467,33 @@ mod tests {
     }
 
     #[test]
-    fn error_source_is_phase_error_when_first_failure_has_no_cause() {
+    fn error_chain_shows_each_cause_once() {
         let mut outcomes = vec![PhaseOutcome::Ok; 7];
         outcomes[0] = PhaseOutcome::AlreadyDone(Box::new(PhaseOutcome::Panicked("boom".into())));
+        outcomes[4] = PhaseOutcome::Cancelled;
         outcomes[6] = failed("closed");
         let err = report(outcomes).into_result().unwrap_err();
         assert_eq!(
-            err.to_string(),
-            "cleanup failed in 2 of 7 phases: hotplug_stop (panicked: boom), event_close (closed)"
+            chain(&err),
+            "cleanup failed in 3 of 7 phases: hotplug_stop (panicked: boom), \
+             network_cleanup (cancelled), event_close (failed): closed"
         );
         assert_eq!(
-            err.source().unwrap().to_string(),
-            "cleanup phase hotplug_stop panicked: boom"
+            chain(&err.failures()[2]),
+            "cleanup phase event_close failed: closed"
         );
+    }
+
+    #[test]
+    fn error_without_a_returned_error_has_no_source() {
+        let mut outcomes = vec![PhaseOutcome::Ok; 7];
+        outcomes[1] = PhaseOutcome::TimedOut(Duration::from_millis(1500));
+        let err = report(outcomes).into_result().unwrap_err();
+        assert_eq!(
+            chain(&err),
+            "cleanup failed in 1 of 7 phases: io_shutdown (timed out after 1.5s)"
+        );
+        assert!(err.source().is_none());
     }
 
     #[test]

@@ -1,17 +1,19 @@
-//! `#[cleanup_phases(...)]` options and the per-field `#[phase(...)]` attribute:
+//! `#[cleanup_phases(...)]` options and the per-field `#[phase(...)]` attribute, in the
+//! shared option grammar ([`crate::options`]):
 //!
 //! ```text
-//! args   := option (',' option)* ','?
-//! option := 'phase' '=' Ident | 'orchestrator' '=' Ident | 'crate' '=' (Path | "string")
-//! field  := '#[phase(' 'timeout' '=' "<integer><unit>" ')]'   unit: ms | s | m
+//! args     := option (',' option)* ','?
+//! option   := 'phase' '=' Ident | 'orchestrator' '=' Ident | 'crate' '=' (Path | "string")
+//! field    := '#[phase(' 'timeout' '=' "<number><unit>" ')]'
+//! number   := digits ('.' digits)?          unit := ms | s | m
 //! ```
 
 use crate::ctxt::Ctxt;
-use proc_macro2::Span;
-use syn::meta::ParseNestedMeta;
+use crate::options::{eq_path, eq_value, Grammar};
+use proc_macro2::TokenStream;
 use syn::{Attribute, Ident, LitStr, Path};
 
-/// The struct-level options.
+/// The struct-level options, as given.
 #[derive(Default)]
 pub struct PhasesArgs {
     pub phase: Option<Ident>,
@@ -19,87 +21,69 @@ pub struct PhasesArgs {
     pub krate: Option<Path>,
 }
 
-fn once<T>(cx: &mut Ctxt, slot: &mut Option<(T, Span)>, meta: &ParseNestedMeta, value: T) {
-    let span = meta
-        .path
-        .get_ident()
-        .map_or_else(Span::call_site, Ident::span);
-    if let Some((_, first)) = slot {
-        let mut error = syn::Error::new(
-            span,
-            format!(
-                "duplicate option `{}`",
-                quote::ToTokens::to_token_stream(&meta.path)
-            ),
-        );
-        error.combine(syn::Error::new(*first, "first given here"));
-        cx.syn_error(error);
-    } else {
-        *slot = Some((value, span));
-    }
-}
+const ARGS: Grammar = Grammar {
+    options: &[
+        ("phase", "phase = Name"),
+        ("orchestrator", "orchestrator = Name"),
+        ("crate", "crate = path"),
+    ],
+};
 
-/// Parses the struct-level options, recording errors in `cx`.
-pub fn parse_args(cx: &mut Ctxt, args: proc_macro2::TokenStream) -> PhasesArgs {
-    let mut phase = None;
-    let mut orchestrator = None;
-    let mut krate = None;
-    let parser = syn::meta::parser(|meta| {
-        if meta.path.is_ident("phase") {
-            let value: Ident = meta.value()?.parse()?;
-            once(cx, &mut phase, &meta, value);
-        } else if meta.path.is_ident("orchestrator") {
-            let value: Ident = meta.value()?.parse()?;
-            once(cx, &mut orchestrator, &meta, value);
-        } else if meta.path.is_ident("crate") {
-            let input = meta.value()?;
-            let value: Path = if input.peek(LitStr) {
-                input.parse::<LitStr>()?.parse()?
-            } else {
-                Path::parse_mod_style(input)?
-            };
-            once(cx, &mut krate, &meta, value);
+const FIELD: Grammar = Grammar {
+    options: &[("timeout", "timeout = \"5s\"")],
+};
+
+/// Parses the struct-level options, recording errors in `cx`; valid options are kept.
+pub fn parse_args(cx: &mut Ctxt, args: TokenStream) -> PhasesArgs {
+    let mut parsed = PhasesArgs::default();
+    ARGS.parse(cx, args, |_, key, input| {
+        if key == "phase" {
+            parsed.phase = Some(eq_value(input)?);
+        } else if key == "orchestrator" {
+            parsed.orchestrator = Some(eq_value(input)?);
         } else {
-            return Err(meta.error(format!(
-                "unknown option `{}`; expected `phase = Name`, `orchestrator = Name` or `crate = path`",
-                quote::ToTokens::to_token_stream(&meta.path)
-            )));
+            parsed.krate = Some(eq_path(input)?);
         }
         Ok(())
     });
-    if let Err(e) = syn::parse::Parser::parse2(parser, args) {
-        cx.syn_error(e);
-    }
-    PhasesArgs {
-        phase: phase.map(|(v, _)| v),
-        orchestrator: orchestrator.map(|(v, _)| v),
-        krate: krate.map(|(v, _)| v),
-    }
+    parsed
 }
 
-/// Parses `"500ms"`, `"5s"`, `"2m"` into (seconds, nanoseconds).
-fn parse_duration(text: &str) -> Result<(u64, u32), String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let unit = unit.trim();
-    let value: u64 = digits
-        .parse()
-        .map_err(|_| format!("bad timeout `{text}`: expected an integer and a unit, like \"500ms\", \"5s\" or \"2m\""))?;
-    let (secs, nanos) = match unit {
-        "ms" => (
-            value / 1000,
-            u32::try_from(value % 1000).unwrap_or(0) * 1_000_000,
-        ),
-        "s" => (value, 0),
-        "m" => (
-            value
-                .checked_mul(60)
-                .ok_or_else(|| format!("bad timeout `{text}`: too large"))?,
-            0,
-        ),
+/// A field's timeout, as (seconds, nanoseconds) ready for `Duration::new`.
+pub type Timeout = (u64, u32);
+
+/// Parses a timeout: a decimal number (`250`, `1.5`, `0.25`) and a unit (`ms`, `s`, `m`),
+/// optionally separated by spaces. Exact to the nanosecond: a value that is zero or needs
+/// finer precision is refused rather than rounded, and so is one that overflows `Duration`.
+fn parse_duration(text: &str) -> Result<Timeout, String> {
+    const NANOS_PER_SEC: u128 = 1_000_000_000;
+    let shape = || {
+        format!(
+            "bad timeout `{text}`: expected a number and a unit, like \"250ms\", \"1.5s\" or \"2m\""
+        )
+    };
+    let trimmed = text.trim();
+    if trimmed.starts_with('-') {
+        return Err(format!(
+            "bad timeout `{text}`: a timeout cannot be negative"
+        ));
+    }
+    let number_len = trimmed
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(number_len);
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    let well_formed =
+        |digits: &str| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit());
+    if !well_formed(whole) || (number.contains('.') && !well_formed(fraction)) {
+        return Err(shape());
+    }
+    // Trailing zeros add no precision: `2.000s` is `2s`.
+    let fraction = fraction.trim_end_matches('0');
+    let unit_nanos: u128 = match unit.trim_start() {
+        "ms" => 1_000_000,
+        "s" => NANOS_PER_SEC,
+        "m" => 60 * NANOS_PER_SEC,
         "" => return Err(format!("bad timeout `{text}`: missing unit (ms, s or m)")),
         other => {
             return Err(format!(
@@ -107,12 +91,38 @@ fn parse_duration(text: &str) -> Result<(u64, u32), String> {
             ))
         }
     };
-    if secs == 0 && nanos == 0 {
+    let too_large = || format!("bad timeout `{text}`: too large");
+    // Finer than a nanosecond in every unit: refused below, so the digits can be capped.
+    if fraction.len() > 12 {
         return Err(format!(
-            "bad timeout `{text}`: a timeout must be greater than zero"
+            "bad timeout `{text}`: more precise than a nanosecond"
         ));
     }
-    Ok((secs, nanos))
+    let whole: u128 = whole.parse().map_err(|_| too_large())?;
+    let scale = 10u128.pow(u32::try_from(fraction.len()).unwrap_or(0));
+    let fraction_value: u128 = if fraction.is_empty() {
+        0
+    } else {
+        fraction.parse().map_err(|_| shape())?
+    };
+    let fraction_nanos = fraction_value * unit_nanos;
+    if !fraction_nanos.is_multiple_of(scale) {
+        return Err(format!(
+            "bad timeout `{text}`: more precise than a nanosecond"
+        ));
+    }
+    let nanos = whole
+        .checked_mul(unit_nanos)
+        .and_then(|n| n.checked_add(fraction_nanos / scale))
+        .ok_or_else(too_large)?;
+    if nanos == 0 {
+        return Err(format!(
+            "bad timeout `{text}`: a timeout must be greater than zero (leave it out for none)"
+        ));
+    }
+    let secs = u64::try_from(nanos / NANOS_PER_SEC).map_err(|_| too_large())?;
+    let subsec = u32::try_from(nanos % NANOS_PER_SEC).map_err(|_| too_large())?;
+    Ok((secs, subsec))
 }
 
 /// Whether an attribute is the `#[phase(...)]` helper (removed from the output).
@@ -120,30 +130,29 @@ pub fn is_phase_helper(attr: &Attribute) -> bool {
     attr.path().is_ident("phase")
 }
 
-/// Reads a field's `#[phase(...)]` attributes: its timeout, if any.
-pub fn parse_field_attrs(cx: &mut Ctxt, attrs: &[Attribute]) -> Option<(u64, u32)> {
-    let mut timeout: Option<((u64, u32), Span)> = None;
+/// Reads a field's `#[phase(...)]` attributes: its timeout, if any. Options repeated across
+/// several `#[phase]` attributes are duplicates like options repeated within one.
+pub fn parse_field_attrs(cx: &mut Ctxt, attrs: &[Attribute]) -> Option<Timeout> {
+    let mut timeout = None;
+    let mut tokens = TokenStream::new();
     for attr in attrs.iter().filter(|a| is_phase_helper(a)) {
-        let result = attr.parse_nested_meta(|meta| {
-            if meta.path.is_ident("timeout") {
-                let lit: LitStr = meta.value()?.parse()?;
-                match parse_duration(&lit.value()) {
-                    Ok(value) => once(cx, &mut timeout, &meta, value),
-                    Err(message) => cx.error_spanned_by(&lit, message),
-                }
-                Ok(())
-            } else {
-                Err(meta.error(format!(
-                    "unknown phase option `{}`; expected `timeout = \"5s\"`",
-                    quote::ToTokens::to_token_stream(&meta.path)
-                )))
+        match attr.meta.require_list() {
+            Ok(list) => {
+                tokens.extend(list.tokens.clone());
+                tokens.extend(quote::quote!(,));
             }
-        });
-        if let Err(e) = result {
-            cx.syn_error(e);
+            Err(error) => cx.syn_error(error),
         }
     }
-    timeout.map(|(v, _)| v)
+    FIELD.parse(cx, tokens, |cx, _, input| {
+        let lit: LitStr = eq_value(input)?;
+        match parse_duration(&lit.value()) {
+            Ok(value) => timeout = Some(value),
+            Err(message) => cx.error_spanned_by(&lit, message),
+        }
+        Ok(())
+    });
+    timeout
 }
 
 #[cfg(test)]
@@ -151,16 +160,70 @@ mod tests {
     use super::parse_duration;
 
     #[test]
-    fn durations() {
+    fn integers_in_every_unit() {
         assert_eq!(parse_duration("500ms"), Ok((0, 500_000_000)));
         assert_eq!(parse_duration("1500ms"), Ok((1, 500_000_000)));
         assert_eq!(parse_duration("5s"), Ok((5, 0)));
         assert_eq!(parse_duration("2m"), Ok((120, 0)));
-        assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("5").is_err());
-        assert!(parse_duration("five seconds").is_err());
-        assert!(parse_duration("5h").is_err());
-        assert!(parse_duration("-5s").is_err());
-        assert!(parse_duration("99999999999999999999s").is_err());
+        assert_eq!(parse_duration(" 5 s "), Ok((5, 0)));
+    }
+
+    #[test]
+    fn decimals_are_exact() {
+        assert_eq!(parse_duration("1.5s"), Ok((1, 500_000_000)));
+        assert_eq!(parse_duration("0.25s"), Ok((0, 250_000_000)));
+        assert_eq!(parse_duration("0.5ms"), Ok((0, 500_000)));
+        assert_eq!(parse_duration("1.25m"), Ok((75, 0)));
+        assert_eq!(parse_duration("0.000000001s"), Ok((0, 1)));
+        assert_eq!(parse_duration("2.000s"), Ok((2, 0)));
+    }
+
+    #[test]
+    fn malformed_numbers() {
+        let shape = "expected a number and a unit";
+        for text in [
+            "",
+            "s",
+            ".5s",
+            "1.s",
+            "1..5s",
+            "1.5.2s",
+            "five seconds",
+            "1,5s",
+        ] {
+            let error = parse_duration(text).unwrap_err();
+            assert!(
+                error.contains(shape) || error.contains("unknown unit"),
+                "{text}: {error}"
+            );
+        }
+        assert!(parse_duration("5").unwrap_err().contains("missing unit"));
+        assert!(parse_duration("5h")
+            .unwrap_err()
+            .contains("unknown unit `h`"));
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused_not_rounded() {
+        assert!(parse_duration("-5s").unwrap_err().contains("negative"));
+        assert!(parse_duration("0s")
+            .unwrap_err()
+            .contains("greater than zero"));
+        assert!(parse_duration("0.0ms")
+            .unwrap_err()
+            .contains("greater than zero"));
+        let precise = "more precise than a nanosecond";
+        assert!(parse_duration("0.0000000001s")
+            .unwrap_err()
+            .contains(precise));
+        assert!(parse_duration("0.0000001ms").unwrap_err().contains(precise));
+        assert_eq!(parse_duration("1.0000000000000s"), Ok((1, 0)));
+        assert!(parse_duration("99999999999999999999s")
+            .unwrap_err()
+            .contains("too large"));
+        assert!(parse_duration("18446744073709551615m")
+            .unwrap_err()
+            .contains("too large"));
+        assert_eq!(parse_duration("18446744073709551615s"), Ok((u64::MAX, 0)));
     }
 }

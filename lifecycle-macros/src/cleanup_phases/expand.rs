@@ -1,10 +1,10 @@
 //! Code generation: the phase enum and the orchestrator wrapping `lifecycle_core`'s engine.
 
-use super::ast::PhaseField;
 use super::attr::is_phase_helper;
+use super::valid::Model;
 use proc_macro2::TokenStream;
 use quote::quote;
-use syn::{Ident, ItemStruct, Path};
+use syn::ItemStruct;
 
 /// The struct as written, minus the `#[phase(...)]` helpers.
 pub fn strip_helpers(item: &ItemStruct) -> ItemStruct {
@@ -24,13 +24,15 @@ fn docs(field: &syn::Field) -> Vec<&syn::Attribute> {
 }
 
 #[allow(clippy::too_many_lines)]
-pub fn expand(
-    item: &ItemStruct,
-    phases: &[PhaseField],
-    phase_enum: &Ident,
-    orchestrator: &Ident,
-    krate: &Path,
-) -> TokenStream {
+pub fn expand(model: &Model) -> TokenStream {
+    let Model {
+        input,
+        phases,
+        phase_enum,
+        orchestrator,
+        krate,
+    } = model;
+    let item = input.item;
     let vis = &item.vis;
     let strukt = &item.ident;
     let stripped = strip_helpers(item);
@@ -190,18 +192,25 @@ pub fn expand(
                 self.engine.execute()
             }
 
-            /// Runs `from` and the phases after it (for recovery when the earlier ones never
-            /// applied); earlier phases not yet run are reported skipped and never run later.
+            /// Runs `from` and the phases after it, for recovery when the earlier ones never
+            /// applied: earlier phases not yet run are reported skipped and stay skipped
+            /// until `reset`.
             pub fn execute_from(&self, from: #p) -> impl ::core::future::Future<Output = #report> + ::core::marker::Send + '_ {
                 self.engine.execute_from(from)
             }
 
-            /// The phases that are finished (ran or were skipped), in order.
+            /// The phases that ran (whatever their outcome), in order; skipped ones are not
+            /// among them.
             pub fn completed_phases(&self) -> ::std::vec::Vec<#p> {
                 self.engine.completed_phases()
             }
 
-            /// Whether every phase is finished.
+            /// The phases an `execute_from` passed by, in order.
+            pub fn skipped_phases(&self) -> ::std::vec::Vec<#p> {
+                self.engine.skipped_phases()
+            }
+
+            /// Whether no phase is left to run: each one ran or was skipped.
             pub fn is_complete(&self) -> bool {
                 self.engine.is_complete()
             }
@@ -230,6 +239,7 @@ pub fn expand(
             fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
                 f.debug_struct(::core::stringify!(#orchestrator))
                     .field("completed", &self.completed_phases())
+                    .field("skipped", &self.skipped_phases())
                     .finish()
             }
         }

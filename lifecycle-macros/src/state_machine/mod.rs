@@ -29,13 +29,7 @@ pub fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         );
     };
     let mut cx = Ctxt::default();
-    let args: attr::MachineArgs = match syn::parse2(args) {
-        Ok(args) => args,
-        Err(e) => {
-            cx.syn_error(e);
-            attr::MachineArgs::default()
-        }
-    };
+    let args = attr::parse_args(&mut cx, args);
     let krate = args
         .krate
         .clone()

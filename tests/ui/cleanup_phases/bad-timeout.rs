@@ -8,6 +8,17 @@ struct TeardownPhases {
     vm_shutdown: Phase,
     #[phase(timeout = "30")]
     event_close: Phase,
+    #[phase(timeout = "1.s")]
+    conn_close: Phase,
+    #[phase(timeout = "-5s")]
+    net_down: Phase,
+    #[phase(timeout = "0.0000000001s")]
+    unmount: Phase,
+    #[phase(timeout = "99999999999999999999s")]
+    wait: Phase,
+    // Accepted: decimals are exact.
+    #[phase(timeout = "1.5s")]
+    hotplug_stop: Phase,
 }
 
 fn main() {}
