@@ -122,23 +122,48 @@ impl Stage {
 pub enum Step {
     /// `mount(2)`.
     Mount {
+        /// The source (device, directory or a name for pseudo filesystems).
         source: Option<CString>,
+        /// The mount point.
         target: CString,
+        /// The filesystem type (none for bind and propagation changes).
         fstype: Option<CString>,
+        /// `MS_*` flags.
         flags: c_ulong,
+        /// Filesystem options.
         data: Option<CString>,
+        /// The stage a failure is reported as.
         stage: Stage,
     },
     /// `mkdir(2)`; an existing directory is fine.
-    Mkdir { path: CString, mode: libc::mode_t },
+    Mkdir {
+        /// The directory.
+        path: CString,
+        /// Its mode (before the umask).
+        mode: libc::mode_t,
+    },
     /// Creates an empty file to bind a device node onto.
-    Touch { path: CString },
+    Touch {
+        /// The file.
+        path: CString,
+    },
     /// `symlink(2)`; an existing link is fine.
-    Symlink { target: CString, link: CString },
+    Symlink {
+        /// What the link points to.
+        target: CString,
+        /// The link.
+        link: CString,
+    },
     /// `pivot_root(new_root)`, then the old root is detached and `/` becomes the cwd.
-    PivotRoot { new_root: CString },
+    PivotRoot {
+        /// The new root, a mount point.
+        new_root: CString,
+    },
     /// `sethostname(2)`.
-    Hostname { name: CString },
+    Hostname {
+        /// The name.
+        name: CString,
+    },
 }
 
 /// A process's fully prepared credentials, limits, directory and command.
@@ -146,11 +171,17 @@ pub enum Step {
 pub struct PreparedProcess {
     /// `args[0]` itself when it contains a `/`, else each `PATH` entry joined with it.
     pub candidates: Vec<CString>,
+    /// The arguments.
     pub argv: Vec<CString>,
+    /// The environment, `KEY=VALUE`.
     pub envp: Vec<CString>,
+    /// The working directory.
     pub cwd: CString,
+    /// The user id.
     pub uid: libc::uid_t,
+    /// The group id.
     pub gid: libc::gid_t,
+    /// The supplementary groups.
     pub groups: Vec<libc::gid_t>,
     /// `(resource, [soft, hard])` as `prlimit64(2)` takes them.
     pub rlimits: Vec<(i64, [u64; 2])>,
@@ -181,9 +212,13 @@ impl ExecPointers {
 /// The fds the child starts from (all close-on-exec in the parent).
 #[derive(Debug, Clone, Copy)]
 pub struct ChildFds {
+    /// Read end of the stdin pipe.
     pub stdin: RawFd,
+    /// Write end of the stdout pipe.
     pub stdout: RawFd,
+    /// Write end of the stderr pipe.
     pub stderr: RawFd,
+    /// Write end of the report pipe.
     pub report: RawFd,
     /// The start pipe's read end (the container's first process only).
     pub start: Option<RawFd>,
@@ -194,9 +229,13 @@ pub struct ChildPlan<'a> {
     /// Namespaces to join first: `(fd, CLONE_NEW*)` (exec only).
     pub setns: &'a [(RawFd, c_int)],
     /// The filesystem setup (the container's first process only).
+    /// The filesystem setup (the container's first process only).
     pub steps: &'a [Step],
+    /// The process to become.
     pub process: &'a PreparedProcess,
+    /// Its `argv` and `envp` arrays.
     pub pointers: &'a ExecPointers,
+    /// The fds it starts from.
     pub fds: ChildFds,
 }
 
@@ -273,6 +312,8 @@ fn opt_ptr(s: Option<&CString>) -> *const c_char {
 unsafe fn child_main(plan: &ChildPlan<'_>) -> ! {
     let fds = plan.fds;
     let mut report = fds.report;
+    // SAFETY: sigaction and rt_sigprocmask on stack values; both are async-signal-safe.
+    unsafe { reset_signals() };
     for &(fd, nstype) in plan.setns {
         // SAFETY: setns on an fd the parent opened; no memory is involved.
         check(report, Stage::Setns, 0, || unsafe {
@@ -380,6 +421,40 @@ unsafe fn child_main(plan: &ChildPlan<'_>) -> ! {
             }
         }
         fail(report, Stage::Exec, err)
+    }
+}
+
+/// Gives the process default signal dispositions and an empty signal mask. `execve` resets
+/// only caught signals; an ignored one (the Rust runtime ignores `SIGPIPE`) or a blocked
+/// one (a thread's mask) would otherwise reach the container's program.
+///
+/// # Safety
+///
+/// Only from [`child_main`].
+unsafe fn reset_signals() {
+    // SAFETY (this function): the structures are plain C data on this stack; SIGKILL and
+    // SIGSTOP refuse the change, which is fine.
+    unsafe {
+        // The kernel's `struct sigaction` (handler, flags, restorer, mask), all zero:
+        // SIG_DFL. The raw call, because the C library refuses its reserved signals.
+        let default = [0u64; 4];
+        for sig in 1..=64 {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                &raw const default,
+                ptr::null_mut::<u64>(),
+                std::mem::size_of::<u64>(),
+            );
+        }
+        let empty: u64 = 0;
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &raw const empty,
+            ptr::null_mut::<u64>(),
+            std::mem::size_of::<u64>(),
+        );
     }
 }
 

@@ -586,6 +586,19 @@ impl Container {
     }
 }
 
+/// A container dropped without [`Container::delete`] (a panic, a lost task) still leaves
+/// no process behind: its first process is killed, which ends its PID namespace; the
+/// (empty, on this side) state directory is removed.
+impl Drop for Container {
+    fn drop(&mut self) {
+        if self.init.status().is_none() {
+            let _ = self.init.signal(Signal::SIGKILL, false);
+        }
+        // Already gone after a successful delete.
+        let _ = std::fs::remove_dir(&self.state_dir);
+    }
+}
+
 /// A child just cloned: its pid and exit watch, the parent's pipe ends as plain fds.
 struct Spawned {
     pid: Pid,

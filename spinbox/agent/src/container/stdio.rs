@@ -65,8 +65,11 @@ impl AsyncRead for OutputPipe {
 
 /// The child's ends, moved onto fds 0–2 in the child.
 pub(crate) struct ChildStdio {
+    /// Read end of stdin.
     pub stdin: OwnedFd,
+    /// Write end of stdout.
     pub stdout: OwnedFd,
+    /// Write end of stderr.
     pub stderr: OwnedFd,
 }
 

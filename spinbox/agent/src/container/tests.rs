@@ -283,6 +283,22 @@ async fn env_cwd_credentials_and_rlimits_are_applied() {
 }
 
 #[tokio::test]
+async fn signals_start_at_their_defaults() {
+    let f = fixture();
+    // The test harness (like the agent) ignores SIGPIPE; the container must not. (No
+    // shell: busybox sh ignores SIGQUIT in its children.)
+    let mut spec = f.spec("sigs", "");
+    spec.process.args = ["grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status"]
+        .map(String::from)
+        .to_vec();
+    let r = run(&spec, &f.state).await;
+    assert_eq!(
+        r.stdout,
+        "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n"
+    );
+}
+
+#[tokio::test]
 async fn hostname_is_set() {
     let f = fixture();
     let mut spec = f.spec("host", "hostname");
