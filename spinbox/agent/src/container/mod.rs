@@ -323,6 +323,15 @@ fn pid_ns_id(pid: Pid) -> std::io::Result<(u64, u64)> {
     Ok((meta.dev(), meta.ino()))
 }
 
+/// Whether `/proc/<pid>/stat` says the process is a zombie (state `Z`, the first field
+/// after the command name in parentheses).
+fn is_zombie(pid: Pid) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+    })
+}
+
 /// The container's PID namespace, held open: a namespace's inode number is reused once
 /// the namespace is freed, and holding it keeps `kill(all)` from ever matching the
 /// processes of a later container.
@@ -491,7 +500,8 @@ impl Container {
         self.init.signal(signal, false)
     }
 
-    /// The agent-side pids of every live process in the container's PID namespace.
+    /// The agent-side pids of every live (not zombie) process in the container's PID
+    /// namespace.
     pub fn processes(&self) -> Result<Vec<Pid>, ContainerError> {
         let mut pids = Vec::new();
         let entries = std::fs::read_dir("/proc").map_err(io_err("cannot list /proc"))?;
@@ -505,8 +515,9 @@ impl Container {
                 continue;
             };
             let pid = Pid::from_raw(pid);
-            // A process that exits meanwhile simply drops out.
-            if pid_ns_id(pid).is_ok_and(|ns| ns == self.pid_ns.id) {
+            // A process that exits meanwhile simply drops out; a zombie (dead, waiting
+            // for its parent in the container to reap it) is not live.
+            if pid_ns_id(pid).is_ok_and(|ns| ns == self.pid_ns.id) && !is_zombie(pid) {
                 pids.push(pid);
             }
         }

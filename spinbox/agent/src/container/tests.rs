@@ -344,6 +344,51 @@ async fn own_pid_namespace_and_only_its_own_mounts() {
 }
 
 #[tokio::test]
+async fn minimal_dev_and_read_only_sys() {
+    let f = fixture();
+    let script =
+        "echo x > /dev/null && head -c 5 /dev/zero | wc -c && head -c 5 /dev/urandom | wc -c \
+        && echo y > /dev/shm/f && cat /dev/shm/f && ls /dev \
+        && { touch /sys/x 2>/dev/null || echo sys-ro; }";
+    let r = run(&f.spec("dev", script), &f.state).await;
+    assert_eq!(
+        r.stdout,
+        "5\n5\ny\nfd\nfull\nnull\nrandom\nshm\nstderr\nstdin\nstdout\ntty\nurandom\nzero\nsys-ro\n",
+        "{}",
+        r.stderr
+    );
+}
+
+#[tokio::test]
+async fn an_exec_process_group_is_killed_without_the_container() {
+    let f = fixture();
+    let (mut c, stdio) = Container::create(&f.spec("group", "read x"), &f.state)
+        .await
+        .expect("create");
+    c.start().await.expect("start");
+    let spec = ProcessSpec::new(["sh", "-c", "sleep 1000 & sleep 1000 & echo up; wait"]);
+    let (exec, exec_stdio) = c.exec(&spec).await.expect("exec");
+    let mut out = BufReader::new(exec_stdio.stdout);
+    let mut line = String::new();
+    within("up", out.read_line(&mut line)).await.expect("read");
+    wait_for_processes(&c, 4).await;
+    exec.signal(Signal::SIGKILL, true).expect("kill the group");
+    assert_eq!(
+        within("exec", exec.wait()).await.expect("exit"),
+        ExitStatus::Signaled(9)
+    );
+    let left = wait_for_processes(&c, 1).await;
+    assert_eq!(
+        left,
+        [c.init().pid()],
+        "the group outlived the kill, or init died"
+    );
+    assert_eq!(c.state(), ContainerState::Running);
+    drop(stdio);
+    c.delete(true).await.expect("delete");
+}
+
+#[tokio::test]
 async fn exec_runs_beside_the_first_process() {
     let f = fixture();
     let (mut c, mut stdio) =
