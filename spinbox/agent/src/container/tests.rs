@@ -61,6 +61,25 @@ async fn read_all(mut pipe: OutputPipe) -> Vec<u8> {
     out
 }
 
+/// A container created from `script` and started.
+async fn started(f: &Fixture, id: &str, script: &str) -> (Container, ProcessStdio) {
+    let (mut c, stdio) = within("create", Container::create(&f.spec(id, script), &f.state))
+        .await
+        .expect("create");
+    within("start", c.start()).await.expect("start");
+    (c, stdio)
+}
+
+/// The first line of an output, and the reader for the rest.
+async fn first_line(out: OutputPipe) -> (BufReader<OutputPipe>, String) {
+    let mut out = BufReader::new(out);
+    let mut line = String::new();
+    within("a line", out.read_line(&mut line))
+        .await
+        .expect("read a line");
+    (out, line)
+}
+
 /// Output and status of a run to completion, stdin closed at once.
 struct Run {
     stdout: String,
@@ -140,10 +159,7 @@ async fn init_ignores_unhandled_sigterm_like_any_pid_1() {
 #[tokio::test]
 async fn signal_exits_are_reported_with_the_signal() {
     let f = fixture();
-    let (mut c, stdio) = Container::create(&f.spec("sig", "read x"), &f.state)
-        .await
-        .expect("create");
-    c.start().await.expect("start");
+    let (mut c, stdio) = started(&f, "sig", "read x").await;
     let (exec, exec_stdio) = c
         .exec(&ProcessSpec::new(["sh", "-c", "kill -TERM $$"]))
         .await
@@ -201,10 +217,7 @@ async fn hundred_mib_of_stdout_arrive_whole() {
 #[tokio::test]
 async fn exit_is_reported_only_after_output_is_drained() {
     let f = fixture();
-    let (mut c, stdio) = Container::create(&f.spec("drain", "echo hi; exit 3"), &f.state)
-        .await
-        .expect("create");
-    c.start().await.expect("start");
+    let (c, stdio) = started(&f, "drain", "echo hi; exit 3").await;
     let init = c.init().clone();
     assert_eq!(
         within("exit", init.wait()).await.expect("exit"),
@@ -362,15 +375,11 @@ async fn minimal_dev_and_read_only_sys() {
 #[tokio::test]
 async fn an_exec_process_group_is_killed_without_the_container() {
     let f = fixture();
-    let (mut c, stdio) = Container::create(&f.spec("group", "read x"), &f.state)
-        .await
-        .expect("create");
-    c.start().await.expect("start");
+    let (mut c, stdio) = started(&f, "group", "read x").await;
     let spec = ProcessSpec::new(["sh", "-c", "sleep 1000 & sleep 1000 & echo up; wait"]);
     let (exec, exec_stdio) = c.exec(&spec).await.expect("exec");
-    let mut out = BufReader::new(exec_stdio.stdout);
-    let mut line = String::new();
-    within("up", out.read_line(&mut line)).await.expect("read");
+    let (_out, line) = first_line(exec_stdio.stdout).await;
+    assert_eq!(line, "up\n");
     wait_for_processes(&c, 4).await;
     exec.signal(Signal::SIGKILL, true).expect("kill the group");
     assert_eq!(
@@ -391,11 +400,7 @@ async fn an_exec_process_group_is_killed_without_the_container() {
 #[tokio::test]
 async fn exec_runs_beside_the_first_process() {
     let f = fixture();
-    let (mut c, mut stdio) =
-        Container::create(&f.spec("exec", "read x; echo init got $x"), &f.state)
-            .await
-            .expect("create");
-    c.start().await.expect("start");
+    let (mut c, mut stdio) = started(&f, "exec", "read x; echo init got $x").await;
     let mut spec = ProcessSpec::new(["sh", "-c", "echo $$ $(hostname) $(id -u) $(pwd)"]);
     spec.uid = 1000;
     spec.cwd = "/home/user".into();
@@ -442,21 +447,13 @@ async fn wait_for_processes(c: &Container, n: usize) -> Vec<Pid> {
 #[tokio::test]
 async fn kill_escalates_from_an_ignored_sigterm_to_sigkill() {
     let f = fixture();
-    let (mut c, stdio) = Container::create(
-        &f.spec(
-            "stubborn",
-            "trap '' TERM; echo ready; sleep 1000; echo unreachable",
-        ),
-        &f.state,
+    let (c, stdio) = started(
+        &f,
+        "stubborn",
+        "trap '' TERM; echo ready; sleep 1000; echo unreachable",
     )
-    .await
-    .expect("create");
-    c.start().await.expect("start");
-    let mut out = BufReader::new(stdio.stdout);
-    let mut line = String::new();
-    within("ready", out.read_line(&mut line))
-        .await
-        .expect("read");
+    .await;
+    let (_out, line) = first_line(stdio.stdout).await;
     assert_eq!(line, "ready\n");
     // "ready" comes before the shell forks sleep.
     wait_for_processes(&c, 2).await;
@@ -488,16 +485,8 @@ async fn kill_escalates_from_an_ignored_sigterm_to_sigkill() {
 #[tokio::test]
 async fn forced_delete_of_a_running_container_leaves_nothing() {
     let f = fixture();
-    let (mut c, stdio) =
-        Container::create(&f.spec("del", "echo started; sleep 1000 & wait"), &f.state)
-            .await
-            .expect("create");
-    c.start().await.expect("start");
-    let mut out = BufReader::new(stdio.stdout);
-    let mut line = String::new();
-    within("started", out.read_line(&mut line))
-        .await
-        .expect("read");
+    let (mut c, stdio) = started(&f, "del", "echo started; sleep 1000 & wait").await;
+    let (mut out, line) = first_line(stdio.stdout).await;
     let (_exec, _exec_stdio) = c
         .exec(&ProcessSpec::new(["sleep", "1000"]))
         .await
