@@ -646,3 +646,42 @@ async fn setup_and_exec_failures_are_typed() {
     assert_eq!(c.state(), ContainerState::Created);
     c.delete(false).await.expect("delete a created container");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_containers_at_once_each_reach_end_of_file() {
+    // Containers created from several threads at once, half of them held (created, never
+    // started) while the others run: a held child that kept a stray copy of another
+    // container's pipe would keep that container's output from ever ending.
+    let f = std::sync::Arc::new(fixture());
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..16 {
+        let f = f.clone();
+        tasks.spawn(async move {
+            let id = format!("many{i}");
+            if i % 2 == 0 {
+                let held = Container::create(&f.spec(&id, "true"), &f.state)
+                    .await
+                    .expect("create");
+                return (id, None, Some(held));
+            }
+            let r = run(&f.spec(&id, "echo $(hostname)"), &f.state).await;
+            (id, Some(r), None)
+        });
+    }
+    let mut held = Vec::new();
+    let results = within("16 containers", tasks.join_all()).await;
+    for (id, run, container) in results {
+        if let Some(r) = run {
+            assert_eq!(
+                (r.stdout, r.status),
+                (format!("{id}\n"), ExitStatus::Exited(0))
+            );
+        }
+        held.extend(container);
+    }
+    assert_eq!(held.len(), 8);
+    for (c, _stdio) in held {
+        assert_eq!(c.state(), ContainerState::Created);
+        c.delete(false).await.expect("delete a held container");
+    }
+}
