@@ -384,10 +384,12 @@ impl Container {
             }
             Err(e) => return Err(io_err("cannot create the state directory")(e)),
         }
+        // Removed on failure, and if this future is dropped midway (the held child then
+        // dies too: its start pipe closes). Nothing is mounted there on this side.
+        let mut guard = RemoveDirOnDrop(Some(&state_dir));
         let created = Self::create_in(spec, &state_dir).await;
-        if created.is_err() {
-            // Nothing was mounted on this side; the directory is empty.
-            let _ = std::fs::remove_dir(&state_dir);
+        if created.is_ok() {
+            guard.0 = None;
         }
         created
     }
@@ -607,6 +609,17 @@ impl Drop for Container {
         }
         // Already gone after a successful delete.
         let _ = std::fs::remove_dir(&self.state_dir);
+    }
+}
+
+/// Removes an (empty) directory when dropped, unless disarmed.
+struct RemoveDirOnDrop<'a>(Option<&'a Path>);
+
+impl Drop for RemoveDirOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0 {
+            let _ = std::fs::remove_dir(dir);
+        }
     }
 }
 

@@ -685,3 +685,25 @@ async fn many_containers_at_once_each_reach_end_of_file() {
         c.delete(false).await.expect("delete a held container");
     }
 }
+
+#[tokio::test]
+async fn a_create_dropped_midway_leaves_nothing() {
+    let f = fixture();
+    // Dropped at its first pending await (the child's report is not there yet).
+    let spec = f.spec("dropped", "true");
+    {
+        let mut create = std::pin::pin!(Container::create(&spec, &f.state));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let polled = std::future::Future::poll(create.as_mut(), &mut cx);
+        assert!(
+            polled.is_pending(),
+            "create finished without waiting for its child"
+        );
+        assert!(
+            f.state.join("dropped").exists(),
+            "no state dir while creating"
+        );
+    } // The future is dropped here.
+    assert!(!f.state.join("dropped").exists(), "state dir left behind");
+    // The held child sees its start pipe close (or its report pipe break) and exits.
+}
