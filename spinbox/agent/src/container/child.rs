@@ -291,7 +291,13 @@ fn send(report: c_int, stage: Stage, err: c_int) {
 /// Runs `f`, a system call returning -1 on error, failing at `stage` unless the errno is
 /// `tolerated`.
 fn check(report: c_int, stage: Stage, tolerated: c_int, f: impl FnOnce() -> c_long) {
-    if f() == -1 {
+    check_ret(report, stage, tolerated, f());
+}
+
+/// Fails at `stage` if `ret`, just returned by a system call, is -1 and the errno is not
+/// `tolerated`.
+fn check_ret(report: c_int, stage: Stage, tolerated: c_int, ret: c_long) {
+    if ret == -1 {
         let err = errno();
         if err != tolerated {
             fail(report, stage, err);
@@ -462,59 +468,61 @@ unsafe fn reset_signals() {
 ///
 /// Only from [`child_main`].
 unsafe fn run_step(report: c_int, step: &Step) {
-    // SAFETY (this function): every pointer is a NUL-terminated string owned by `step`.
-    match step {
-        Step::Mount {
-            source,
-            target,
-            fstype,
-            flags,
-            data,
-            stage,
-        } => {
-            check(report, *stage, 0, || unsafe {
-                c_long::from(libc::mount(
+    // SAFETY: every pointer passed is a NUL-terminated string owned by `step` (or a C
+    // string literal), alive for the call; the calls only touch the filesystem.
+    let (stage, tolerated, ret) = unsafe {
+        match step {
+            Step::Mount {
+                source,
+                target,
+                fstype,
+                flags,
+                data,
+                stage,
+            } => {
+                let ret = libc::mount(
                     opt_ptr(source.as_ref()),
                     target.as_ptr(),
                     opt_ptr(fstype.as_ref()),
                     *flags,
                     opt_ptr(data.as_ref()).cast(),
-                ))
-            });
+                );
+                (*stage, 0, ret)
+            }
+            Step::Mkdir { path, mode } => (
+                Stage::Mkdir,
+                libc::EEXIST,
+                libc::mkdir(path.as_ptr(), *mode),
+            ),
+            Step::Touch { path } => {
+                let flags = libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW;
+                let fd = libc::open(path.as_ptr(), flags, 0o666);
+                if fd >= 0 {
+                    libc::close(fd);
+                }
+                (Stage::Device, 0, fd.min(0))
+            }
+            Step::Symlink { target, link } => (
+                Stage::Symlink,
+                libc::EEXIST,
+                libc::symlink(target.as_ptr(), link.as_ptr()),
+            ),
+            Step::PivotRoot { new_root } => {
+                // The new root stacked over the old one, then the old one detached from
+                // under it: no directory for the old root is needed inside the rootfs.
+                let dot = c".".as_ptr();
+                let failed = libc::chdir(new_root.as_ptr()) < 0
+                    || libc::syscall(libc::SYS_pivot_root, dot, dot) < 0
+                    || libc::umount2(dot, libc::MNT_DETACH) < 0
+                    || libc::chdir(c"/".as_ptr()) < 0;
+                (Stage::PivotRoot, 0, if failed { -1 } else { 0 })
+            }
+            Step::Hostname { name } => (
+                Stage::Hostname,
+                0,
+                libc::sethostname(name.as_ptr(), name.as_bytes().len()),
+            ),
         }
-        Step::Mkdir { path, mode } => check(report, Stage::Mkdir, libc::EEXIST, || unsafe {
-            c_long::from(libc::mkdir(path.as_ptr(), *mode))
-        }),
-        Step::Touch { path } => check(report, Stage::Device, 0, || unsafe {
-            let fd = libc::open(
-                path.as_ptr(),
-                libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
-                0o666,
-            );
-            if fd >= 0 {
-                libc::close(fd);
-            }
-            c_long::from(fd.min(0))
-        }),
-        Step::Symlink { target, link } => check(report, Stage::Symlink, libc::EEXIST, || unsafe {
-            c_long::from(libc::symlink(target.as_ptr(), link.as_ptr()))
-        }),
-        Step::PivotRoot { new_root } => check(report, Stage::PivotRoot, 0, || unsafe {
-            // The new root stacked over the old one, then the old one detached from
-            // under it: no directory for the old root is needed inside the rootfs.
-            let dot = c".".as_ptr();
-            if libc::chdir(new_root.as_ptr()) < 0
-                || libc::syscall(libc::SYS_pivot_root, dot, dot) < 0
-                || libc::umount2(dot, libc::MNT_DETACH) < 0
-                || libc::chdir(c"/".as_ptr()) < 0
-            {
-                -1
-            } else {
-                0
-            }
-        }),
-        Step::Hostname { name } => check(report, Stage::Hostname, 0, || unsafe {
-            c_long::from(libc::sethostname(name.as_ptr(), name.as_bytes().len()))
-        }),
-    }
+    };
+    check_ret(report, stage, tolerated, c_long::from(ret));
 }
