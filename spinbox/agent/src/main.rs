@@ -16,6 +16,13 @@
 //! As PID 1 it must never exit: any fatal error or panic is logged to the console, the
 //! filesystems are synced, and the machine is powered off.
 
+// The guest's container runtime; the Task service that drives it comes next (issue 13).
+#[allow(
+    dead_code,
+    unused_imports,
+    reason = "a library until the Task service uses it"
+)]
+mod container;
 mod init;
 mod listener;
 mod power_button;

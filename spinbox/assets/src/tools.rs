@@ -86,7 +86,8 @@ pub fn apt_update() -> Result<(), ToolError> {
     run(as_root("apt-get").args(["update", "-qq"])).map(drop)
 }
 
-/// Installs QEMU (`qemu-system-x86`) and `xz` when missing; returns QEMU's path.
+/// Installs QEMU (`qemu-system-x86`), `xz` and `busybox-static` (the container tests'
+/// rootfs is built from its static `/bin/busybox`) when missing; returns QEMU's path.
 pub fn ensure_host_packages() -> Result<PathBuf, ToolError> {
     let mut need = Vec::new();
     if which("qemu-system-x86_64").is_none() {
@@ -94,6 +95,9 @@ pub fn ensure_host_packages() -> Result<PathBuf, ToolError> {
     }
     if which("xz").is_none() {
         need.push("xz-utils");
+    }
+    if !Path::new("/bin/busybox").is_file() {
+        need.push("busybox-static");
     }
     if !need.is_empty() {
         apt_update()?;
