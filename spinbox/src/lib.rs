@@ -64,6 +64,8 @@ pub mod cleanup;
 #[cfg(not(loom))]
 pub mod shim;
 pub mod state;
+#[cfg(not(loom))]
+pub mod task;
 // The VM layer does I/O through tokio's net/process, which tokio leaves out under
 // `--cfg loom`; the loom models cover the lock-free state machine and cleanup instead.
 #[cfg(not(loom))]
