@@ -15,6 +15,10 @@
 //!
 //! Run it again at any time: cached steps cost a few milliseconds.
 
+// The container tests' rootfs builder (std only), shared with the agent's tests.
+#[path = "../../agent/src/container/busybox_rootfs.rs"]
+#[allow(dead_code, reason = "the agent's tests use the rest of it")]
+mod busybox_rootfs;
 mod cpio;
 mod kernel;
 mod modules;
@@ -38,6 +42,9 @@ enum ProvisionError {
     /// The kernel step failed.
     #[error(transparent)]
     Kernel(#[from] kernel::KernelError),
+    /// The busybox rootfs could not be built.
+    #[error("cannot build the busybox rootfs")]
+    Rootfs(#[from] busybox_rootfs::RootfsError),
     /// Writing an output failed.
     #[error("cannot write {}", path.display())]
     Write {
@@ -131,9 +138,32 @@ fn provision(dir: &Path) -> Result<Assets, ProvisionError> {
         initramfs,
         test_initramfs: Some(test_initramfs),
         vhost_device_vsock: vdv,
+        rootfs: Some(provision_rootfs(dir)?),
     };
     write_atomic(&dir.join(MANIFEST_FILE), assets.to_manifest().as_bytes())?;
     Ok(assets)
+}
+
+/// Builds the busybox rootfs into `<dir>/rootfs` (afresh each time: it is small, and a
+/// half-built one from an interrupted run must not survive).
+fn provision_rootfs(dir: &Path) -> Result<PathBuf, ProvisionError> {
+    let root = dir.join("rootfs");
+    let tmp = dir.join("rootfs.tmp");
+    let write = |path: &Path| {
+        let path = path.to_owned();
+        move |source| ProvisionError::Write { path, source }
+    };
+    for d in [&tmp, &root] {
+        match std::fs::remove_dir_all(d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(write(d)(e)),
+        }
+    }
+    std::fs::create_dir_all(&tmp).map_err(write(&tmp))?;
+    busybox_rootfs::build(&tmp)?;
+    std::fs::rename(&tmp, &root).map_err(write(&root))?;
+    Ok(root)
 }
 
 /// Writes `path` through a temporary file and a rename, so readers never see half a file.

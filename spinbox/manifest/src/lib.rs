@@ -114,6 +114,11 @@ pub struct Assets {
     pub test_initramfs: Option<PathBuf>,
     /// The `vhost-device-vsock` binary (vhost-user vsock backend).
     pub vhost_device_vsock: PathBuf,
+    /// A small container rootfs: a directory holding Debian's static busybox and its
+    /// applets, `/etc/passwd` and `/etc/group` (root and `user`, uid 1000). The CLI's
+    /// default rootfs and the container tests'. `None` where it was not provisioned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rootfs: Option<PathBuf>,
 }
 
 impl Assets {
@@ -150,6 +155,7 @@ impl Assets {
             ("initramfs", Some(&assets.initramfs)),
             ("test initramfs", assets.test_initramfs.as_ref()),
             ("vhost-device-vsock", Some(&assets.vhost_device_vsock)),
+            ("busybox rootfs", assets.rootfs.as_ref()),
         ];
         for (what, p) in files {
             if let Some(p) = p.filter(|p| !p.exists()) {
@@ -272,6 +278,7 @@ mod tests {
             initramfs: f("initramfs.cpio"),
             test_initramfs: Some(f("initramfs-test.cpio")),
             vhost_device_vsock: f("vdv"),
+            rootfs: None,
         };
         std::fs::write(dir.join(MANIFEST_FILE), assets.to_manifest()).unwrap();
         assets
