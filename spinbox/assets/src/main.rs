@@ -162,6 +162,17 @@ fn provision_rootfs(dir: &Path) -> Result<PathBuf, ProvisionError> {
     }
     std::fs::create_dir_all(&tmp).map_err(write(&tmp))?;
     busybox_rootfs::build(&tmp)?;
+    // Every applet, not only the tests' few: it is the CLI's default rootfs.
+    let list = std::process::Command::new(busybox_rootfs::BUSYBOX)
+        .arg("--list")
+        .output()
+        .map_err(write(Path::new(busybox_rootfs::BUSYBOX)))?;
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        let link = tmp.join("bin").join(applet);
+        if !applet.is_empty() && !applet.contains('/') && !link.exists() {
+            std::os::unix::fs::symlink("busybox", &link).map_err(write(&link))?;
+        }
+    }
     std::fs::rename(&tmp, &root).map_err(write(&root))?;
     Ok(root)
 }
