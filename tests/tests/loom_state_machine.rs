@@ -284,7 +284,9 @@ fn start_racing_delete_and_shutdown_from_created() {
             thread::spawn(move || sm.try_start_deleting())
         };
         // Only shut_down reaches ShuttingDown, so it always succeeds.
-        let shut_down_from = sm.try_shut_down().expect("shut_down from a non-terminal state");
+        let shut_down_from = sm
+            .try_shut_down()
+            .expect("shut_down from a non-terminal state");
         let started = starter.join().unwrap();
         let deleting = deleter.join().unwrap();
         match (&started, &deleting, shut_down_from) {
@@ -307,7 +309,11 @@ fn start_racing_delete_and_shutdown_from_created() {
             } else {
                 &[ShimState::ShuttingDown]
             };
-            assert!(expected.contains(&e.observed()), "start saw {}", e.observed());
+            assert!(
+                expected.contains(&e.observed()),
+                "start saw {}",
+                e.observed()
+            );
         }
         assert_eq!(sm.state(), ShimState::ShuttingDown);
     });

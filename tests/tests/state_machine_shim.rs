@@ -105,7 +105,10 @@ fn cannot_create_from_created() {
         err.to_string(),
         "transition `start_creating` to `creating` refused: machine is `created`, expected `idle`"
     );
-    assert_eq!(sm.try_mark_created().unwrap_err().observed(), ShimState::Created);
+    assert_eq!(
+        sm.try_mark_created().unwrap_err().observed(),
+        ShimState::Created
+    );
     assert_eq!(sm.state(), ShimState::Created);
 }
 
