@@ -125,15 +125,12 @@ proptest! {
         let mut model = ShimState::Idle;
         for i in picks {
             let t = &ShimState::TRANSITIONS[i];
-            match shim_reference(model, t.name) {
-                Some(to) => {
-                    prop_assert_eq!(machine.try_apply(t), Ok(model), "{} from {}", t.name, model);
-                    model = to;
-                }
-                None => {
-                    let err = machine.try_apply(t).unwrap_err();
-                    prop_assert_eq!(err.observed(), model);
-                }
+            if let Some(to) = shim_reference(model, t.name) {
+                prop_assert_eq!(machine.try_apply(t), Ok(model), "{} from {}", t.name, model);
+                model = to;
+            } else {
+                let err = machine.try_apply(t).unwrap_err();
+                prop_assert_eq!(err.observed(), model);
             }
             prop_assert_eq!(machine.state(), model);
         }

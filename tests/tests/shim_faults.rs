@@ -40,7 +40,7 @@ fn qemu_killed_from_outside_while_created() {
     qemu_killed_from_outside(ShimState::Created);
 }
 
-/// QEMU is SIGKILLed while the shim is `up` (`Created` or `Running`).
+/// QEMU is killed with SIGKILL while the shim is `up` (`Created` or `Running`).
 fn qemu_killed_from_outside(up: ShimState) {
     serial(|| async move {
         let vm = TestVm::new(if up == ShimState::Running {

@@ -20,6 +20,38 @@ fn states(events: &[ShimEvent]) -> Vec<(ShimState, ShimState)> {
         .collect()
 }
 
+/// The stream of a create → delete: booted, every phase finished ok (the no-op ones
+/// included), `event_close` last, and console lines forwarded.
+fn assert_full_teardown_reported(events: &[ShimEvent]) {
+    assert!(events.iter().any(|e| matches!(e, ShimEvent::Booted(_))));
+    // Every phase is reported, the no-op ones included, each finished ok.
+    let finished: Vec<CleanupPhase> = events
+        .iter()
+        .filter_map(|e| match e {
+            ShimEvent::PhaseFinished {
+                phase,
+                outcome: PhaseOutcome::Ok,
+                ..
+            } => Some(*phase),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(finished, CleanupPhase::ALL);
+    assert!(matches!(
+        events.last(),
+        Some(ShimEvent::PhaseFinished {
+            phase: CleanupPhase::EventClose,
+            ..
+        })
+    ));
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, ShimEvent::Console(line) if !line.is_empty())),
+        "the serial console was forwarded"
+    );
+}
+
 #[test]
 fn create_then_delete() {
     serial(|| async {
@@ -109,33 +141,7 @@ fn create_then_delete() {
                 (ShimState::Deleting, ShimState::ShuttingDown),
             ]
         );
-        assert!(events.iter().any(|e| matches!(e, ShimEvent::Booted(_))));
-        // Every phase is reported, the no-op ones included, each finished ok.
-        let finished: Vec<CleanupPhase> = events
-            .iter()
-            .filter_map(|e| match e {
-                ShimEvent::PhaseFinished {
-                    phase,
-                    outcome: PhaseOutcome::Ok,
-                    ..
-                } => Some(*phase),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(finished, CleanupPhase::ALL);
-        assert!(matches!(
-            events.last(),
-            Some(ShimEvent::PhaseFinished {
-                phase: CleanupPhase::EventClose,
-                ..
-            })
-        ));
-        assert!(
-            events
-                .iter()
-                .any(|e| matches!(e, ShimEvent::Console(line) if !line.is_empty())),
-            "the serial console was forwarded"
-        );
+        assert_full_teardown_reported(&events);
         vm.assert_nothing_left().await;
     });
 }
