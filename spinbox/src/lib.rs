@@ -32,7 +32,8 @@
 //! - [`cleanup`]: [`CleanupPhases`](cleanup::CleanupPhases), [`CleanupPhase`](cleanup::CleanupPhase),
 //!   [`CleanupOrchestrator`](cleanup::CleanupOrchestrator).
 //! - [`shim`]: [`Shim`](shim::Shim), [`ShimConfig`](shim::ShimConfig), [`ConfigError`](shim::ConfigError),
-//!   [`CreateError`](shim::CreateError), [`DeleteError`](shim::DeleteError), [`AgentError`](shim::AgentError),
+//!   [`CreateError`](shim::CreateError), [`StartError`](shim::StartError), [`DeleteError`](shim::DeleteError),
+//!   [`AgentError`](shim::AgentError),
 //!   [`Created`](shim::Created), [`BootTimings`](shim::BootTimings), [`ShimEvent`](shim::ShimEvent),
 //!   [`EventReceiver`](shim::EventReceiver), [`ExitCause`](shim::ExitCause), [`ShimReport`](shim::ShimReport),
 //!   [`EVENT_CAPACITY`](shim::EVENT_CAPACITY), [`CONSOLE_RESERVE`](shim::CONSOLE_RESERVE).

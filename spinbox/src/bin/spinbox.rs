@@ -391,6 +391,16 @@ async fn run(args: RunArgs) -> Result<(), String> {
                 created.info.uptime,
                 created.info.agent_version,
             );
+            if let Err(e) = shim.start().await {
+                // The VM exited (or a shutdown came in) between create and start.
+                let report = shutdown(&shim, start).await;
+                let _ = printer.await;
+                println!("\n{report}");
+                if let Some(cause) = shim.exit_cause() {
+                    println!("VM exit: {cause}");
+                }
+                return Err(format!("start refused: {e}"));
+            }
             let mut crashed_while_kept = false;
             if args.keep {
                 println!("{} VM running; Ctrl-C to delete it", stamp(start));

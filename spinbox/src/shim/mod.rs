@@ -3,10 +3,11 @@
 //!
 //! | operation | states | cleanup |
 //! |---|---|---|
-//! | [`Shim::create`] | `Idle` → `Creating` → `Running` (→ `Idle` on failure) | on failure, all seven phases |
-//! | [`Shim::delete`] | `Running` → `Deleting` → `ShuttingDown` | all seven phases |
+//! | [`Shim::create`] | `Idle` → `Creating` → `Created` (→ `Idle` on failure) | on failure, all seven phases |
+//! | [`Shim::start`] | `Created` → `Running` | none |
+//! | [`Shim::delete`] | `Created` or `Running` → `Deleting` → `ShuttingDown` | all seven phases |
 //! | [`Shim::shutdown`] | any → `ShuttingDown` (intentional) | all seven phases |
-//! | the VM exits unasked, while up | `Running` → `ShuttingDown`, cause recorded | all seven phases |
+//! | the VM exits unasked, while up | `Created` or `Running` → `ShuttingDown`, cause recorded | all seven phases |
 //! | the VM exits unasked, while booting | `Creating` → `Idle`; `create` fails with the cause | all seven phases |
 //!
 //! # Who tears a VM down
@@ -106,6 +107,26 @@ pub enum CreateError {
     StartPanicked,
 }
 
+/// Why `start` was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Nothing to start: no VM was created (or its creation failed).
+    #[error("nothing to start: the shim is idle")]
+    NotCreated,
+    /// The VM is still being created.
+    #[error("the VM is still being created")]
+    CreationInProgress,
+    /// The shim was already started.
+    #[error("the shim is already running")]
+    AlreadyRunning,
+    /// The VM is being deleted.
+    #[error("the VM is being deleted")]
+    Deleting,
+    /// The shim is shutting down (a shutdown, a finished delete, or the VM exited).
+    #[error("the shim is shutting down")]
+    ShuttingDown,
+}
+
 /// Why `delete` was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum DeleteError {
@@ -126,8 +147,8 @@ pub enum DeleteError {
 /// Why the shim's agent connection is not available.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    /// The shim is not `Running`.
-    #[error("the VM is not running (the shim is {0})")]
+    /// The shim is neither `Created` nor `Running`.
+    #[error("the VM is not up (the shim is {0})")]
     NotRunning(ShimState),
     /// A fresh connection failed.
     #[error("cannot reach the agent")]
@@ -280,14 +301,14 @@ impl Shim {
         }
     }
 
-    /// A new connection to the agent of the running VM. `conn_close` drops the shim's clone
-    /// of it (the connection closes once yours is dropped too) and the VM's stop ends it for
-    /// good. Fails at once unless the shim is `Running`.
+    /// A new connection to the agent of the created or running VM. `conn_close` drops the
+    /// shim's clone of it (the connection closes once yours is dropped too) and the VM's stop
+    /// ends it for good. Fails at once unless the shim is `Created` or `Running`.
     pub async fn agent(&self) -> Result<AgentClient, AgentError> {
         let state = self.inner.shared.sm.state();
         let session = self
             .session()
-            .filter(|_| state == ShimState::Running)
+            .filter(|_| matches!(state, ShimState::Created | ShimState::Running))
             .ok_or(AgentError::NotRunning(state))?;
         let vm = session.vm.get().ok_or(AgentError::NotRunning(state))?;
         let config = &self.inner.shared.config;
@@ -301,7 +322,8 @@ impl Shim {
         Ok(client)
     }
 
-    /// Creates the VM: `Idle` → `Creating`, start, agent ready, `Info`, → `Running`.
+    /// Creates the VM: `Idle` → `Creating`, start, agent ready, `Info`, → `Created`.
+    /// [`Shim::start`] then makes it `Running`.
     ///
     /// The configuration is validated first; an invalid one changes nothing. On failure
     /// every cleanup phase runs, the shim returns to `Idle`, and the error names the failed
@@ -313,7 +335,7 @@ impl Shim {
         if let Err(e) = shared.sm.try_start_creating() {
             return Err(match e.observed() {
                 ShimState::Creating => CreateError::CreationInProgress,
-                ShimState::Running => CreateError::AlreadyCreated,
+                ShimState::Created | ShimState::Running => CreateError::AlreadyCreated,
                 ShimState::Deleting => CreateError::Deleting,
                 ShimState::Idle | ShimState::ShuttingDown => CreateError::ShuttingDown,
             });
@@ -500,7 +522,31 @@ impl Shim {
         }
     }
 
-    /// Deletes the VM: `Running` → `Deleting`, every cleanup phase, → `ShuttingDown`.
+    /// Starts the created VM: `Created` → `Running`. Refused (state unchanged) from any
+    /// other state. A crash or shutdown after the transition is handled like any crash or
+    /// shutdown of a running shim.
+    pub async fn start(&self) -> Result<(), StartError> {
+        let shared = &self.inner.shared;
+        if let Err(e) = shared.sm.try_start() {
+            return Err(match e.observed() {
+                ShimState::Idle => StartError::NotCreated,
+                ShimState::Creating => StartError::CreationInProgress,
+                ShimState::Running => StartError::AlreadyRunning,
+                ShimState::Deleting => StartError::Deleting,
+                ShimState::Created | ShimState::ShuttingDown => StartError::ShuttingDown,
+            });
+        }
+        self.after_start().await;
+        Ok(())
+    }
+
+    /// What runs once the shim is `Running`: nothing yet. The container's process will be
+    /// started here (SPEC §9).
+    #[allow(clippy::unused_async)]
+    async fn after_start(&self) {}
+
+    /// Deletes the VM: `Created` or `Running` → `Deleting`, every cleanup phase, →
+    /// `ShuttingDown`.
     /// Returns the cleanup report (check [`CleanupReport::has_errors`]). Sets the
     /// intentional-shutdown flag. If the VM crashed meanwhile, this joins the crash's
     /// teardown.
@@ -511,11 +557,13 @@ impl Shim {
                 ShimState::Idle => DeleteError::NotCreated,
                 ShimState::Creating => DeleteError::CreationInProgress,
                 ShimState::Deleting => DeleteError::AlreadyDeleting,
-                ShimState::Running | ShimState::ShuttingDown => DeleteError::ShuttingDown,
+                ShimState::Created | ShimState::Running | ShimState::ShuttingDown => {
+                    DeleteError::ShuttingDown
+                }
             });
         }
         shared.sm.set_intentional_shutdown(true);
-        // A Running shim holds the session that created it.
+        // A Created or Running shim holds the session that created it.
         let Some(session) = self.session() else {
             return Err(DeleteError::NotCreated);
         };
@@ -557,7 +605,7 @@ impl Shim {
 
 /// How `create_in` failed.
 enum Failure {
-    /// Before the shim went `Running`: claim (for this reason) or join, then `Idle`.
+    /// Before the shim went `Created`: claim (for this reason) or join, then `Idle`.
     Creation(Reason, CreateError),
     /// After: the crash (or shutdown) that owns the teardown moves the shim on.
     Crashed,
