@@ -21,6 +21,7 @@
 //! | [`cleanup`] | `CleanupPhases`, declared with `#[cleanup_phases]`: the seven teardown phases |
 //! | [`shim`] | the facade: create, delete, shutdown, crash handling, bounded events; generic over the backend |
 //! | [`vm`] | the backend seam ([`vm::VmBackend`], [`vm::Vm`], [`vm::ExitInfo`]), the generic parts (agent client, vsock transport, KVM check, assets) and the QEMU backend ([`vm::qemu`]) |
+//! | [`rootfs`] | a container's rootfs made reachable by the guest: 9p export, EROFS image, virtiofs daemon |
 //! | [`check`] | what the host lacks for a real VM, as findings |
 //!
 //! # Public API
@@ -62,6 +63,8 @@
 #[cfg(not(loom))]
 pub mod check;
 pub mod cleanup;
+#[cfg(not(loom))]
+pub mod rootfs;
 #[cfg(not(loom))]
 pub mod shim;
 pub mod state;

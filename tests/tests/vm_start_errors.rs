@@ -73,6 +73,7 @@ async fn missing_disk_image_reports_qemu_stderr() {
         path: fx.tmp.path().join("missing,disk.img"),
         format: DiskFormat::Raw,
         read_only: true,
+        serial: None,
     });
     let err = start_err(&fx, &c).await;
     assert!(matches!(err, StartError::Exited { .. }), "{err:?}");

@@ -239,6 +239,7 @@ impl ShimConfig {
             kernel_args: self.kernel_args.clone(),
             state_root: self.state_root.clone(),
             ready_timeout: self.start_timeout,
+            shares: Vec::new(),
         }
     }
 }

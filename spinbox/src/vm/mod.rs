@@ -21,8 +21,9 @@
 //! [`Vm::stop`] with a typed [`StopOutcome`] or [`StopError`], and the on-disk
 //! [`Vm::leftovers`] it created. The agent protocol itself is generic: the facade talks to
 //! the agent with [`agent::AgentClient`] over whatever address the backend gives.
-//! Devices that come later (shared filesystems, disks, NICs, hotplug) are added as methods
-//! of [`Vm`].
+//! Shared filesystems and disks are attached when the VM starts, listed in
+//! [`VmSpec::shares`] (see [`Share`]); devices that come and go while it runs (NICs,
+//! hotplug) will be added as methods of [`Vm`].
 //!
 //! | file | what is inside |
 //! |---|---|
@@ -156,6 +157,143 @@ pub enum SpecError {
     /// The state root is not an absolute path.
     #[error("the state root {} must be an absolute path", .0.display())]
     RelativeStateRoot(PathBuf),
+    /// A share's tag or serial is empty, too long, or holds a character outside
+    /// `[A-Za-z0-9_.-]`.
+    #[error(
+        "invalid {what} {value:?}: 1 to {max} characters of `A-Z a-z 0-9 _ . -`",
+        max = MAX_SHARE_NAME
+    )]
+    ShareName {
+        /// `9p tag`, `virtiofs tag` or `disk serial`.
+        what: &'static str,
+        /// The rejected value.
+        value: String,
+    },
+    /// Two shares of the same kind of name (tags, or serials) use the same one.
+    #[error("two shares use the {what} {value:?}")]
+    DuplicateShare {
+        /// `tag` or `serial`.
+        what: &'static str,
+        /// The repeated value.
+        value: String,
+    },
+    /// A share's host path is not absolute.
+    #[error("the {what} {} must be an absolute path", path.display())]
+    RelativeSharePath {
+        /// Which path.
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+    },
+    /// A virtiofs socket path is longer than `sun_path` allows.
+    #[error(
+        "the virtiofs socket {} is longer than the {MAX_SOCKET_PATH}-byte unix socket limit",
+        .0.display()
+    )]
+    ShareSocket(PathBuf),
+    /// A share's host path holds a NUL byte.
+    #[error("the {what} {} contains a NUL byte", path.display())]
+    NulInSharePath {
+        /// Which path.
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+    },
+}
+
+/// Longest share tag or disk serial. The virtio-blk serial field is 20 bytes
+/// (`VIRTIO_BLK_ID_BYTES`); 9p tags may be longer, but one limit keeps names
+/// interchangeable between transports.
+pub const MAX_SHARE_NAME: usize = 20;
+
+/// A host directory or image made available to the guest, attached when the VM starts.
+///
+/// The guest finds it by its tag (9p, virtiofs: `mount -t 9p <tag>`) or its serial (a
+/// virtio-blk disk: `/sys/block/vd*/serial`). Tags and serials are 1 to
+/// [`MAX_SHARE_NAME`] characters of `[A-Za-z0-9_.-]`, unique among the VM's shares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Share {
+    /// A host directory exported by the VMM itself over virtio-9p (QEMU's built-in 9p
+    /// server): nothing to start, every guest file access is a round trip to QEMU.
+    NineP {
+        /// The mount tag the guest names.
+        tag: String,
+        /// The host directory (absolute).
+        path: PathBuf,
+        /// Export it read-only (writes fail with `EROFS` in the guest).
+        read_only: bool,
+    },
+    /// A virtiofs (vhost-user-fs) device whose daemon (e.g. `virtiofsd`), started by the
+    /// caller, listens on `socket`. Needs shared guest memory, which the backend sets up.
+    VhostUserFs {
+        /// The mount tag the guest names.
+        tag: String,
+        /// The daemon's vhost-user socket (absolute).
+        socket: PathBuf,
+    },
+    /// A raw image attached as a virtio-blk disk carrying `serial`.
+    Disk {
+        /// The disk's serial, which the guest reads to find it.
+        serial: String,
+        /// The raw image (absolute).
+        path: PathBuf,
+        /// Attach it read-only.
+        read_only: bool,
+    },
+}
+
+impl Share {
+    /// The name the guest finds the share by: its tag, or the disk's serial.
+    pub fn guest_name(&self) -> &str {
+        match self {
+            Share::NineP { tag, .. } | Share::VhostUserFs { tag, .. } => tag,
+            Share::Disk { serial, .. } => serial,
+        }
+    }
+
+    /// Checks the tag or serial and the host path.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let (what, path_what, path) = match self {
+            Share::NineP { path, .. } => ("9p tag", "9p directory", path),
+            Share::VhostUserFs { socket, .. } => ("virtiofs tag", "virtiofs socket", socket),
+            Share::Disk { path, .. } => ("disk serial", "disk image", path),
+        };
+        let name = self.guest_name();
+        if name.is_empty()
+            || name.len() > MAX_SHARE_NAME
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        {
+            return Err(SpecError::ShareName {
+                what,
+                value: name.to_owned(),
+            });
+        }
+        if path.as_os_str().as_bytes().contains(&0) {
+            return Err(SpecError::NulInSharePath {
+                what: path_what,
+                path: path.clone(),
+            });
+        }
+        if !path.is_absolute() {
+            return Err(SpecError::RelativeSharePath {
+                what: path_what,
+                path: path.clone(),
+            });
+        }
+        if let Share::VhostUserFs { socket, .. } = self {
+            if socket.as_os_str().len() > MAX_SOCKET_PATH {
+                return Err(SpecError::ShareSocket(socket.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the guest names it by a tag (a filesystem share) rather than a disk serial.
+    fn is_tagged(&self) -> bool {
+        !matches!(self, Share::Disk { .. })
+    }
 }
 
 /// What to boot, independent of the backend.
@@ -174,6 +312,8 @@ pub struct VmSpec {
     pub state_root: PathBuf,
     /// Bound on VM start → the agent's readiness notice.
     pub ready_timeout: Duration,
+    /// Directories and images attached to the VM at start (none by default).
+    pub shares: Vec<Share>,
 }
 
 impl VmSpec {
@@ -200,6 +340,17 @@ impl VmSpec {
         }
         if !self.state_root.is_absolute() {
             return Err(SpecError::RelativeStateRoot(self.state_root.clone()));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for share in &self.shares {
+            share.validate()?;
+            let what = if share.is_tagged() { "tag" } else { "serial" };
+            if !seen.insert((what, share.guest_name())) {
+                return Err(SpecError::DuplicateShare {
+                    what,
+                    value: share.guest_name().to_owned(),
+                });
+            }
         }
         Ok(())
     }
@@ -434,4 +585,125 @@ pub trait Vm: Send + Sync + fmt::Debug + 'static {
     /// group); a stop in progress then finds it exited and finishes. For an impatient
     /// operator's second Ctrl-C.
     async fn kill(&self);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(shares: Vec<Share>) -> VmSpec {
+        VmSpec {
+            id: VmId::new("s").unwrap(),
+            cpus: 1,
+            memory_mib: 256,
+            kernel_args: Vec::new(),
+            state_root: "/run/spinbox".into(),
+            ready_timeout: Duration::from_secs(1),
+            shares,
+        }
+    }
+
+    fn nine_p(tag: &str, path: &str) -> Share {
+        Share::NineP {
+            tag: tag.into(),
+            path: path.into(),
+            read_only: true,
+        }
+    }
+
+    fn disk(serial: &str, path: &str) -> Share {
+        Share::Disk {
+            serial: serial.into(),
+            path: path.into(),
+            read_only: true,
+        }
+    }
+
+    #[test]
+    fn shares_are_validated() {
+        assert_eq!(spec(Vec::new()).validate(), Ok(()));
+        let ok = vec![
+            nine_p("root.fs-1_A", "/srv/a"),
+            disk("root.fs-1_A", "/srv/a.erofs"),
+            Share::VhostUserFs {
+                tag: "vfs".into(),
+                socket: "/run/v.sock".into(),
+            },
+        ];
+        // A tag and a serial may be equal: the guest finds them in different places.
+        assert_eq!(spec(ok).validate(), Ok(()));
+        for bad in [
+            "",
+            "a b",
+            "a,b",
+            "a/b",
+            "é",
+            &"x".repeat(MAX_SHARE_NAME + 1),
+        ] {
+            let e = spec(vec![nine_p(bad, "/srv")]).validate().unwrap_err();
+            assert!(
+                matches!(&e, SpecError::ShareName { what: "9p tag", value } if value == bad),
+                "{bad:?}: {e:?}"
+            );
+            let e = spec(vec![disk(bad, "/i")]).validate().unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    SpecError::ShareName {
+                        what: "disk serial",
+                        ..
+                    }
+                ),
+                "{e:?}"
+            );
+        }
+        assert_eq!(
+            spec(vec![nine_p("a", "/x"), nine_p("a", "/y")]).validate(),
+            Err(SpecError::DuplicateShare {
+                what: "tag",
+                value: "a".into()
+            })
+        );
+        assert_eq!(
+            spec(vec![
+                nine_p("a", "/x"),
+                Share::VhostUserFs {
+                    tag: "a".into(),
+                    socket: "/s".into()
+                }
+            ])
+            .validate(),
+            Err(SpecError::DuplicateShare {
+                what: "tag",
+                value: "a".into()
+            })
+        );
+        assert_eq!(
+            spec(vec![disk("d", "/x"), disk("d", "/y")]).validate(),
+            Err(SpecError::DuplicateShare {
+                what: "serial",
+                value: "d".into()
+            })
+        );
+        assert!(matches!(
+            spec(vec![nine_p("a", "rel/dir")]).validate(),
+            Err(SpecError::RelativeSharePath {
+                what: "9p directory",
+                ..
+            })
+        ));
+        assert!(matches!(
+            spec(vec![disk("a", "/x\0y")]).validate(),
+            Err(SpecError::NulInSharePath { .. })
+        ));
+        let long = format!("/{}", "s".repeat(MAX_SOCKET_PATH));
+        assert!(matches!(
+            spec(vec![Share::VhostUserFs {
+                tag: "a".into(),
+                socket: long.into()
+            }])
+            .validate(),
+            Err(SpecError::ShareSocket(_))
+        ));
+    }
 }

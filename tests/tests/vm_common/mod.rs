@@ -144,6 +144,7 @@ pub fn guest_with(
         kernel_args: Vec::new(),
         state_root: fx.root(),
         ready_timeout: Duration::from_mins(1),
+        shares: Vec::new(),
     };
     (QemuBackend::new(config), spec)
 }

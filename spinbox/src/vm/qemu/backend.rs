@@ -35,7 +35,9 @@ use tokio::net::UnixListener;
 use tokio::sync::watch;
 
 use super::accel::{resolve_accelerator, AccelChoice, Accelerator};
-use super::config::{AgentChannel, Machine, OnReset, QemuConfig, SandboxMode};
+use super::config::{
+    AgentChannel, Disk, DiskFormat, FsShare, Machine, OnReset, QemuConfig, SandboxMode,
+};
 use super::instance::{QemuInstance, ShutdownError, StartOptions};
 use super::qmp::QmpEventKind;
 use super::vsock_daemon::VsockDaemon;
@@ -43,8 +45,8 @@ use crate::vm::assets::Assets;
 use crate::vm::state_dir::{prepare_root, StateDir, StateDirError};
 use crate::vm::vsock::AgentAddress;
 use crate::vm::{
-    BootError, ExitInfo, ExitWatch, HelperExit, StopError, StopOutcome, StopRequest, Vm, VmBackend,
-    VmId, VmSpec,
+    BootError, ExitInfo, ExitWatch, HelperExit, Share, StopError, StopOutcome, StopRequest, Vm,
+    VmBackend, VmId, VmSpec,
 };
 
 /// Longest readiness line accepted.
@@ -199,6 +201,7 @@ impl QemuBackend {
     /// Starts a VM and returns it as its concrete type (for QEMU-specific tests and tools).
     pub async fn start_qemu(&self, spec: &VmSpec) -> Result<Arc<QemuVm>, BootError> {
         spec.validate().map_err(BootError::Spec)?;
+        check_shares(&spec.shares)?;
         let assets = &self.config.assets;
         let kernel = match self.config.kernel {
             KernelImage::Vmlinux => &assets.vmlinux,
@@ -316,6 +319,7 @@ impl QemuBackend {
         config.agent = Some(AgentChannel::VhostUserVsock {
             backend_socket: daemon.vhost_socket().to_owned(),
         });
+        attach_shares(&mut config, &spec.shares);
         let options = StartOptions {
             state_root: spec.state_root.clone(),
             connect_timeout: c.connect_timeout,
@@ -351,6 +355,75 @@ impl QemuBackend {
             exit,
         }))
     }
+}
+
+/// Adds the spec's shares to `config`, each under a QEMU id derived from its position
+/// (tags and serials are the guest's names, not QEMU's).
+fn attach_shares(config: &mut QemuConfig, shares: &[Share]) {
+    for (i, share) in shares.iter().enumerate() {
+        match share {
+            Share::NineP {
+                tag,
+                path,
+                read_only,
+            } => config.fs_shares.push(FsShare::NineP {
+                id: format!("share{i}"),
+                tag: tag.clone(),
+                path: path.clone(),
+                read_only: *read_only,
+            }),
+            Share::VhostUserFs { tag, socket } => config.fs_shares.push(FsShare::VhostUserFs {
+                id: format!("share{i}"),
+                tag: tag.clone(),
+                socket: socket.clone(),
+            }),
+            Share::Disk {
+                serial,
+                path,
+                read_only,
+            } => config.disks.push(Disk {
+                id: format!("share{i}"),
+                path: path.clone(),
+                format: DiskFormat::Raw,
+                read_only: *read_only,
+                serial: Some(serial.clone()),
+            }),
+        }
+    }
+}
+
+/// Checks that every share's host side exists and has the right kind, so a missing
+/// directory, image or daemon socket is a clear error before anything is started.
+fn check_shares(shares: &[Share]) -> Result<(), BootError> {
+    use std::os::unix::fs::FileTypeExt;
+    for share in shares {
+        let (path, ok, want): (&Path, fn(&std::fs::FileType) -> bool, &str) = match share {
+            Share::NineP { path, .. } => (path, std::fs::FileType::is_dir, "a directory"),
+            Share::Disk { path, .. } => (path, std::fs::FileType::is_file, "a regular file"),
+            Share::VhostUserFs { socket, .. } => {
+                (socket, std::fs::FileType::is_socket, "a unix socket")
+            }
+        };
+        match std::fs::metadata(path) {
+            Ok(m) if ok(&m.file_type()) => {}
+            Ok(_) => {
+                return Err(BootError::Prepare {
+                    path: path.to_owned(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        format!("the share of {:?} must be {want}", share.guest_name()),
+                    ),
+                })
+            }
+            Err(source) => {
+                return Err(BootError::Prepare {
+                    path: path.to_owned(),
+                    source,
+                })
+            }
+        }
+    }
+    Ok(())
 }
 
 fn start_error(what: &'static str, e: QemuStartError) -> BootError {

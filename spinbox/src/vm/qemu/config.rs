@@ -10,7 +10,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use super::accel::{AccelChoice, Accelerator};
-use crate::vm::{check_socket, range, VmId};
+use crate::vm::{check_socket, range, VmId, MAX_SHARE_NAME};
 
 /// Errors in a [`QemuConfig`] or in the paths it is combined with.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -43,6 +43,15 @@ pub enum ConfigError {
     /// The vCPU count or memory size is out of range.
     #[error(transparent)]
     Range(#[from] crate::vm::SpecError),
+    /// A mount tag or disk serial is not 1 to [`MAX_SHARE_NAME`] characters of
+    /// `[A-Za-z0-9_.-]`.
+    #[error("invalid {what} {value:?}: 1 to {MAX_SHARE_NAME} characters of `A-Z a-z 0-9 _ . -`")]
+    InvalidGuestName {
+        /// What the name is for.
+        what: &'static str,
+        /// The rejected value.
+        value: String,
+    },
     /// An initrd or kernel command line was given without a kernel.
     #[error("{what} given without a kernel")]
     NeedsKernel {
@@ -105,6 +114,44 @@ pub struct Disk {
     pub format: DiskFormat,
     /// Attach read-only.
     pub read_only: bool,
+    /// The serial the guest sees (`/sys/block/vd*/serial`): 1 to [`MAX_SHARE_NAME`]
+    /// characters of `[A-Za-z0-9_.-]`.
+    pub serial: Option<String>,
+}
+
+/// A host filesystem shared with the guest, found there by its mount tag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FsShare {
+    /// QEMU's own 9p server exports `path` (`-fsdev local` + `virtio-9p`).
+    ///
+    /// The export uses `security_model=none`: the guest sees the host files' real owners
+    /// and modes, QEMU reads them with its own credentials, and no extended attribute is
+    /// read or written per access (`mapped-xattr` would store the guest's owners and
+    /// modes in `user.virtfs.*` attributes: a `getxattr` on every lookup, meaningful only
+    /// for a tree written through it, and unusable on a read-only export of an existing
+    /// rootfs). Writes are refused when `read_only`. `multidevs=remap` gives every file a
+    /// unique inode number in the guest even when the directory spans several host
+    /// filesystems (bind mounts), instead of QEMU's default of warning about collisions.
+    NineP {
+        /// QEMU object id: `[A-Za-z][A-Za-z0-9_-]*`.
+        id: String,
+        /// The mount tag (1 to [`MAX_SHARE_NAME`] characters of `[A-Za-z0-9_.-]`).
+        tag: String,
+        /// The exported directory (commas are escaped).
+        path: PathBuf,
+        /// Export read-only.
+        read_only: bool,
+    },
+    /// A `vhost-user-fs` device served by a daemon (e.g. `virtiofsd`) listening on
+    /// `socket`; guest memory is made shareable (`memory-backend-memfd,share=on`).
+    VhostUserFs {
+        /// QEMU chardev id: `[A-Za-z][A-Za-z0-9_-]*`.
+        id: String,
+        /// The mount tag (1 to [`MAX_SHARE_NAME`] characters of `[A-Za-z0-9_.-]`).
+        tag: String,
+        /// The daemon's socket (relative paths resolve in the state directory).
+        socket: PathBuf,
+    },
 }
 
 /// How the host reaches the agent inside the guest.
@@ -167,6 +214,8 @@ pub struct QemuConfig {
     pub cmdline: Option<String>,
     /// Disks.
     pub disks: Vec<Disk>,
+    /// Shared filesystems.
+    pub fs_shares: Vec<FsShare>,
     /// Agent channel.
     pub agent: Option<AgentChannel>,
     /// Seccomp sandbox.
@@ -194,6 +243,7 @@ impl QemuConfig {
             initrd: None,
             cmdline: None,
             disks: Vec::new(),
+            fs_shares: Vec::new(),
             agent: None,
             sandbox: SandboxMode::Auto,
             on_reset: OnReset::Exit,
@@ -249,6 +299,23 @@ impl QemuConfig {
         for d in &self.disks {
             qemu_name("disk id", &d.id)?;
             no_nul("disk path", d.path.as_os_str())?;
+            if let Some(serial) = &d.serial {
+                guest_name("disk serial", serial)?;
+            }
+        }
+        for f in &self.fs_shares {
+            match f {
+                FsShare::NineP { id, tag, path, .. } => {
+                    qemu_name("9p share id", id)?;
+                    guest_name("9p mount tag", tag)?;
+                    no_nul("9p directory", path.as_os_str())?;
+                }
+                FsShare::VhostUserFs { id, tag, socket } => {
+                    qemu_name("virtiofs share id", id)?;
+                    guest_name("virtiofs mount tag", tag)?;
+                    no_nul("virtiofs socket", socket.as_os_str())?;
+                }
+            }
         }
         match &self.agent {
             Some(AgentChannel::VhostUserVsock { backend_socket }) => {
@@ -282,8 +349,8 @@ impl QemuConfig {
         a.opt("-name", KeyVal::new().kv("guest", self.id.as_str()).build());
 
         let mut machine = KeyVal::new().kv("type", self.machine.name());
-        let vsock_memory = matches!(self.agent, Some(AgentChannel::VhostUserVsock { .. }));
-        if vsock_memory {
+        let shared_memory = self.needs_shared_memory();
+        if shared_memory {
             machine = machine.kv("memory-backend", "mem");
         }
         a.opt("-machine", machine.build());
@@ -306,7 +373,7 @@ impl QemuConfig {
                     .build(),
             );
         }
-        if vsock_memory {
+        if shared_memory {
             a.opt(
                 "-object",
                 KeyVal::with_head("memory-backend-memfd")
@@ -361,8 +428,71 @@ impl QemuConfig {
         );
 
         self.push_disks(&mut a);
+        self.push_fs_shares(&mut a, paths)?;
         self.push_agent(&mut a, paths)?;
         Ok(a.0)
+    }
+
+    /// Whether a vhost-user device is attached: its daemon maps guest memory, which must
+    /// then be a shareable memfd.
+    pub fn needs_shared_memory(&self) -> bool {
+        matches!(self.agent, Some(AgentChannel::VhostUserVsock { .. }))
+            || self
+                .fs_shares
+                .iter()
+                .any(|f| matches!(f, FsShare::VhostUserFs { .. }))
+    }
+
+    fn push_fs_shares(&self, a: &mut Argv, paths: &RuntimePaths) -> Result<(), ConfigError> {
+        let suffix = self.machine.virtio_suffix();
+        for f in &self.fs_shares {
+            match f {
+                FsShare::NineP {
+                    id,
+                    tag,
+                    path,
+                    read_only,
+                } => {
+                    let mut fsdev = KeyVal::with_head("local")
+                        .kv("id", id)
+                        .kv_os("path", path.as_os_str())
+                        .kv("security_model", "none")
+                        .kv("multidevs", "remap");
+                    if *read_only {
+                        fsdev = fsdev.kv("readonly", "on");
+                    }
+                    a.opt("-fsdev", fsdev.build());
+                    a.opt(
+                        "-device",
+                        KeyVal::new()
+                            .kv("driver", &format!("virtio-9p-{suffix}"))
+                            .kv("fsdev", id)
+                            .kv("mount_tag", tag)
+                            .build(),
+                    );
+                }
+                FsShare::VhostUserFs { id, tag, socket } => {
+                    let p = paths.resolve(socket);
+                    check_socket(&p)?;
+                    a.opt(
+                        "-chardev",
+                        KeyVal::with_head("socket")
+                            .kv("id", id)
+                            .kv_os("path", p.as_os_str())
+                            .build(),
+                    );
+                    a.opt(
+                        "-device",
+                        KeyVal::new()
+                            .kv("driver", &format!("vhost-user-fs-{suffix}"))
+                            .kv("chardev", id)
+                            .kv("tag", tag)
+                            .build(),
+                    );
+                }
+            }
+        }
+        Ok(())
     }
 
     fn push_disks(&self, a: &mut Argv) {
@@ -392,13 +522,13 @@ impl QemuConfig {
                     .kv("read-only", ro)
                     .build(),
             );
-            a.opt(
-                "-device",
-                KeyVal::new()
-                    .kv("driver", &format!("virtio-blk-{suffix}"))
-                    .kv("drive", &d.id)
-                    .build(),
-            );
+            let mut device = KeyVal::new()
+                .kv("driver", &format!("virtio-blk-{suffix}"))
+                .kv("drive", &d.id);
+            if let Some(serial) = &d.serial {
+                device = device.kv("serial", serial);
+            }
+            a.opt("-device", device.build());
         }
     }
 
@@ -464,6 +594,23 @@ fn no_nul(what: &'static str, v: &OsStr) -> Result<(), ConfigError> {
         Err(ConfigError::NulByte { what })
     } else {
         Ok(())
+    }
+}
+
+/// A name the guest sees (a mount tag, a disk serial).
+fn guest_name(what: &'static str, v: &str) -> Result<(), ConfigError> {
+    let ok = !v.is_empty()
+        && v.len() <= MAX_SHARE_NAME
+        && v
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::InvalidGuestName {
+            what,
+            value: v.to_owned(),
+        })
     }
 }
 
@@ -601,6 +748,7 @@ mod tests {
             path: path.to_owned(),
             format: DiskFormat::Raw,
             read_only: true,
+            serial: None,
         });
         c.agent = Some(AgentChannel::VhostUserVsock {
             backend_socket: "vhost.sock".into(),
@@ -688,6 +836,7 @@ mod tests {
             path: "/d".into(),
             format: DiskFormat::Qcow2,
             read_only: false,
+            serial: None,
         });
         assert!(matches!(c.validate(), Err(ConfigError::InvalidName { .. })));
         c.disks.clear();
@@ -717,6 +866,142 @@ mod tests {
         assert!(check_socket(&PathBuf::from(format!("/{}", "s".repeat(107)))).is_err());
     }
 
+    #[test]
+    fn shares_become_fsdev_blockdev_and_vhost_user_fs_with_shared_memory() {
+        let mut c = QemuConfig::new(VmId::new("a").unwrap());
+        c.disks.push(Disk {
+            id: "share1".into(),
+            path: "/w/r.erofs".into(),
+            format: DiskFormat::Raw,
+            read_only: true,
+            serial: Some("ctr-1".into()),
+        });
+        c.fs_shares.push(FsShare::NineP {
+            id: "share0".into(),
+            tag: "root.fs".into(),
+            path: "/srv/a,b".into(),
+            read_only: true,
+        });
+        let argv = c.to_argv(&paths(), host()).unwrap();
+        let s: Vec<String> = argv
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let pair = |o: &str, v: &str| s.windows(2).any(|w| w[0] == o && w[1] == v);
+        assert!(
+            pair(
+                "-fsdev",
+                "local,id=share0,path=/srv/a,,b,security_model=none,multidevs=remap,readonly=on"
+            ),
+            "{s:?}"
+        );
+        assert!(pair(
+            "-device",
+            "driver=virtio-9p-pci,fsdev=share0,mount_tag=root.fs"
+        ));
+        assert!(pair(
+            "-device",
+            "driver=virtio-blk-pci,drive=share1,serial=ctr-1"
+        ));
+        // No vhost-user device: guest memory stays private.
+        assert!(!c.needs_shared_memory());
+        assert!(!s.iter().any(|a| a.starts_with("memory-backend-memfd")));
+
+        c.fs_shares.push(FsShare::VhostUserFs {
+            id: "share2".into(),
+            tag: "vfs".into(),
+            socket: "/w/v.sock".into(),
+        });
+        assert!(c.needs_shared_memory());
+        let argv = c.to_argv(&paths(), host()).unwrap();
+        let s: Vec<String> = argv
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let pair = |o: &str, v: &str| s.windows(2).any(|w| w[0] == o && w[1] == v);
+        assert!(pair("-chardev", "socket,id=share2,path=/w/v.sock"), "{s:?}");
+        assert!(pair(
+            "-device",
+            "driver=vhost-user-fs-pci,chardev=share2,tag=vfs"
+        ));
+        assert!(pair("-machine", "type=q35,memory-backend=mem"));
+        assert!(pair(
+            "-object",
+            "memory-backend-memfd,id=mem,size=256M,share=on"
+        ));
+        // A writable 9p export has no `readonly` key.
+        c.fs_shares[0] = FsShare::NineP {
+            id: "share0".into(),
+            tag: "t".into(),
+            path: "/srv".into(),
+            read_only: false,
+        };
+        let argv = c.to_argv(&paths(), host()).unwrap();
+        assert!(argv
+            .iter()
+            .any(|a| a == "local,id=share0,path=/srv,security_model=none,multidevs=remap"));
+    }
+
+    #[test]
+    fn bad_tags_serials_and_share_ids_are_refused() {
+        let base = QemuConfig::new(VmId::new("a").unwrap());
+        let nine_p = |id: &str, tag: &str| FsShare::NineP {
+            id: id.into(),
+            tag: tag.into(),
+            path: "/srv".into(),
+            read_only: true,
+        };
+        for (share, what) in [
+            (nine_p("share0", "a,b"), "9p mount tag"),
+            (nine_p("share0", ""), "9p mount tag"),
+            (nine_p("share0", &"t".repeat(21)), "9p mount tag"),
+            (nine_p("share0", "a b"), "9p mount tag"),
+            (nine_p("0share", "t"), "9p share id"),
+            (
+                FsShare::VhostUserFs {
+                    id: "v".into(),
+                    tag: "x=y".into(),
+                    socket: "/s".into(),
+                },
+                "virtiofs mount tag",
+            ),
+        ] {
+            let mut c = base.clone();
+            c.fs_shares.push(share);
+            let e = c.validate().unwrap_err();
+            let got = match &e {
+                ConfigError::InvalidGuestName { what, .. } | ConfigError::InvalidName { what, .. } => *what,
+                other => panic!("unexpected {other:?}"),
+            };
+            assert_eq!(got, what, "{e}");
+        }
+        let mut c = base.clone();
+        c.disks.push(Disk {
+            id: "d".into(),
+            path: "/d".into(),
+            format: DiskFormat::Raw,
+            read_only: true,
+            serial: Some("s,drive=x".into()),
+        });
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::InvalidGuestName { what: "disk serial", .. })
+        ));
+        let mut c = base;
+        c.fs_shares.push(FsShare::NineP {
+            id: "s".into(),
+            tag: "t".into(),
+            path: PathBuf::from(OsString::from_vec(b"/a\0b".to_vec())),
+            read_only: true,
+        });
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::NulByte {
+                what: "9p directory"
+            })
+        );
+    }
+
     /// Option names whose values are option lists, with the keys each may carry.
     fn expected_keys(opt: &str, value: &[u8]) -> Option<&'static [&'static str]> {
         Some(match opt {
@@ -727,7 +1012,10 @@ mod tests {
             "-m" => &["size"],
             "-mon" => &["chardev", "mode"],
             "-blockdev" => &["driver", "node-name", "filename", "file", "read-only"],
-            "-device" => &["driver", "drive", "chardev", "id", "name"],
+            "-device" => &[
+                "driver", "drive", "chardev", "id", "name", "serial", "fsdev", "mount_tag", "tag",
+            ],
+            "-fsdev" => &["", "id", "path", "security_model", "multidevs", "readonly"],
             "-chardev" if value.starts_with(b"file,") => &["", "id", "path"],
             "-chardev" => &["", "id", "path", "server", "wait"],
             "-object" => &["", "id", "size", "share"],
@@ -779,9 +1067,9 @@ mod tests {
     }
 
     /// The refusal `to_argv` must give for these inputs, by the documented rules (checked in
-    /// this order: kernel path, command line, vhost-user socket), or `None` if it must
-    /// build an argv.
-    fn expected_refusal(path: &Path, text: &str, socket: &Path) -> Option<ConfigError> {
+    /// this order: kernel path, command line, 9p mount tag, vhost-user socket), or `None` if
+    /// it must build an argv.
+    fn expected_refusal(path: &Path, text: &str, tag: &str, socket: &Path) -> Option<ConfigError> {
         if path.as_os_str().as_bytes().contains(&0) {
             return Some(ConfigError::NulByte { what: "kernel path" });
         }
@@ -790,27 +1078,43 @@ mod tests {
                 what: "kernel command line",
             });
         }
+        let tag_ok = !tag.is_empty()
+            && tag.len() <= MAX_SHARE_NAME
+            && tag.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        if !tag_ok {
+            return Some(ConfigError::InvalidGuestName {
+                what: "9p mount tag",
+                value: tag.to_owned(),
+            });
+        }
         check_socket(socket).err().map(ConfigError::Socket)
     }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
 
-        /// Whatever a caller puts in paths and command lines, the argv is either refused
-        /// with exactly the error the rules name, or every option list in it carries only
-        /// the keys this module writes and each escaped value reads back exactly as given.
-        /// Every case reaches an assertion.
+        /// Whatever a caller puts in paths, command lines and mount tags, the argv is either
+        /// refused with exactly the error the rules name, or every option list in it carries
+        /// only the keys this module writes and each escaped value reads back exactly as
+        /// given. Every case reaches an assertion.
         #[test]
         fn no_input_introduces_an_option_key(
             path in hostile_bytes(140),
             text in hostile_text("abcdefghijklmnopqrstuvwxyz0123456789=. ", 80),
+            tag in hostile_text("abcdefghijklmnopqrstuvwxyz0123456789._-", 24),
         ) {
             let path = PathBuf::from(OsString::from_vec(path));
             let mut c = config_with(&path, text.clone(), "vm1");
             c.agent = Some(AgentChannel::VhostUserVsock { backend_socket: path.clone() });
+            c.fs_shares.push(FsShare::NineP {
+                id: "share0".into(),
+                tag: tag.clone(),
+                path: path.clone(),
+                read_only: true,
+            });
             let socket = paths().resolve(&path);
             let result = c.to_argv(&paths(), host());
-            match (expected_refusal(&path, &text, &socket), result) {
+            match (expected_refusal(&path, &text, &tag, &socket), result) {
                 (Some(expected), Err(got)) => {
                     prop_assert_eq!(got.to_string(), expected.to_string());
                 }
@@ -820,6 +1124,7 @@ mod tests {
                 (None, Err(got)) => prop_assert!(false, "refused a valid input: {got:?}"),
                 (None, Ok(argv)) => {
                     let mut checked_filename = false;
+                    let mut checked_share = (false, false);
                     let mut i = 0;
                     while i < argv.len() {
                         let opt = argv[i].to_string_lossy().into_owned();
@@ -840,6 +1145,14 @@ mod tests {
                                     prop_assert_eq!(&val[..], path.as_os_str().as_bytes());
                                     checked_filename = true;
                                 }
+                                if opt == "-fsdev" && k == "path" {
+                                    prop_assert_eq!(&val[..], path.as_os_str().as_bytes());
+                                    checked_share.0 = true;
+                                }
+                                if k == "mount_tag" {
+                                    prop_assert_eq!(&val[..], tag.as_bytes());
+                                    checked_share.1 = true;
+                                }
                                 if opt == "-chardev" && k == "path" && v.starts_with(b"socket,id=agent") {
                                     prop_assert_eq!(&val[..], socket.as_os_str().as_bytes());
                                 }
@@ -848,6 +1161,7 @@ mod tests {
                         i += 2;
                     }
                     prop_assert!(checked_filename, "the disk's filename was not found in {argv:?}");
+                    prop_assert_eq!(checked_share, (true, true), "the 9p share was not found in {:?}", argv);
                 }
             }
         }
