@@ -16,18 +16,13 @@
 //! As PID 1 it must never exit: any fatal error or panic is logged to the console, the
 //! filesystems are synced, and the machine is powered off.
 
-// The guest's container runtime; the Task service that drives it comes next (issue 13).
-#[allow(
-    dead_code,
-    unused_imports,
-    reason = "a library until the Task service uses it"
-)]
 mod container;
 mod init;
 mod listener;
 mod power_button;
 mod ready;
 mod service;
+mod task;
 #[cfg(feature = "test-knobs")]
 mod test_knobs;
 mod timeline;
@@ -35,8 +30,8 @@ mod timeline;
 use std::sync::Arc;
 use std::time::Duration;
 
-use spinbox_protocol::agent_ttrpc::create_system;
-use spinbox_protocol::AGENT_PORT;
+use spinbox_protocol::agent_ttrpc::{create_system, create_task};
+use spinbox_protocol::{AGENT_PORT, STDIO_PORT};
 use tokio::sync::mpsc;
 
 /// The agent's version, reported by `Info` and in the readiness line.
@@ -58,6 +53,12 @@ enum AgentError {
     /// The vsock listener could not be bound.
     #[error("cannot listen on vsock port {AGENT_PORT}")]
     Listen(#[source] std::io::Error),
+    /// The stdio vsock listener could not be bound.
+    #[error("cannot listen on vsock port {STDIO_PORT}")]
+    ListenStdio(#[source] std::io::Error),
+    /// The child reaper could not be started.
+    #[error("cannot start the child reaper")]
+    Reaper(#[source] std::io::Error),
     /// The ttrpc server did not start.
     #[error("cannot start the ttrpc server")]
     Serve(#[source] ttrpc::Error),
@@ -104,10 +105,10 @@ fn run(pid1: bool) -> Result<PowerOff, AgentError> {
         .enable_all()
         .build()
         .map_err(AgentError::Runtime)?;
-    rt.block_on(serve())
+    rt.block_on(serve(pid1))
 }
 
-async fn serve() -> Result<PowerOff, AgentError> {
+async fn serve(pid1: bool) -> Result<PowerOff, AgentError> {
     let (power_tx, mut power_rx) = mpsc::channel::<PowerOff>(4);
     // Before readiness: a press that arrives after the host sees "ready" must not be lost.
     power_button::watch(power_tx.clone());
@@ -124,11 +125,19 @@ async fn serve() -> Result<PowerOff, AgentError> {
     #[cfg(not(feature = "test-knobs"))]
     let stubborn = false;
 
+    // As PID 1 the agent inherits every orphan of the guest: reap from the start.
+    container::Reaper::global().map_err(AgentError::Reaper)?;
+    let tasks = task::Tasks::new(task::Config {
+        run_root: task::RUN_ROOT.into(),
+        modules: pid1.then(|| init::MODULE_DIR.into()),
+    });
+    task::listen_stdio(tasks.clone(), STDIO_PORT).map_err(AgentError::ListenStdio)?;
     let (listener, connections) = listener::bind(AGENT_PORT).map_err(AgentError::Listen)?;
     let service = service::SystemService::new(power_tx);
     let mut server = ttrpc::asynchronous::Server::new()
         .add_listener(listener)
-        .register_service(create_system(Arc::new(service)));
+        .register_service(create_system(Arc::new(service)))
+        .register_service(create_task(Arc::new(task::TaskService(tasks))));
     server.start().await.map_err(AgentError::Serve)?;
     timeline::mark(timeline::Step::Serving);
     tracing::info!(port = AGENT_PORT, "serving ttrpc on vsock");

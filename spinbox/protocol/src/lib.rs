@@ -75,7 +75,11 @@ pub fn parse_stdio_header(line: &str) -> Option<(String, String, StdioStream)> {
         return None;
     }
     let exec = if exec == "-" { "" } else { exec };
-    Some((container.to_owned(), exec.to_owned(), StdioStream::from_name(stream)?))
+    Some((
+        container.to_owned(),
+        exec.to_owned(),
+        StdioStream::from_name(stream)?,
+    ))
 }
 
 /// The host's vsock CID (`VMADDR_CID_HOST`).
