@@ -31,7 +31,17 @@ const WANTED: &[(&str, bool)] = &[
 const ON_DEMAND: &[(&str, &[(&str, bool)])] = &[
     ("overlay", &[("overlay", false)]),
     ("9p", &[("9pnet_virtio", false), ("9p", false)]),
-    ("erofs", &[("virtio_blk", false), ("erofs", false)]),
+    // erofs needs libcrc32c, whose init asks the crypto API for "crc32c" (a `softdep`,
+    // which modinfo's `depends=` does not carry): without the generic implementation
+    // loaded first, libcrc32c fails with ENOENT (there is no modprobe in the guest).
+    (
+        "erofs",
+        &[
+            ("virtio_blk", false),
+            ("crc32c_generic", true),
+            ("erofs", false),
+        ],
+    ),
     ("virtiofs", &[("virtiofs", false)]),
 ];
 
