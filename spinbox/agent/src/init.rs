@@ -201,3 +201,31 @@ pub fn fatal(pid1: bool, message: &str) -> ! {
     }
     std::process::exit(1);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_load_from_the_on_demand_list() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // No list: nothing to load (everything built in).
+        load_group(dir.path(), "erofs").expect("no list");
+        std::fs::write(
+            dir.path().join(ON_DEMAND_LIST),
+            "overlay:\n9p: missing.ko\n",
+        )
+        .expect("write the list");
+        // A group without modules, and a group the list does not name, load nothing.
+        load_group(dir.path(), "overlay").expect("empty group");
+        load_group(dir.path(), "virtiofs").expect("unnamed group");
+        // A failure is reported, and not remembered as loaded.
+        for _ in 0..2 {
+            let err = load_group(dir.path(), "9p").expect_err("missing module");
+            assert!(
+                matches!(&err, InitError::OpenModule { path, .. } if path.ends_with("missing.ko")),
+                "{err:?}"
+            );
+        }
+    }
+}

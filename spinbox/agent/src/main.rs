@@ -6,9 +6,14 @@
 //!    button and evdev);
 //! 3. opens the ACPI power button's input device (so a QMP `system_powerdown` that comes
 //!    any time after readiness is seen) — see [`power_button`];
-//! 4. serves the ttrpc `System` service on vsock port 1024 — see [`service`], [`listener`];
-//! 5. announces readiness by connecting to the host (CID 2, port 1025) — see [`ready`];
-//! 6. powers off on `Shutdown` (once the reply is delivered) or on the power button.
+//! 4. starts the child reaper (as PID 1 it inherits every orphan) — see
+//!    [`container::reaper`];
+//! 5. takes stdio streams on vsock port 1026 and serves the ttrpc `System` and `Task`
+//!    services on vsock port 1024 — see [`service`], [`task`], [`listener`]; the kernel
+//!    modules a container's filesystems need are loaded on demand, by group, from
+//!    `/lib/modules/on-demand` (see [`init::load_group`]);
+//! 6. announces readiness by connecting to the host (CID 2, port 1025) — see [`ready`];
+//! 7. powers off on `Shutdown` (once the reply is delivered) or on the power button.
 //!
 //! Built with the `test-knobs` feature (the test initramfs only), it also obeys the kernel
 //! arguments `spinbox.agent=mute` and `spinbox.agent=stubborn`, for the host's fault tests.
