@@ -2,19 +2,25 @@
 //! rootfs transport's kernel module group loads on demand in the guest (the mount that
 //! follows fails only because no such device exists), and a container over an overlay
 //! (its module loaded on demand too) is created, fails to start a missing program, and is
-//! deleted; then the guest stops gracefully.
+//! deleted, its stdout and stderr attached over the real vsock stdio port (hybrid vsock)
+//! and closed empty before `Wait` answers; then the guest stops gracefully.
 
 mod vm_common;
 
+use std::path::Path;
 use std::time::Duration;
 
 use spinbox::vm::agent::{dial_with_retry, shutdown_hook, RetryPolicy};
 use spinbox::vm::stop::{EscalationPolicy, ShutdownStep};
 use spinbox::vm::{StopRequest, Vm};
 use spinbox_protocol::agent::{
-    CreateContainerRequest, DeleteRequest, Mount, Process, StartRequest, StateRequest,
+    CreateContainerRequest, DeleteRequest, Mount, Process, StartRequest, StateRequest, Stdio,
+    WaitRequest,
 };
 use spinbox_protocol::agent_ttrpc::TaskClient;
+use spinbox_protocol::{stdio_header, StdioStream, STDIO_PORT};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
 use ttrpc::Code;
 use vm_common::{assert_root_clean, assert_vm_gone, guest, Fixture};
 
@@ -55,6 +61,35 @@ fn failure<T: std::fmt::Debug>(r: ttrpc::Result<T>) -> (Code, String) {
         Err(ttrpc::Error::RpcStatus(s)) => (s.code.enum_value_or_default(), s.message),
         other => panic!("expected an error status, got {other:?}"),
     }
+}
+
+/// Reads one line, byte by byte (nothing after it is consumed).
+async fn read_line(s: &mut UnixStream) -> String {
+    let mut line = Vec::new();
+    loop {
+        let b = s.read_u8().await.expect("read a line");
+        line.push(b);
+        if b == b'\n' {
+            return String::from_utf8(line).expect("utf-8 line");
+        }
+    }
+}
+
+/// A stdio stream through the hybrid vsock socket: the agent's reply line and the stream.
+async fn stdio_stream(uds: &Path, header: &str) -> (String, UnixStream) {
+    let mut s = UnixStream::connect(uds)
+        .await
+        .expect("connect the vsock socket");
+    s.write_all(format!("CONNECT {STDIO_PORT}\n").as_bytes())
+        .await
+        .expect("write CONNECT");
+    let ok = within("CONNECT", read_line(&mut s)).await;
+    assert!(ok.starts_with("OK "), "{ok:?}");
+    s.write_all(header.as_bytes())
+        .await
+        .expect("write the header");
+    let reply = within("the header reply", read_line(&mut s)).await;
+    (reply, s)
 }
 
 async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
@@ -114,7 +149,21 @@ async fn module_groups_load_on_demand_and_a_container_lives_and_dies() {
 
     // An overlay over the initramfs root (bound): created (overlay loaded on demand), the
     // start fails on the missing program, the delete removes it.
-    let req = create_request("ovl", mount("bind", "/"), false, "/no/such/program");
+    let (reply, mut refused) = stdio_stream(vm.vsock_uds(), "nope - stdout\n").await;
+    assert_eq!(reply, "error no container \"nope\"\n");
+    let mut rest = Vec::new();
+    within("close", refused.read_to_end(&mut rest))
+        .await
+        .expect("closed after the error");
+    assert!(rest.is_empty());
+
+    let mut req = create_request("ovl", mount("bind", "/"), false, "/no/such/program");
+    req.stdio = Some(Stdio {
+        stdout: true,
+        stderr: true,
+        ..Default::default()
+    })
+    .into();
     let created = within("create", task.create_container(ctx(), &req))
         .await
         .expect("create over an overlay");
@@ -127,6 +176,12 @@ async fn module_groups_load_on_demand_and_a_container_lives_and_dies() {
         .await
         .expect("state");
     assert_eq!((s.status.as_str(), s.pid), ("created", created.pid));
+    let mut outputs = Vec::new();
+    for stream in [StdioStream::Stdout, StdioStream::Stderr] {
+        let (reply, s) = stdio_stream(vm.vsock_uds(), &stdio_header("ovl", "", stream)).await;
+        assert_eq!(reply, "ok\n", "{stream:?}");
+        outputs.push(s);
+    }
     let start = StartRequest {
         container_id: "ovl".into(),
         ..Default::default()
@@ -134,6 +189,23 @@ async fn module_groups_load_on_demand_and_a_container_lives_and_dies() {
     let (code, message) = failure(within("start", task.start(ctx(), &start)).await);
     eprintln!("start: {message}");
     assert_eq!(code, Code::INTERNAL, "{message}");
+    // The process died in setup: both outputs end empty, and Wait answers.
+    for mut s in outputs {
+        let mut out = Vec::new();
+        within("output", s.read_to_end(&mut out))
+            .await
+            .expect("read output");
+        assert!(out.is_empty(), "{out:?}");
+    }
+    let wait = WaitRequest {
+        container_id: "ovl".into(),
+        ..Default::default()
+    };
+    let status = within("wait", task.wait(ctx(), &wait))
+        .await
+        .expect("wait")
+        .status;
+    eprintln!("wait: {status:?}");
     let delete = DeleteRequest {
         container_id: "ovl".into(),
         ..Default::default()
