@@ -113,7 +113,26 @@ async fn module_groups_load_on_demand_and_a_container_lives_and_dies() {
         .await
         .expect("connect");
     let task = TaskClient::new(raw);
+    module_groups_load(&task).await;
+    overlay_container_with_stdio(&task, vm.vsock_uds()).await;
+    drop(task);
 
+    let request = StopRequest {
+        policy: EscalationPolicy::default(),
+        graceful: Some(shutdown_hook(address.clone(), RPC, Some(system))),
+    };
+    let r = tokio::time::timeout(GUARD, vm.stop(request))
+        .await
+        .expect("stop hung")
+        .expect("stop");
+    assert!(r.graceful_error.is_none(), "{:?}", r.graceful_error);
+    assert_eq!(r.ended_by, ShutdownStep::Graceful);
+    assert_vm_gone(pid, &state_dir);
+    assert_root_clean(&fx);
+}
+
+/// Each rootfs transport's module group loads in the guest.
+async fn module_groups_load(task: &TaskClient) {
     // Each group loads (a failed module load would say "kernel modules"); the mount then
     // fails for want of a device.
     for (id, m, expected) in [
@@ -146,10 +165,13 @@ async fn module_groups_load_on_demand_and_a_container_lives_and_dies() {
             Code::NOT_FOUND
         );
     }
+}
 
+/// A container over an overlay of the initramfs root, its outputs over real vsock.
+async fn overlay_container_with_stdio(task: &TaskClient, uds: &Path) {
     // An overlay over the initramfs root (bound): created (overlay loaded on demand), the
     // start fails on the missing program, the delete removes it.
-    let (reply, mut refused) = stdio_stream(vm.vsock_uds(), "nope - stdout\n").await;
+    let (reply, mut refused) = stdio_stream(uds, "nope - stdout\n").await;
     assert_eq!(reply, "error no container \"nope\"\n");
     let mut rest = Vec::new();
     within("close", refused.read_to_end(&mut rest))
@@ -178,7 +200,7 @@ async fn module_groups_load_on_demand_and_a_container_lives_and_dies() {
     assert_eq!((s.status.as_str(), s.pid), ("created", created.pid));
     let mut outputs = Vec::new();
     for stream in [StdioStream::Stdout, StdioStream::Stderr] {
-        let (reply, s) = stdio_stream(vm.vsock_uds(), &stdio_header("ovl", "", stream)).await;
+        let (reply, s) = stdio_stream(uds, &stdio_header("ovl", "", stream)).await;
         assert_eq!(reply, "ok\n", "{stream:?}");
         outputs.push(s);
     }
@@ -217,18 +239,4 @@ async fn module_groups_load_on_demand_and_a_container_lives_and_dies() {
         failure(within("state", task.state(ctx(), &state)).await).0,
         Code::NOT_FOUND
     );
-    drop(task);
-
-    let request = StopRequest {
-        policy: EscalationPolicy::default(),
-        graceful: Some(shutdown_hook(address.clone(), RPC, Some(system))),
-    };
-    let r = tokio::time::timeout(GUARD, vm.stop(request))
-        .await
-        .expect("stop hung")
-        .expect("stop");
-    assert!(r.graceful_error.is_none(), "{:?}", r.graceful_error);
-    assert_eq!(r.ended_by, ShutdownStep::Graceful);
-    assert_vm_gone(pid, &state_dir);
-    assert_root_clean(&fx);
 }
