@@ -595,6 +595,28 @@ async fn errors_carry_their_codes() {
     let (code, message) = failure(f.client.create_container(ctx(), &req).await);
     assert_eq!(code, Code::INVALID_ARGUMENT, "{message}");
 
+    // Failures after the rootfs was mounted leave nothing mounted behind.
+    let mut req = f.create_request("half", "true", [false; 3]);
+    req.rootfs.push(Mount {
+        fstype: "bind".into(),
+        source: "relative/path".into(),
+        ..Default::default()
+    });
+    let (code, message) = failure(f.client.create_container(ctx(), &req).await);
+    assert_eq!(code, Code::INVALID_ARGUMENT, "{message}");
+    let mut req = f.create_request("host", "true", [false; 3]);
+    req.hostname = "not a hostname".into();
+    let (code, message) = failure(f.client.create_container(ctx(), &req).await);
+    assert_eq!(code, Code::INVALID_ARGUMENT, "{message}");
+    assert!(message.contains("hostname"), "{message}");
+    for id in ["half", "host"] {
+        assert!(!mounted(&f.rootfs_dir(id)), "{id}: rootfs left mounted");
+        assert!(
+            !f.dir.path().join("run").join(id).exists(),
+            "{id}: directory left behind"
+        );
+    }
+
     let pid = f.create("twice", "sleep 100", [false; 3]).await;
     let req = f.create_request("twice", "true", [false; 3]);
     let (code, message) = failure(f.client.create_container(ctx(), &req).await);
