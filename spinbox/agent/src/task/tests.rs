@@ -542,13 +542,26 @@ async fn forced_delete_delivers_what_was_written_and_leaves_nothing() {
         alive(init) && alive(exec),
         "refused delete killed something"
     );
-    let wait_task = f.wait_unbounded("del", "");
+    // A Wait in progress when the container is deleted answers with the status.
+    let wait_task = {
+        let client = f.client.clone();
+        tokio::spawn(async move { wait_on(&client, "del", "").await })
+    };
+    let entry = f.tasks.process("del", "").expect("the init process");
+    // The table, `entry` and the Wait in progress hold it.
+    within("the Wait to arrive", async {
+        while Arc::strong_count(&entry) < 3 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    drop(entry);
     let pids = [init, exec];
     let (deleted, out, err, waited) = tokio::join!(
         delete_and_check(&f, "del", true, &pids),
         read_all(out),
         read_all(err),
-        wait_task
+        async { within("wait", wait_task).await.expect("wait task") }
     );
     assert_eq!(deleted, Some(137));
     assert_eq!((out.as_str(), err.as_str()), ("before\n", ""));
