@@ -42,18 +42,23 @@
 
 mod config;
 mod console;
+mod container;
 mod events;
 mod session;
 #[cfg(test)]
 mod tests;
 
 pub use config::{ConfigError, ShimConfig};
+pub use container::{ContainerError, STDIO_DRAIN};
 pub use events::{
     BootTimings, EventReceiver, ExitCause, ShimEvent, CONSOLE_RESERVE, EVENT_CAPACITY,
 };
 
 use crate::cleanup::CleanupPhase;
+use crate::rootfs::RootfsError;
 use crate::state::{ShimSnapshot, ShimState, ShimStateMachine};
+use crate::task::stdio::{Forwarders, ProcessIo, StdioError};
+use crate::task::{ContainerSpec, SpecError, TaskError};
 use crate::vm::agent::{dial_with_retry, AgentClient, AgentInfo, DialError, RpcError};
 use crate::vm::vsock::AgentAddress;
 use crate::vm::{BootError, VmBackend, VmId};
@@ -102,6 +107,18 @@ pub enum CreateError {
     /// Shutdown was requested while the VM was being created.
     #[error("shutdown was requested during creation")]
     ShutDownDuringCreate,
+    /// The container spec is invalid; nothing was started and the state did not change.
+    #[error("invalid container")]
+    Spec(#[source] SpecError),
+    /// The container's rootfs could not be made available to the guest.
+    #[error("cannot share the container's rootfs")]
+    Rootfs(#[source] RootfsError),
+    /// The agent could not create the container.
+    #[error("the agent could not create the container")]
+    Container(#[source] TaskError),
+    /// The container's stdio could not be attached.
+    #[error("cannot attach the container's stdio")]
+    Stdio(#[source] StdioError),
     /// The backend's start panicked (a bug); the creation's teardown ran.
     #[error("the VM start task panicked")]
     StartPanicked,
@@ -125,6 +142,9 @@ pub enum StartError {
     /// The shim is shutting down (a shutdown, a finished delete, or the VM exited).
     #[error("the shim is shutting down")]
     ShuttingDown,
+    /// The agent could not start the container's process (the shim stays `Created`).
+    #[error("the container's process did not start")]
+    Container(#[source] TaskError),
 }
 
 /// Why `delete` was refused.
@@ -164,6 +184,8 @@ pub struct Created {
     pub info: AgentInfo,
     /// The VMM's pid, if it is a process.
     pub vm_pid: Option<u32>,
+    /// The container's first process's pid in the guest, when a container was created.
+    pub container_pid: Option<u32>,
 }
 
 /// Sends every transition of the shim's machine to the event stream.
@@ -197,6 +219,8 @@ struct Inner {
     session: Mutex<Option<Arc<Session>>>,
     /// The exit cause of the last failed creation's VM, if it had one.
     last_cause: Mutex<Option<ExitCause>>,
+    /// Held by `start` (see there).
+    starting: tokio::sync::Mutex<()>,
 }
 
 /// The VM shim: one VM's lifecycle over a [`VmBackend`]. Cheap to clone; clones share the
@@ -248,6 +272,7 @@ impl Shim {
                 receiver: Mutex::new(Some(receiver)),
                 session: Mutex::new(None),
                 last_cause: Mutex::new(None),
+                starting: tokio::sync::Mutex::new(()),
             }),
         }
     }
@@ -330,6 +355,27 @@ impl Shim {
     /// step. Cancel-safe: dropping the future tears down what it started (on a task of its
     /// own) and returns the shim to `Idle`, and a concurrent [`Shim::shutdown`] completes.
     pub async fn create(&self) -> Result<Created, CreateError> {
+        self.create_with(None).await
+    }
+
+    /// [`Shim::create`] with a container: its rootfs is shared into the VM before it
+    /// starts (through [`ShimConfig::rootfs_transport`]), and once the agent answers, the
+    /// container is created with its first process held before `execve` and its stdio
+    /// attached to `io`. `Created` then means the container is created; [`Shim::start`]
+    /// runs its process. The spec is validated first: an invalid one changes nothing.
+    pub async fn create_container(
+        &self,
+        spec: ContainerSpec,
+        io: ProcessIo,
+    ) -> Result<Created, CreateError> {
+        spec.validate().map_err(CreateError::Spec)?;
+        self.create_with(Some((spec, io))).await
+    }
+
+    async fn create_with(
+        &self,
+        container: Option<(ContainerSpec, ProcessIo)>,
+    ) -> Result<Created, CreateError> {
         let shared = &self.inner.shared;
         shared.config.validate().map_err(CreateError::Config)?;
         if let Err(e) = shared.sm.try_start_creating() {
@@ -361,7 +407,7 @@ impl Shim {
             shim: self.clone(),
             session: Some(Arc::clone(&session)),
         };
-        let result = self.create_in(&session).await;
+        let result = self.create_in(&session, container).await;
         // The guard stays armed through the failure handling below: if this future is
         // dropped there, it finishes the job (every step of it is idempotent).
         let outcome = match result {
@@ -387,12 +433,17 @@ impl Shim {
         outcome
     }
 
-    async fn create_in(&self, session: &Arc<Session>) -> Result<Created, Failure> {
+    async fn create_in(
+        &self,
+        session: &Arc<Session>,
+        container: Option<(ContainerSpec, ProcessIo)>,
+    ) -> Result<Created, Failure> {
         let shared = &self.inner.shared;
         let fail = |e| Failure::Creation(Reason::CreateFailed, e);
-        let vm = match session.spawn_start().await {
+        let rootfs = container.as_ref().map(|(spec, _)| spec.clone());
+        let vm = match session.spawn_start(rootfs).await {
             Ok(Ok(vm)) => vm,
-            Ok(Err(e)) => return Err(fail(CreateError::Boot(e))),
+            Ok(Err(e)) => return Err(fail(e)),
             Err(_) => return Err(fail(CreateError::StartPanicked)),
         };
         let claimed = || Failure::Creation(Reason::CreateFailed, CreateError::ShutDownDuringCreate);
@@ -432,6 +483,13 @@ impl Shim {
             .await
             .ok_or_else(claimed)?
             .map_err(|e| fail(CreateError::Info(e)))?;
+        let container_pid = match container {
+            None => None,
+            Some((spec, io)) => Some(
+                self.create_container_in(session, &vm, &client, spec, io)
+                    .await?,
+            ),
+        };
         // The agent answered; the VM may still have died since.
         let exited = vm.exit_watch().borrow().clone();
         if let Some(exit) = exited {
@@ -467,7 +525,56 @@ impl Shim {
             timings,
             info,
             vm_pid: vm.pid(),
+            container_pid,
         })
+    }
+
+    /// The container part of a creation: `CreateContainer`, then its stdio attached.
+    async fn create_container_in(
+        &self,
+        session: &Arc<Session>,
+        vm: &Arc<dyn crate::vm::Vm>,
+        client: &AgentClient,
+        spec: ContainerSpec,
+        io: ProcessIo,
+    ) -> Result<u32, Failure> {
+        let fail = |e| Failure::Creation(Reason::CreateFailed, e);
+        let claimed = || Failure::Creation(Reason::CreateFailed, CreateError::ShutDownDuringCreate);
+        let mounts: Vec<crate::task::GuestMount> = session
+            .rootfs
+            .get()
+            .map(|r| {
+                r.mounts
+                    .iter()
+                    .map(|m| crate::task::GuestMount {
+                        fstype: m.fstype.clone(),
+                        source: m.source.clone(),
+                        options: m.options.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let task = client.task();
+        let pid = session
+            .until_claimed(task.create_container(&spec, &mounts, io.streams()))
+            .await
+            .ok_or_else(claimed)?
+            .map_err(|e| fail(CreateError::Container(e)))?;
+        let forwarders = session
+            .until_claimed(Forwarders::attach(
+                &vm.agent_address(),
+                self.inner.shared.config.rpc_timeout,
+                &spec.id,
+                "",
+                io,
+            ))
+            .await
+            .ok_or_else(claimed)?
+            .map_err(|e| fail(CreateError::Stdio(e)))?;
+        if !session.keep_container(spec.id, task, forwarders) {
+            return Err(claimed());
+        }
+        Ok(pid)
     }
 
     /// The error `create` returns: the claimant's story when someone else claimed the
@@ -525,25 +632,32 @@ impl Shim {
     /// Starts the created VM: `Created` → `Running`. Refused (state unchanged) from any
     /// other state. A crash or shutdown after the transition is handled like any crash or
     /// shutdown of a running shim.
+    ///
+    /// With a container, its first process is let run (the agent's `Start`) before the
+    /// transition; if that fails the shim stays `Created` and the error says why. Starts
+    /// are serialized: a second concurrent start gets [`StartError::AlreadyRunning`].
     pub async fn start(&self) -> Result<(), StartError> {
         let shared = &self.inner.shared;
-        if let Err(e) = shared.sm.try_start() {
-            return Err(match e.observed() {
-                ShimState::Idle => StartError::NotCreated,
-                ShimState::Creating => StartError::CreationInProgress,
-                ShimState::Running => StartError::AlreadyRunning,
-                ShimState::Deleting => StartError::Deleting,
-                ShimState::Created | ShimState::ShuttingDown => StartError::ShuttingDown,
-            });
+        let refused = |state| match state {
+            ShimState::Idle => StartError::NotCreated,
+            ShimState::Creating => StartError::CreationInProgress,
+            ShimState::Running => StartError::AlreadyRunning,
+            ShimState::Deleting => StartError::Deleting,
+            ShimState::Created | ShimState::ShuttingDown => StartError::ShuttingDown,
+        };
+        let _one_at_a_time = self.inner.starting.lock().await;
+        let state = shared.sm.state();
+        if state != ShimState::Created {
+            return Err(refused(state));
         }
-        self.after_start().await;
+        if let Some((id, task)) = self.session().and_then(|s| s.container_task()) {
+            task.start(&id).await.map_err(StartError::Container)?;
+        }
+        if let Err(e) = shared.sm.try_start() {
+            return Err(refused(e.observed()));
+        }
         Ok(())
     }
-
-    /// What runs once the shim is `Running`: nothing yet. The container's process will be
-    /// started here (SPEC §9).
-    #[allow(clippy::unused_async)]
-    async fn after_start(&self) {}
 
     /// Deletes the VM: `Created` or `Running` → `Deleting`, every cleanup phase, →
     /// `ShuttingDown`.

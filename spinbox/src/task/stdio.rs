@@ -230,7 +230,7 @@ impl Forwarders {
         match result {
             Ok(()) => Ok(forwarders),
             Err(e) => {
-                forwarders.abort();
+                forwarders.abort_now();
                 Err(e)
             }
         }
@@ -278,11 +278,12 @@ impl Forwarders {
         let drained = tokio::time::timeout(drain, self.outputs_done())
             .await
             .is_ok_and(|r| r.is_ok());
-        self.abort();
+        self.abort_now();
         drained
     }
 
-    fn abort(&self) {
+    /// Ends every copy at once, without draining.
+    pub(crate) fn abort_now(&self) {
         for t in lock(&self.inner.tasks).drain(..) {
             t.abort();
         }
