@@ -538,11 +538,46 @@ const SPINBOX_FAILED: u8 = 125;
 async fn run_command(args: RunArgs) -> ExitCode {
     match run_command_in(args).await {
         Ok(code) => code,
-        Err(reason) => {
+        Err(Failed { code, reason }) => {
             eprintln!("spinbox: {reason}");
-            ExitCode::from(SPINBOX_FAILED)
+            ExitCode::from(code)
         }
     }
+}
+
+/// Why `run -- CMD` ended without the command's status, and the exit code that says so.
+struct Failed {
+    code: u8,
+    reason: String,
+}
+
+impl From<String> for Failed {
+    fn from(reason: String) -> Self {
+        Self {
+            code: SPINBOX_FAILED,
+            reason,
+        }
+    }
+}
+
+impl From<&str> for Failed {
+    fn from(reason: &str) -> Self {
+        reason.to_owned().into()
+    }
+}
+
+/// The exit code of a command that did not start, as a shell gives it: 127 when the
+/// program was not found, 126 when it could not be run, else [`SPINBOX_FAILED`].
+fn start_failure(e: &spinbox::shim::StartError) -> Failed {
+    let reason = format!("start failed: {}", error_chain(e));
+    let code = if reason.contains("at Exec: ENOENT") {
+        127
+    } else if reason.contains("at Exec: EACCES") || reason.contains("at Exec: ENOEXEC") {
+        126
+    } else {
+        SPINBOX_FAILED
+    };
+    Failed { code, reason }
 }
 
 /// Parses `UID` or `UID:GID` (the group defaults to the uid).
@@ -583,7 +618,7 @@ fn stdin_source() -> Result<Option<spinbox::task::stdio::Source>, String> {
     }
 }
 
-async fn run_command_in(args: RunArgs) -> Result<ExitCode, String> {
+async fn run_command_in(args: RunArgs) -> Result<ExitCode, Failed> {
     use spinbox::task::stdio::ProcessIo;
     use spinbox::task::{ContainerSpec, ProcessSpec};
     let id: VmId = args
@@ -659,23 +694,21 @@ async fn run_in_shim(
     io: spinbox::task::stdio::ProcessIo,
     start: Instant,
     verbose: bool,
-) -> Result<spinbox::task::ExitStatus, String> {
+) -> Result<spinbox::task::ExitStatus, Failed> {
     let interrupt = interrupted();
     tokio::pin!(interrupt);
     let created = async {
         shim.create_container(spec, io)
             .await
             .map_err(|e| format!("create failed: {}", error_chain(&e)))?;
-        shim.start()
-            .await
-            .map_err(|e| format!("start failed: {}", error_chain(&e)))
+        shim.start().await.map_err(|e| start_failure(&e))
     };
     tokio::select! {
         r = created => r?,
-        signal = &mut interrupt => return Err(format!("interrupted during the creation ({signal})")),
+        signal = &mut interrupt => return Err(format!("interrupted during the creation ({signal})").into()),
     }
     tokio::select! {
-        r = shim.wait() => r.map_err(|e| error_chain(&e)),
+        r = shim.wait() => r.map_err(|e| error_chain(&e).into()),
         signal = &mut interrupt => {
             if verbose {
                 eprintln!("{} {signal}: passing it to the command", stamp(start));
@@ -690,7 +723,7 @@ async fn run_in_shim(
             }
             watching_signals(shim, start, shim.wait())
                 .await
-                .map_err(|e| error_chain(&e))
+                .map_err(|e| error_chain(&e).into())
         }
     }
 }
