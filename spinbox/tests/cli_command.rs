@@ -161,3 +161,27 @@ fn sigterm_is_passed_to_the_command() {
     assert_eq!(status.code(), Some(3));
     assert_clean(root.path());
 }
+
+#[test]
+fn a_reader_that_goes_away_ends_the_command_like_a_pipeline() {
+    let root = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_spinbox"))
+        .args(["run", "--", "yes"])
+        .env("SPINBOX_STATE_ROOT", root.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line, "y\n");
+    // `spinbox run -- yes | head -1`: head exits.
+    drop(stdout);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{err}");
+    assert!(!err.contains("spinbox:"), "spinbox complained: {err}");
+    assert_clean(root.path());
+}

@@ -519,12 +519,28 @@ async fn watching_signals<T>(
     start: Instant,
     work: impl std::future::Future<Output = T>,
 ) -> T {
+    watching_signals_to(shim, start, work, false).await
+}
+
+/// [`watching_signals`], saying so on stderr when `to_stderr` (a command's stdout is its
+/// own, and may be a closed pipe).
+async fn watching_signals_to<T>(
+    shim: &Shim,
+    start: Instant,
+    work: impl std::future::Future<Output = T>,
+    to_stderr: bool,
+) -> T {
     tokio::pin!(work);
     loop {
         tokio::select! {
             out = &mut work => return out,
             signal = interrupted() => {
-                println!("{} {signal} during the teardown: killing the VM", stamp(start));
+                let line = format!("{} {signal}: killing the VM", stamp(start));
+                if to_stderr {
+                    eprintln!("{line}");
+                } else {
+                    println!("{} {signal} during the teardown: killing the VM", stamp(start));
+                }
                 shim.kill_vm().await;
             }
         }
@@ -539,7 +555,9 @@ async fn run_command(args: RunArgs) -> ExitCode {
     match run_command_in(args).await {
         Ok(code) => code,
         Err(Failed { code, reason }) => {
-            eprintln!("spinbox: {reason}");
+            if !reason.is_empty() {
+                eprintln!("spinbox: {reason}");
+            }
             ExitCode::from(code)
         }
     }
@@ -564,6 +582,22 @@ impl From<&str> for Failed {
     fn from(reason: &str) -> Self {
         reason.to_owned().into()
     }
+}
+
+/// Why waiting failed. Our stdout or stderr closed under us (`spinbox run … | head`)
+/// ends quietly with 141, as a shell's pipeline member killed by `SIGPIPE` does.
+fn wait_failure(e: &spinbox::shim::ContainerError) -> Failed {
+    use spinbox::shim::ContainerError;
+    use spinbox::task::stdio::StdioError;
+    if let ContainerError::Stdio(StdioError::Io { source, .. }) = e {
+        if source.kind() == std::io::ErrorKind::BrokenPipe {
+            return Failed {
+                code: 141,
+                reason: String::new(),
+            };
+        }
+    }
+    error_chain(e).into()
 }
 
 /// The exit code of a command that did not start, as a shell gives it: 127 when the
@@ -666,9 +700,9 @@ async fn run_command_in(args: RunArgs) -> Result<ExitCode, Failed> {
     let status = run_in_shim(&shim, spec, io, start, args.verbose).await;
     // Delete what was created; a failed or interrupted creation has torn itself down, and
     // shutdown then only ends the event stream.
-    let report = match watching_signals(&shim, start, shim.delete()).await {
+    let report = match watching_signals_to(&shim, start, shim.delete(), true).await {
         Ok(report) => report,
-        Err(_) => watching_signals(&shim, start, shim.shutdown()).await,
+        Err(_) => watching_signals_to(&shim, start, shim.shutdown(), true).await,
     };
     let _ = printer.await;
     if args.verbose {
@@ -708,7 +742,7 @@ async fn run_in_shim(
         signal = &mut interrupt => return Err(format!("interrupted during the creation ({signal})").into()),
     }
     tokio::select! {
-        r = shim.wait() => r.map_err(|e| error_chain(&e).into()),
+        r = shim.wait() => r.map_err(|e| wait_failure(&e)),
         signal = &mut interrupt => {
             if verbose {
                 eprintln!("{} {signal}: passing it to the command", stamp(start));
@@ -721,9 +755,9 @@ async fn run_in_shim(
             if let Err(e) = shim.kill("", number, true).await {
                 eprintln!("spinbox: cannot pass {signal} on: {}", error_chain(&e));
             }
-            watching_signals(shim, start, shim.wait())
+            watching_signals_to(shim, start, shim.wait(), true)
                 .await
-                .map_err(|e| error_chain(&e).into())
+                .map_err(|e| wait_failure(&e))
         }
     }
 }

@@ -273,13 +273,22 @@ impl Forwarders {
 
     /// Closes the forwarders: lets the outputs finish delivering what the guest sent for
     /// up to `drain`, then ends every copy still running (stdin included), closing its
-    /// stream. Returns whether the outputs reached their end-of-file.
+    /// stream. Returns whether every output copy had ended by itself (at end-of-file, or
+    /// on its own error, which [`Forwarders::outputs_done`] reports) rather than being
+    /// cut.
     pub async fn close(&self, drain: Duration) -> bool {
-        let drained = tokio::time::timeout(drain, self.outputs_done())
-            .await
-            .is_ok_and(|r| r.is_ok());
+        let ended = async {
+            for (_, rx) in &self.inner.outputs {
+                let mut rx = rx.clone();
+                if rx.wait_for(Option::is_some).await.is_err() {
+                    return false;
+                }
+            }
+            true
+        };
+        let ended = tokio::time::timeout(drain, ended).await.unwrap_or(false);
         self.abort_now();
-        drained
+        ended
     }
 
     /// Ends every copy at once, without draining.

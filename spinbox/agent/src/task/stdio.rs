@@ -276,7 +276,9 @@ async fn forward_stdin<S: AsyncRead + Unpin>(
 
 /// Copies an output to the host until the pipe's end-of-file (every writer closed it),
 /// then flushes and shuts the stream down, and only then drops `delivery`. If the host
-/// stops reading (write error), the rest is drained and discarded.
+/// stops reading (write error), the pipe is closed too, as a shell pipeline does: the
+/// process's next write fails with `EPIPE` (or `SIGPIPE` kills it), so `yes | head`
+/// ends instead of spinning for ever.
 async fn forward_output<S: AsyncWrite + Unpin>(
     mut pipe: OutputPipe,
     mut stream: S,
@@ -284,7 +286,7 @@ async fn forward_output<S: AsyncWrite + Unpin>(
     delivery: Delivery,
 ) {
     let mut buf = vec![0u8; COPY_BUF];
-    loop {
+    while writable {
         let n = match pipe.read(&mut buf).await {
             Ok(0) => break,
             Ok(n) => n,
@@ -293,10 +295,11 @@ async fn forward_output<S: AsyncWrite + Unpin>(
                 break;
             }
         };
-        if writable && stream.write_all(&buf[..n]).await.is_err() {
+        if stream.write_all(&buf[..n]).await.is_err() {
             writable = false;
         }
     }
+    drop(pipe);
     if writable {
         let _ = stream.flush().await;
         let _ = stream.shutdown().await;

@@ -692,3 +692,34 @@ async fn stdio_header_errors_are_answered_and_closed() {
     assert_eq!((out.as_str(), status), ("still works\n", (0, 0)));
     delete_and_check(&f, "hdr", false, &[pid]).await;
 }
+
+/// The host closing an output ends the process's writes as a closed pipe does (`EPIPE`,
+/// or `SIGPIPE` where it is not ignored), so `yes` whose reader went away exits instead
+/// of running for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_stops_reading_closes_the_pipe() {
+    let f = fixture().await;
+    // Not PID 1 (a shell's child): SIGPIPE kills it; the shell reports its status.
+    let pid = f
+        .create("pipe", "yes; echo \"yes ended $?\" >&2", OUT_ERR)
+        .await;
+    let mut out = f
+        .attach("pipe", "", StdioStream::Stdout)
+        .await
+        .expect("stdout");
+    let err = f
+        .attach("pipe", "", StdioStream::Stderr)
+        .await
+        .expect("stderr");
+    f.start("pipe").await.expect("start");
+    let mut some = [0u8; 4096];
+    within("the first output", out.read_exact(&mut some))
+        .await
+        .expect("yes writes");
+    drop(out);
+    let (err, status) = tokio::join!(read_all(err), f.wait("pipe", ""));
+    // 141 = 128 + SIGPIPE.
+    assert_eq!(err, "yes ended 141\n");
+    assert_eq!(status, (0, 0));
+    assert_eq!(delete_and_check(&f, "pipe", false, &[pid]).await, Some(0));
+}
