@@ -19,7 +19,8 @@
 //! |---|---|
 //! | [`state`] | `ShimState`, declared with `#[state_machine]`, and the shim's state machine with its intentional-shutdown flag |
 //! | [`cleanup`] | `CleanupPhases`, declared with `#[cleanup_phases]`: the seven teardown phases |
-//! | [`shim`] | the facade: create, delete, shutdown, crash handling, bounded events; generic over the backend |
+//! | [`shim`] | the facade: create (with or without a container), start, wait, exec, kill, delete, shutdown, crash handling, bounded events; generic over the backend |
+//! | [`task`] | containers in the VM, host side: specs, the agent's `Task` client, the stdio streams |
 //! | [`vm`] | the backend seam ([`vm::VmBackend`], [`vm::Vm`], [`vm::ExitInfo`]), the generic parts (agent client, vsock transport, KVM check, assets) and the QEMU backend ([`vm::qemu`]) |
 //! | [`rootfs`] | a container's rootfs made reachable by the guest: 9p export, EROFS image, virtiofs daemon |
 //! | [`check`] | what the host lacks for a real VM, as findings |
@@ -34,7 +35,7 @@
 //!   [`CleanupOrchestrator`](cleanup::CleanupOrchestrator).
 //! - [`shim`]: [`Shim`](shim::Shim), [`ShimConfig`](shim::ShimConfig), [`ConfigError`](shim::ConfigError),
 //!   [`CreateError`](shim::CreateError), [`StartError`](shim::StartError), [`DeleteError`](shim::DeleteError),
-//!   [`AgentError`](shim::AgentError),
+//!   [`AgentError`](shim::AgentError), [`ContainerError`](shim::ContainerError), [`STDIO_DRAIN`](shim::STDIO_DRAIN),
 //!   [`Created`](shim::Created), [`BootTimings`](shim::BootTimings), [`ShimEvent`](shim::ShimEvent),
 //!   [`EventReceiver`](shim::EventReceiver), [`ExitCause`](shim::ExitCause), [`ShimReport`](shim::ShimReport),
 //!   [`EVENT_CAPACITY`](shim::EVENT_CAPACITY), [`CONSOLE_RESERVE`](shim::CONSOLE_RESERVE).
@@ -52,6 +53,12 @@
 //!   client); [`vm::vsock`] (agent addresses); [`vm::kvm`]; [`vm::assets`]; [`vm::qemu`]
 //!   ([`QemuBackend`](vm::qemu::QemuBackend), its config, [`QemuVm`](vm::qemu::QemuVm) and the
 //!   accelerator probe).
+//! - [`task`]: [`ContainerSpec`](task::ContainerSpec), [`ProcessSpec`](task::ProcessSpec),
+//!   [`SpecError`](task::SpecError), [`ExitStatus`](task::ExitStatus),
+//!   [`TaskClient`](task::TaskClient), [`TaskError`](task::TaskError), [`ProcessState`](task::ProcessState),
+//!   [`valid_name`](task::valid_name), [`DEFAULT_PATH`](task::DEFAULT_PATH),
+//!   [`MAX_ARGS_ENV_BYTES`](task::MAX_ARGS_ENV_BYTES); [`task::stdio`] (the streams and their forwarders).
+//! - [`rootfs`]: how a rootfs reaches the guest (transports, prepare, release).
 //! - [`check`]: [`check_host`](check::check_host), [`Finding`](check::Finding), [`Level`](check::Level),
 //!   [`which`](check::which), [`error_chain`](check::error_chain), [`QEMU_BINARY`](check::QEMU_BINARY).
 //!

@@ -192,7 +192,7 @@ fn a_hundred_mib_of_stdout_arrive_whole() {
         assert_eq!(vm.shim.wait().await.unwrap(), ExitStatus::Exited(0));
         let mut expected = Sha256::new();
         let line = b"abcdefgh\n";
-        let mut left = SIZE as usize;
+        let mut left = usize::try_from(SIZE).unwrap();
         while left > 0 {
             let n = left.min(line.len());
             expected.update(&line[..n]);

@@ -47,7 +47,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Boot a VM, show each state and cleanup phase as it happens, then delete it.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Tell what the host lacks (KVM, QEMU, kernel, initramfs, vsock) and how to get it.
     Check,
 }
@@ -137,8 +137,8 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run(args) if !args.command.is_empty() => Err(Ok(run_command(args).await)),
-            Command::Run(args) => run(args).await.map_err(Err),
+            Command::Run(args) if !args.command.is_empty() => Err(Ok(run_command(*args).await)),
+            Command::Run(args) => run(*args).await.map_err(Err),
             Command::Check => check().await.map_err(Err),
         }
     });
@@ -268,6 +268,9 @@ async fn show_events(
     mut crashed: Option<tokio::sync::oneshot::Sender<()>>,
     sink: Timeline,
 ) {
+    // A phase still running after this long gets a "still waiting" line, then again every
+    // period, so a long forced shutdown never looks like a hang.
+    const PATIENCE: Duration = Duration::from_secs(5);
     let emit = |line: String| match sink {
         Timeline::Stdout => {
             clear_spinner();
@@ -276,9 +279,6 @@ async fn show_events(
         Timeline::Stderr => eprintln!("{} {line}", stamp(start)),
         Timeline::Quiet => {}
     };
-    // A phase still running after this long gets a "still waiting" line, then again every
-    // period, so a long forced shutdown never looks like a hang.
-    const PATIENCE: Duration = Duration::from_secs(5);
     // The phase running now, when it started, and when to say so next.
     let mut current: Option<(CleanupPhase, Instant, tokio::time::Instant)> = None;
     loop {
@@ -417,7 +417,6 @@ async fn run(args: RunArgs) -> Result<(), String> {
     ));
     let interrupt = interrupted();
     tokio::pin!(interrupt);
-
     let created = tokio::select! {
         r = shim.create() => r,
         () = spin("booting the VM", start) => unreachable!("the spinner never ends"),
@@ -490,11 +489,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
     };
     let report = outcome?;
     let _ = printer.await;
-    println!("\n{report}");
-    if let Some(cause) = shim.exit_cause() {
-        println!("VM exit: {cause}");
-    }
-    println!("total {:.2?}", start.elapsed());
+    print_ending(&report, &shim, start);
     if report.has_errors() {
         let failed: Vec<&str> = report
             .failed_phases()
@@ -504,6 +499,15 @@ async fn run(args: RunArgs) -> Result<(), String> {
         return Err(format!("cleanup failed in {}", failed.join(", ")));
     }
     Ok(())
+}
+
+/// The report, the VM's exit cause and the total time, on stdout.
+fn print_ending(report: &spinbox::shim::ShimReport, shim: &Shim, start: Instant) {
+    println!("\n{report}");
+    if let Some(cause) = shim.exit_cause() {
+        println!("VM exit: {cause}");
+    }
+    println!("total {:.2?}", start.elapsed());
 }
 
 /// `shim.shutdown()`, with [`watching_signals`].

@@ -540,23 +540,13 @@ impl Shim {
     ) -> Result<u32, Failure> {
         let fail = |e| Failure::Creation(Reason::CreateFailed, e);
         let claimed = || Failure::Creation(Reason::CreateFailed, CreateError::ShutDownDuringCreate);
-        let mounts: Vec<crate::task::GuestMount> = session
+        let mounts = session
             .rootfs
             .get()
-            .map(|r| {
-                r.mounts
-                    .iter()
-                    .map(|m| crate::task::GuestMount {
-                        fstype: m.fstype.clone(),
-                        source: m.source.clone(),
-                        options: m.options.clone(),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+            .map_or(&[][..], |r| r.mounts.as_slice());
         let task = client.task();
         let pid = session
-            .until_claimed(task.create_container(&spec, &mounts, io.streams()))
+            .until_claimed(task.create_container(&spec, mounts, io.streams()))
             .await
             .ok_or_else(claimed)?
             .map_err(|e| fail(CreateError::Container(e)))?;
@@ -571,7 +561,7 @@ impl Shim {
             .await
             .ok_or_else(claimed)?
             .map_err(|e| fail(CreateError::Stdio(e)))?;
-        if !session.keep_container(spec.id, task, forwarders) {
+        if !session.keep_container(spec.id, task, &forwarders) {
             return Err(claimed());
         }
         Ok(pid)

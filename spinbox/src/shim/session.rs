@@ -435,7 +435,7 @@ impl Session {
         &self,
         id: String,
         task: crate::task::TaskClient,
-        forwarders: crate::task::stdio::Forwarders,
+        forwarders: &crate::task::stdio::Forwarders,
     ) -> bool {
         let kept = self
             .container

@@ -8,8 +8,8 @@ use spinbox_protocol::agent::{
 };
 use spinbox_protocol::agent_ttrpc;
 
-use super::GuestMount;
 use super::{ContainerSpec, ExitStatus, ProcessSpec};
+use crate::rootfs::GuestMount;
 
 /// A failed `Task` call.
 #[derive(Debug, thiserror::Error)]

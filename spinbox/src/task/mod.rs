@@ -27,17 +27,6 @@ use spinbox_protocol::agent;
 /// kernel's `execve` limit is larger; this keeps requests well inside one ttrpc message).
 pub const MAX_ARGS_ENV_BYTES: usize = 1 << 20;
 
-/// A filesystem the agent mounts to make a container's rootfs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GuestMount {
-    /// The filesystem type (`9p`, `erofs`, `virtiofs`, ...).
-    pub fstype: String,
-    /// A tag, or `serial=<S>` for a virtio block device.
-    pub source: String,
-    /// Mount options.
-    pub options: Vec<String>,
-}
-
 /// A process to run in a container.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcessSpec {
