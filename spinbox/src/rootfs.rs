@@ -125,6 +125,15 @@ impl Tools {
             virtiofsd: which("virtiofsd"),
         }
     }
+
+    /// The tools the provisioned assets record, each falling back to `PATH`.
+    pub fn from_assets(assets: &crate::vm::assets::Assets) -> Self {
+        let path = Self::from_path();
+        Self {
+            mkfs_erofs: assets.mkfs_erofs.clone().or(path.mkfs_erofs),
+            virtiofsd: assets.virtiofsd.clone().or(path.virtiofsd),
+        }
+    }
 }
 
 fn which(name: &str) -> Option<PathBuf> {

@@ -114,6 +114,14 @@ pub struct Assets {
     pub test_initramfs: Option<PathBuf>,
     /// The `vhost-device-vsock` binary (vhost-user vsock backend).
     pub vhost_device_vsock: PathBuf,
+    /// `mkfs.erofs` (Debian's `erofs-utils`), which builds EROFS rootfs images. `None` in
+    /// manifests written before the provisioner installed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mkfs_erofs: Option<PathBuf>,
+    /// `virtiofsd`, installed only on request (`spinbox-assets --with-virtiofsd`): it is
+    /// not a Debian bookworm package and is built from crates.io.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtiofsd: Option<PathBuf>,
 }
 
 impl Assets {
@@ -150,6 +158,8 @@ impl Assets {
             ("initramfs", Some(&assets.initramfs)),
             ("test initramfs", assets.test_initramfs.as_ref()),
             ("vhost-device-vsock", Some(&assets.vhost_device_vsock)),
+            ("mkfs.erofs", assets.mkfs_erofs.as_ref()),
+            ("virtiofsd", assets.virtiofsd.as_ref()),
         ];
         for (what, p) in files {
             if let Some(p) = p.filter(|p| !p.exists()) {
@@ -272,6 +282,8 @@ mod tests {
             initramfs: f("initramfs.cpio"),
             test_initramfs: Some(f("initramfs-test.cpio")),
             vhost_device_vsock: f("vdv"),
+            mkfs_erofs: Some(f("mkfs.erofs")),
+            virtiofsd: None,
         };
         std::fs::write(dir.join(MANIFEST_FILE), assets.to_manifest()).unwrap();
         assets
