@@ -132,6 +132,14 @@ pub enum FsShare {
     /// rootfs). Writes are refused when `read_only`. `multidevs=remap` gives every file a
     /// unique inode number in the guest even when the directory spans several host
     /// filesystems (bind mounts), instead of QEMU's default of warning about collisions.
+    ///
+    /// Sandboxing: QEMU's 9p server answers the guest with plain file system calls
+    /// (`openat`, `fstatat`, `preadv`, `getdents64`, `readlinkat`, `fgetxattr`) from its
+    /// worker threads, none of which is in `-sandbox`'s denied groups (obsolete calls,
+    /// privilege changes, `fork`/`exec`, scheduling and priority), nor in the spawn's own
+    /// filter. The spawn leaves QEMU only `CAP_DAC_READ_SEARCH`: enough to read every file of
+    /// the export, not to write into files it does not own; read-only exports are what the
+    /// rootfs transport uses (a guest overlay takes the writes).
     NineP {
         /// QEMU fsdev id: `[A-Za-z][A-Za-z0-9_-]*`; the device's id is `<id>-dev`.
         id: String,
