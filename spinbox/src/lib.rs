@@ -33,7 +33,8 @@
 //! - [`cleanup`]: [`CleanupPhases`](cleanup::CleanupPhases), [`CleanupPhase`](cleanup::CleanupPhase),
 //!   [`CleanupOrchestrator`](cleanup::CleanupOrchestrator).
 //! - [`shim`]: [`Shim`](shim::Shim), [`ShimConfig`](shim::ShimConfig), [`ConfigError`](shim::ConfigError),
-//!   [`CreateError`](shim::CreateError), [`DeleteError`](shim::DeleteError), [`AgentError`](shim::AgentError),
+//!   [`CreateError`](shim::CreateError), [`StartError`](shim::StartError), [`DeleteError`](shim::DeleteError),
+//!   [`AgentError`](shim::AgentError),
 //!   [`Created`](shim::Created), [`BootTimings`](shim::BootTimings), [`ShimEvent`](shim::ShimEvent),
 //!   [`EventReceiver`](shim::EventReceiver), [`ExitCause`](shim::ExitCause), [`ShimReport`](shim::ShimReport),
 //!   [`EVENT_CAPACITY`](shim::EVENT_CAPACITY), [`CONSOLE_RESERVE`](shim::CONSOLE_RESERVE).
@@ -67,6 +68,8 @@ pub mod rootfs;
 #[cfg(not(loom))]
 pub mod shim;
 pub mod state;
+#[cfg(not(loom))]
+pub mod task;
 // The VM layer does I/O through tokio's net/process, which tokio leaves out under
 // `--cfg loom`; the loom models cover the lock-free state machine and cleanup instead.
 #[cfg(not(loom))]

@@ -2,10 +2,15 @@
 //! [`ShimStateMachine`], the generated atomic machine plus the intentional-shutdown flag.
 //!
 //! ```text
-//! Idle ──start_creating──▶ Creating ──mark_created──▶ Running ──start_deleting──▶ Deleting
-//!   ▲                         │
-//!   └──mark_creation_failed───┘          (any non-terminal) ──shut_down──▶ ShuttingDown
+//! Idle ──start_creating──▶ Creating ──mark_created──▶ Created ──start──▶ Running
+//!   ▲                         │                          │                    │
+//!   └──mark_creation_failed───┘                          └──start_deleting────┴──▶ Deleting
+//!
+//!                        (any non-terminal) ──shut_down──▶ ShuttingDown
 //! ```
+//!
+//! These are the Go upstream's six states (SPEC §9): `Created` is a VM that is up with its
+//! container created but not started; `start` makes it `Running`.
 
 use core::sync::atomic::{AtomicBool, Ordering};
 use lifecycle_core::observe::{NoObserver, TransitionObserver};
@@ -15,12 +20,14 @@ use lifecycle_core::state_machine;
 #[state_machine(transitions(
     /// A create request claims the idle shim.
     start_creating: Idle => Creating,
-    /// The VM booted and its agent answered.
-    mark_created: Creating => Running,
+    /// The VM booted and its agent answered: created, not started.
+    mark_created: Creating => Created,
     /// Creation failed and its partial cleanup ran: the shim may be created again.
     mark_creation_failed: Creating => Idle,
-    /// A delete request claims the running shim.
-    start_deleting: Running => Deleting,
+    /// A start request moves the created shim to running.
+    start: Created => Running,
+    /// A delete request claims the created or running shim.
+    start_deleting: Created | Running => Deleting,
     /// Shutdown from anywhere (delete finished, shutdown request, VM died).
     shut_down: * => ShuttingDown,
 ))]
@@ -31,13 +38,15 @@ pub enum ShimState {
     Idle = 0,
     /// A VM is being created.
     Creating = 1,
-    /// The VM is up and its agent answers.
-    Running = 2,
+    /// The VM is up and its agent answers; the container is created but not started.
+    Created = 2,
+    /// The VM is up and the container was started.
+    Running = 3,
     /// The VM is being deleted.
-    Deleting = 3,
+    Deleting = 4,
     /// The shim is going away; nothing leaves this state.
     #[terminal]
-    ShuttingDown = 4,
+    ShuttingDown = 5,
 }
 
 /// A consistent-enough view of the shim: its state and whether shutdown was asked for.

@@ -35,8 +35,9 @@ fn run_boots_deletes_and_reports() {
     assert_eq!(code, 0, "{out}\n{err}");
     for expected in [
         "state  idle → creating",
-        "state  creating → running",
+        "state  creating → created",
         "agent: kernel ",
+        "state  created → running",
         "state  running → deleting",
         "phase  hotplug_stop done",
         "phase  vm_shutdown done",

@@ -459,6 +459,7 @@ async fn footprint(
                 qemu.clone(),
             );
             shim.create().await.expect("boot");
+            shim.start().await.expect("start");
             shims.push(shim);
         }
         // Idle after boot.
@@ -561,6 +562,7 @@ async fn stubborn_runs(root: &std::path::Path, runs: usize) -> (Vec<Duration>, D
             stubborn_backend.clone(),
         );
         shim.create().await.expect("boot");
+        shim.start().await.expect("start");
         let start = Instant::now();
         let _ = shim.delete().await.expect("delete");
         stubborn.push(start.elapsed());
@@ -587,6 +589,7 @@ async fn boot_runs(
             );
             let created = shim.create().await.expect("boot");
             samples[v].push(&created);
+            shim.start().await.expect("start");
             let start = Instant::now();
             let report = shim.delete().await.expect("delete");
             if v == 1 {

@@ -143,16 +143,16 @@ fn writes_before_a_transition_are_visible_to_observers_of_its_target() {
         let writer = {
             let (sm, data) = (sm.clone(), data.clone());
             thread::spawn(move || {
-                // SAFETY: no reader touches `data` before it observes Running, which this
+                // SAFETY: no reader touches `data` before it observes Created, which this
                 // thread publishes only after the write.
                 data.with_mut(|p| unsafe { *p = 42 });
                 sm.try_mark_created().unwrap();
             })
         };
-        let via_state = sm.is_running();
+        let via_state = sm.is_created();
         let via_transition = sm.try_start_deleting().is_ok();
         if via_state || via_transition {
-            // SAFETY: Running was observed, so the write happened-before this read.
+            // SAFETY: Created was observed, so the write happened-before this read.
             let seen = data.with(|p| unsafe { *p });
             assert_eq!(seen, 42);
         }
@@ -160,9 +160,13 @@ fn writes_before_a_transition_are_visible_to_observers_of_its_target() {
     });
 }
 
+/// Rows and columns of [`Reports`]: the largest table's transitions and states (`ShimState`:
+/// six of each).
+const TABLE: usize = 6;
+
 /// Counts observer reports per (transition, state left) in loom atomics, so loom also
 /// explores where each report falls against the other threads' operations.
-struct Reports([[loom::sync::atomic::AtomicUsize; 5]; 5]);
+struct Reports([[loom::sync::atomic::AtomicUsize; TABLE]; TABLE]);
 
 impl Reports {
     fn new() -> Self {
@@ -208,6 +212,9 @@ fn assert_reported<S: LifecycleState>(reports: &Reports, successes: &[(usize, S)
     }
 }
 
+/// `shut_down`'s index in `ShimState::TRANSITIONS`.
+const SHUT_DOWN: usize = 5;
+
 /// Model 6: three threads race transitions on an observed machine (two `start_creating`, one
 /// `shut_down`). Whatever the interleaving, the observer got exactly one report per successful
 /// `try_*`, with the state it really left.
@@ -223,14 +230,14 @@ fn observer_sees_each_success_of_three_racing_threads_once() {
             .collect();
         let mut successes: Vec<(usize, ShimState)> = sm
             .try_shut_down()
-            .map(|from| (4, from))
+            .map(|from| (SHUT_DOWN, from))
             .into_iter()
             .collect();
         for creator in creators {
             successes.extend(creator.join().unwrap());
         }
         assert!(
-            successes.iter().any(|&(i, _)| i == 4),
+            successes.iter().any(|&(i, _)| i == SHUT_DOWN),
             "shut_down always wins"
         );
         assert_reported(sm.observer(), &successes);
@@ -257,5 +264,57 @@ fn observer_sees_each_success_of_two_racing_threads_once() {
         successes.extend(flipper.join().unwrap().into_iter().flatten());
         assert_reported(vm.observer(), &successes);
         assert_eq!(vm.state(), VmState::Stopped);
+    });
+}
+
+/// Model 8: out of Created, `start`, `start_deleting` and `shut_down` race on three threads.
+/// Every outcome is one a sequential order produces, and each transition's `from` agrees with
+/// the others' results.
+#[test]
+fn start_racing_delete_and_shutdown_from_created() {
+    model(|| {
+        let sm = Arc::new(AtomicShimState::new());
+        let _ = sm.force(ShimState::Created);
+        let starter = {
+            let sm = sm.clone();
+            thread::spawn(move || sm.try_start())
+        };
+        let deleter = {
+            let sm = sm.clone();
+            thread::spawn(move || sm.try_start_deleting())
+        };
+        // Only shut_down reaches ShuttingDown, so it always succeeds.
+        let shut_down_from = sm
+            .try_shut_down()
+            .expect("shut_down from a non-terminal state");
+        let started = starter.join().unwrap();
+        let deleting = deleter.join().unwrap();
+        match (&started, &deleting, shut_down_from) {
+            // start, start_deleting, shut_down.
+            (Ok(ShimState::Created), Ok(ShimState::Running), ShimState::Deleting)
+            // start, shut_down; start_deleting sees ShuttingDown.
+            | (Ok(ShimState::Created), Err(_), ShimState::Running)
+            // start_deleting first; start sees Deleting or (after shut_down) ShuttingDown.
+            | (Err(_), Ok(ShimState::Created), ShimState::Deleting)
+            // shut_down first; both others see ShuttingDown.
+            | (Err(_), Err(_), ShimState::Created) => {}
+            other => panic!("no sequential order produces {other:?}"),
+        }
+        if let Err(e) = &deleting {
+            assert_eq!(e.observed(), ShimState::ShuttingDown);
+        }
+        if let Err(e) = &started {
+            let expected: &[ShimState] = if deleting.is_ok() {
+                &[ShimState::Deleting, ShimState::ShuttingDown]
+            } else {
+                &[ShimState::ShuttingDown]
+            };
+            assert!(
+                expected.contains(&e.observed()),
+                "start saw {}",
+                e.observed()
+            );
+        }
+        assert_eq!(sm.state(), ShimState::ShuttingDown);
     });
 }

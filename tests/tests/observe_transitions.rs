@@ -200,8 +200,8 @@ fn shared_dyn_observer_through_the_state_machine_trait() {
     run_through(&borrowed);
     let once = [
         "start_creating: idle -> creating",
-        "mark_created: creating -> running",
-        "force: running -> idle",
+        "mark_created: creating -> created",
+        "force: created -> idle",
     ];
     assert_eq!(log.lines(), once.repeat(3));
 }

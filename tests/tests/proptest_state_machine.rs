@@ -91,7 +91,48 @@ fn predicates_agree_with_state_for_every_state() {
     for &s in ShimState::ALL {
         let m = AtomicShimState::new();
         let _ = m.force(s);
+        assert_eq!(m.is_created(), s == ShimState::Created);
         assert_eq!(m.is_running(), s == ShimState::Running);
         assert_eq!(m.is_shutting_down(), s == ShimState::ShuttingDown);
+    }
+}
+
+/// The shim's lifecycle written out by hand from SPEC §3/§9, independent of the generated
+/// table: where `transition` leads from `from`, if it is allowed there.
+fn shim_reference(from: ShimState, transition: &str) -> Option<ShimState> {
+    use ShimState::{Created, Creating, Deleting, Idle, Running, ShuttingDown};
+    match (transition, from) {
+        ("start_creating", Idle) => Some(Creating),
+        ("mark_created", Creating) => Some(Created),
+        ("mark_creation_failed", Creating) => Some(Idle),
+        ("start", Created) => Some(Running),
+        ("start_deleting", Created | Running) => Some(Deleting),
+        ("shut_down", Idle | Creating | Created | Running | Deleting) => Some(ShuttingDown),
+        _ => None,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Random sequences of transitions by name: the generated machine follows the hand-written
+    /// model, so a wrong table cannot agree with itself.
+    #[test]
+    fn shim_machine_matches_the_hand_written_lifecycle(
+        picks in prop::collection::vec(0..ShimState::TRANSITIONS.len(), 0..64)
+    ) {
+        let machine = AtomicShimState::new();
+        let mut model = ShimState::Idle;
+        for i in picks {
+            let t = &ShimState::TRANSITIONS[i];
+            if let Some(to) = shim_reference(model, t.name) {
+                prop_assert_eq!(machine.try_apply(t), Ok(model), "{} from {}", t.name, model);
+                model = to;
+            } else {
+                let err = machine.try_apply(t).unwrap_err();
+                prop_assert_eq!(err.observed(), model);
+            }
+            prop_assert_eq!(machine.state(), model);
+        }
     }
 }

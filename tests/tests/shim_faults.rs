@@ -31,13 +31,32 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 #[test]
 fn qemu_killed_from_outside_while_running() {
-    serial(|| async {
-        let vm = TestVm::new("fault-killed");
+    qemu_killed_from_outside(ShimState::Running);
+}
+
+/// Between `create` and `start` the VM is just as up: its crash is handled the same way.
+#[test]
+fn qemu_killed_from_outside_while_created() {
+    qemu_killed_from_outside(ShimState::Created);
+}
+
+/// QEMU is killed with SIGKILL while the shim is `up` (`Created` or `Running`).
+fn qemu_killed_from_outside(up: ShimState) {
+    serial(|| async move {
+        let vm = TestVm::new(if up == ShimState::Running {
+            "fault-killed"
+        } else {
+            "fault-killed-created"
+        });
         let mut events = vm.shim.events().unwrap();
         timeout(HANG_GUARD, vm.shim.create())
             .await
             .unwrap()
             .expect("created");
+        if up == ShimState::Running {
+            vm.shim.start().await.expect("started");
+        }
+        assert_eq!(vm.shim.state().state, up);
         kill(pid(&vm), Signal::SIGKILL).expect("kill QEMU");
         // The shim notices on its own and tears down: the stream ends when it is done.
         let events = drain(&mut events).await;
@@ -49,14 +68,17 @@ fn qemu_killed_from_outside_while_running() {
         assert!(events
             .iter()
             .any(|e| matches!(e, ShimEvent::VmExited(c) if !c.intentional)));
-        // The crash is not a delete: Running → ShuttingDown directly.
-        assert!(events.iter().any(|e| matches!(
-            e,
-            ShimEvent::State {
-                from: ShimState::Running,
-                to: ShimState::ShuttingDown
-            }
-        )));
+        // The crash is not a delete: Created or Running → ShuttingDown directly.
+        assert!(
+            events.iter().any(|e| matches!(
+                e,
+                ShimEvent::State {
+                    from,
+                    to: ShimState::ShuttingDown
+                } if *from == up
+            )),
+            "{events:#?}"
+        );
         assert!(!events.iter().any(|e| matches!(
             e,
             ShimEvent::State {
@@ -240,11 +262,11 @@ fn create_racing_delete() {
             ),
             "{deleted:?}"
         );
-        assert_eq!(vm.shim.state().state, ShimState::Running);
+        assert_eq!(vm.shim.state().state, ShimState::Created);
         let report = timeout(HANG_GUARD, vm.shim.delete())
             .await
             .unwrap()
-            .expect("now it deletes");
+            .expect("now it deletes (from Created)");
         assert!(!report.has_errors(), "{report}");
         vm.assert_nothing_left().await;
     });

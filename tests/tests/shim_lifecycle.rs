@@ -1,4 +1,4 @@
-//! The shim on a real VM: create → `Running` → delete → `ShuttingDown`, with the event stream,
+//! The shim on a real VM: create → `Created` → start → `Running` → delete → `ShuttingDown`, with the event stream,
 //! the cleanup report and the exit cause, and nothing left behind.
 
 mod shim_common;
@@ -6,7 +6,7 @@ mod shim_common;
 use lifecycle_core::PhaseOutcome;
 use shim_common::{drain, serial, TestVm, HANG_GUARD};
 use spinbox::cleanup::CleanupPhase;
-use spinbox::shim::{CreateError, DeleteError, ShimEvent};
+use spinbox::shim::{CreateError, DeleteError, ShimEvent, StartError};
 use spinbox::state::ShimState;
 use tokio::time::timeout;
 
@@ -20,6 +20,38 @@ fn states(events: &[ShimEvent]) -> Vec<(ShimState, ShimState)> {
         .collect()
 }
 
+/// The stream of a create → delete: booted, every phase finished ok (the no-op ones
+/// included), `event_close` last, and console lines forwarded.
+fn assert_full_teardown_reported(events: &[ShimEvent]) {
+    assert!(events.iter().any(|e| matches!(e, ShimEvent::Booted(_))));
+    // Every phase is reported, the no-op ones included, each finished ok.
+    let finished: Vec<CleanupPhase> = events
+        .iter()
+        .filter_map(|e| match e {
+            ShimEvent::PhaseFinished {
+                phase,
+                outcome: PhaseOutcome::Ok,
+                ..
+            } => Some(*phase),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(finished, CleanupPhase::ALL);
+    assert!(matches!(
+        events.last(),
+        Some(ShimEvent::PhaseFinished {
+            phase: CleanupPhase::EventClose,
+            ..
+        })
+    ));
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, ShimEvent::Console(line) if !line.is_empty())),
+        "the serial console was forwarded"
+    );
+}
+
 #[test]
 fn create_then_delete() {
     serial(|| async {
@@ -31,7 +63,7 @@ fn create_then_delete() {
             .await
             .unwrap()
             .expect("created");
-        assert_eq!(vm.shim.state().state, ShimState::Running);
+        assert_eq!(vm.shim.state().state, ShimState::Created);
         assert!(
             created.info.kernel_release.ends_with("-amd64"),
             "{:?}",
@@ -55,7 +87,20 @@ fn create_then_delete() {
             .expect("agent connection")
             .ping()
             .await
-            .expect("ping");
+            .expect("ping while created");
+        vm.shim.start().await.expect("started");
+        assert_eq!(vm.shim.state().state, ShimState::Running);
+        assert!(matches!(
+            vm.shim.start().await,
+            Err(StartError::AlreadyRunning)
+        ));
+        vm.shim
+            .agent()
+            .await
+            .expect("agent connection")
+            .ping()
+            .await
+            .expect("ping while running");
 
         let report = timeout(HANG_GUARD, vm.shim.delete())
             .await
@@ -90,38 +135,13 @@ fn create_then_delete() {
             states(&events),
             [
                 (ShimState::Idle, ShimState::Creating),
-                (ShimState::Creating, ShimState::Running),
+                (ShimState::Creating, ShimState::Created),
+                (ShimState::Created, ShimState::Running),
                 (ShimState::Running, ShimState::Deleting),
                 (ShimState::Deleting, ShimState::ShuttingDown),
             ]
         );
-        assert!(events.iter().any(|e| matches!(e, ShimEvent::Booted(_))));
-        // Every phase is reported, the no-op ones included, each finished ok.
-        let finished: Vec<CleanupPhase> = events
-            .iter()
-            .filter_map(|e| match e {
-                ShimEvent::PhaseFinished {
-                    phase,
-                    outcome: PhaseOutcome::Ok,
-                    ..
-                } => Some(*phase),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(finished, CleanupPhase::ALL);
-        assert!(matches!(
-            events.last(),
-            Some(ShimEvent::PhaseFinished {
-                phase: CleanupPhase::EventClose,
-                ..
-            })
-        ));
-        assert!(
-            events
-                .iter()
-                .any(|e| matches!(e, ShimEvent::Console(line) if !line.is_empty())),
-            "the serial console was forwarded"
-        );
+        assert_full_teardown_reported(&events);
         vm.assert_nothing_left().await;
     });
 }
@@ -135,6 +155,7 @@ fn shutdown_of_an_idle_shim_ends_the_stream() {
             vm.shim.delete().await,
             Err(DeleteError::NotCreated)
         ));
+        assert!(matches!(vm.shim.start().await, Err(StartError::NotCreated)));
         let report = vm.shim.shutdown().await;
         assert!(!report.has_errors(), "{report}");
         assert!(vm.shim.state().intentional_shutdown);

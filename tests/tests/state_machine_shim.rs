@@ -38,11 +38,78 @@ fn happy_path_returns_the_state_left() {
     assert_eq!(sm.try_start_creating(), Ok(ShimState::Idle));
     assert_eq!(sm.state(), ShimState::Creating);
     assert_eq!(sm.try_mark_created(), Ok(ShimState::Creating));
+    assert_eq!(sm.state(), ShimState::Created);
+    assert_eq!(sm.try_start(), Ok(ShimState::Created));
     assert_eq!(sm.state(), ShimState::Running);
     assert_eq!(sm.try_start_deleting(), Ok(ShimState::Running));
     assert_eq!(sm.state(), ShimState::Deleting);
     assert_eq!(sm.try_shut_down(), Ok(ShimState::Deleting));
     assert_eq!(sm.state(), ShimState::ShuttingDown);
+}
+
+#[test]
+fn create_then_start_goes_created_then_running() {
+    let sm = ShimStateMachine::new();
+    sm.try_start_creating().unwrap();
+    assert_eq!(sm.try_mark_created(), Ok(ShimState::Creating));
+    assert!(sm.is_created());
+    assert!(!sm.is_running());
+    assert_eq!(sm.try_start(), Ok(ShimState::Created));
+    assert!(sm.is_running());
+}
+
+#[test]
+fn cannot_start_twice() {
+    let sm = in_state(ShimState::Created);
+    assert_eq!(sm.try_start(), Ok(ShimState::Created));
+    let err = sm.try_start().unwrap_err();
+    assert_eq!(err.observed(), ShimState::Running);
+    assert_eq!(err.allowed_sources(), &[ShimState::Created]);
+    assert_eq!(err.target(), ShimState::Running);
+    assert_eq!(sm.state(), ShimState::Running);
+}
+
+#[test]
+fn start_only_from_created() {
+    for &state in ShimState::ALL {
+        let sm = in_state(state);
+        let result = sm.try_start();
+        if state == ShimState::Created {
+            assert_eq!(result, Ok(state));
+        } else {
+            assert_eq!(result.unwrap_err().observed(), state);
+            assert_eq!(sm.state(), state);
+        }
+    }
+}
+
+#[test]
+fn delete_from_created_without_a_start() {
+    let sm = in_state(ShimState::Created);
+    assert_eq!(sm.try_start_deleting(), Ok(ShimState::Created));
+    assert!(sm.is_deleting());
+    assert_eq!(sm.try_shut_down(), Ok(ShimState::Deleting));
+    let err = in_state(ShimState::Idle).try_start_deleting().unwrap_err();
+    assert_eq!(
+        err.allowed_sources(),
+        &[ShimState::Created, ShimState::Running]
+    );
+}
+
+#[test]
+fn cannot_create_from_created() {
+    let sm = in_state(ShimState::Created);
+    let err = sm.try_start_creating().unwrap_err();
+    assert_eq!(err.observed(), ShimState::Created);
+    assert_eq!(
+        err.to_string(),
+        "transition `start_creating` to `creating` refused: machine is `created`, expected `idle`"
+    );
+    assert_eq!(
+        sm.try_mark_created().unwrap_err().observed(),
+        ShimState::Created
+    );
+    assert_eq!(sm.state(), ShimState::Created);
 }
 
 #[test]
@@ -90,10 +157,11 @@ fn every_transition_from_every_state() {
             }
         }
     }
-    // 5 transitions × 5 states, 4 + 4 allowed... counted from the table, not assumed:
+    // 6 transitions × 6 states; the allowed pairs counted from the table, not assumed:
+    // 1 + 1 + 1 + 1 + 2 + 5 (shut_down from every non-terminal state).
     let allowed: usize = ShimState::TRANSITIONS.iter().map(|t| t.sources.len()).sum();
-    assert_eq!(refused, 5 * 5 - allowed);
-    assert_eq!(allowed, 8);
+    assert_eq!(refused, 6 * 6 - allowed);
+    assert_eq!(allowed, 11);
 }
 
 #[test]
@@ -205,6 +273,7 @@ fn exactly_one_predicate_holds() {
         let holds = [
             sm.is_idle(),
             sm.is_creating(),
+            sm.is_created(),
             sm.is_running(),
             sm.is_deleting(),
             sm.is_shutting_down(),
@@ -219,7 +288,14 @@ fn names_and_raw_values() {
     let names: Vec<String> = ShimState::ALL.iter().map(ToString::to_string).collect();
     assert_eq!(
         names,
-        ["idle", "creating", "running", "deleting", "shutting_down"]
+        [
+            "idle",
+            "creating",
+            "created",
+            "running",
+            "deleting",
+            "shutting_down"
+        ]
     );
     assert_eq!(ShimState::ShuttingDown.name(), "shutting_down");
     assert_eq!(
@@ -233,10 +309,12 @@ fn names_and_raw_values() {
         assert_eq!(ShimState::from_raw(raw), Ok(state));
         assert_eq!(ShimState::try_from(raw), Ok(state));
     }
-    let err = ShimState::try_from(5).unwrap_err();
-    assert_eq!(err.raw, 5);
+    assert_eq!(ShimState::Created.to_raw(), 2);
+    assert_eq!(ShimState::ShuttingDown.to_raw(), 5);
+    let err = ShimState::try_from(6).unwrap_err();
+    assert_eq!(err.raw, 6);
     assert_eq!(err.state_type, "ShimState");
-    assert_eq!(err.to_string(), "5 is not a valid ShimState value");
+    assert_eq!(err.to_string(), "6 is not a valid ShimState value");
     assert!(ShimState::from_raw(255).is_err());
     assert!(ShimState::ShuttingDown.is_terminal());
     assert!(!ShimState::Deleting.is_terminal());
@@ -274,21 +352,26 @@ fn transition_table_and_diagram() {
             "start_creating",
             "mark_created",
             "mark_creation_failed",
+            "start",
             "start_deleting",
             "shut_down"
         ]
     );
-    let shut_down = &ShimState::TRANSITIONS[4];
+    let shut_down = &ShimState::TRANSITIONS[5];
     assert!(shut_down.from_any);
     assert_eq!(
         shut_down.sources,
         &[
             ShimState::Idle,
             ShimState::Creating,
+            ShimState::Created,
             ShimState::Running,
             ShimState::Deleting
         ]
     );
+    assert!(ShimState::MERMAID.contains("    Creating --> Created: mark_created\n"));
+    assert!(ShimState::MERMAID.contains("    Created --> Running: start\n"));
+    assert!(ShimState::MERMAID.contains("    Created --> Deleting: start_deleting\n"));
     assert!(ShimState::MERMAID.starts_with("stateDiagram-v2\n    [*] --> Idle\n"));
     assert!(ShimState::MERMAID.contains("    Creating --> Idle: mark_creation_failed\n"));
     assert!(ShimState::MERMAID.contains("    Deleting --> ShuttingDown: shut_down\n"));

@@ -87,11 +87,13 @@ fn each_successful_transition_emits_one_debug_event() {
             transitions[0]
         );
     }
-    assert!(
-        transitions[1].contains("transition=mark_created"),
-        "{}",
-        transitions[1]
-    );
+    for field in ["transition=mark_created", "from=creating", "to=created"] {
+        assert!(
+            transitions[1].contains(field),
+            "{field} in {}",
+            transitions[1]
+        );
+    }
 }
 
 #[test]

@@ -10,6 +10,10 @@ use nix::mount::{mount, MsFlags};
 /// Where the initramfs keeps the modules and their `load-order` list.
 pub const MODULE_DIR: &str = "/lib/modules";
 
+/// The list of module groups loaded on demand (not at boot), in [`MODULE_DIR`]: one line
+/// per group, `<group>: a.ko b.ko ...`, each group's modules in dependency order.
+pub const ON_DEMAND_LIST: &str = "on-demand";
+
 /// Errors of early initialisation.
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
@@ -111,6 +115,69 @@ pub fn load_modules(dir: &Path) -> Result<(), InitError> {
     Ok(())
 }
 
+/// The groups [`load_group`] has loaded, by `(directory, group)`.
+static LOADED_GROUPS: std::sync::Mutex<Vec<(PathBuf, String)>> = std::sync::Mutex::new(Vec::new());
+
+/// Loads the modules of `group` listed in `<dir>/on-demand`, in order, once per process:
+/// a second call (from any thread) returns at once; concurrent callers wait for the first
+/// one. A module already present (`EEXIST`) counts as loaded. A missing list, or a group
+/// the list does not name, means there is nothing to load (the kernel has it built in).
+/// A failed load is not remembered: the next call tries again. Blocks: call it off the
+/// async runtime's thread.
+pub fn load_group(dir: &Path, group: &str) -> Result<(), InitError> {
+    // The lock is held while loading, so concurrent callers wait for the outcome; nothing
+    // panics while holding it, and the list stays consistent if something did.
+    let mut loaded = LOADED_GROUPS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if loaded.iter().any(|(d, g)| d == dir && g == group) {
+        return Ok(());
+    }
+    let list_path = dir.join(ON_DEMAND_LIST);
+    let list = match std::fs::read_to_string(&list_path) {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(source) => {
+            return Err(InitError::ReadList {
+                path: list_path,
+                source,
+            })
+        }
+    };
+    let modules = list
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(name, _)| name.trim() == group)
+        .map(|(_, modules)| modules.split_whitespace().collect::<Vec<_>>())
+        .unwrap_or_default();
+    let started = std::time::Instant::now();
+    for name in &modules {
+        load_module(&dir.join(name))?;
+    }
+    tracing::info!(group, ?modules, elapsed = ?started.elapsed(), "module group loaded");
+    loaded.push((dir.to_owned(), group.to_owned()));
+    Ok(())
+}
+
+/// Loads one module file; `EEXIST` (already loaded) is success.
+fn load_module(path: &Path) -> Result<(), InitError> {
+    let file = File::open(path).map_err(|source| InitError::OpenModule {
+        path: path.to_owned(),
+        source,
+    })?;
+    match nix::kmod::finit_module(
+        &file,
+        &CString::default(),
+        nix::kmod::ModuleInitFlags::empty(),
+    ) {
+        Ok(()) | Err(nix::Error::EEXIST) => Ok(()),
+        Err(source) => Err(InitError::LoadModule {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
 /// Syncs and powers the machine off. Not PID 1 (a test run on a host): exits instead.
 pub fn power_off(pid1: bool) -> ! {
     nix::unistd::sync();
@@ -133,4 +200,32 @@ pub fn fatal(pid1: bool, message: &str) -> ! {
         power_off(true);
     }
     std::process::exit(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_load_from_the_on_demand_list() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // No list: nothing to load (everything built in).
+        load_group(dir.path(), "erofs").expect("no list");
+        std::fs::write(
+            dir.path().join(ON_DEMAND_LIST),
+            "overlay:\n9p: missing.ko\n",
+        )
+        .expect("write the list");
+        // A group without modules, and a group the list does not name, load nothing.
+        load_group(dir.path(), "overlay").expect("empty group");
+        load_group(dir.path(), "virtiofs").expect("unnamed group");
+        // A failure is reported, and not remembered as loaded.
+        for _ in 0..2 {
+            let err = load_group(dir.path(), "9p").expect_err("missing module");
+            assert!(
+                matches!(&err, InitError::OpenModule { path, .. } if path.ends_with("missing.ko")),
+                "{err:?}"
+            );
+        }
+    }
 }

@@ -6,9 +6,14 @@
 //!    button and evdev);
 //! 3. opens the ACPI power button's input device (so a QMP `system_powerdown` that comes
 //!    any time after readiness is seen) — see [`power_button`];
-//! 4. serves the ttrpc `System` service on vsock port 1024 — see [`service`], [`listener`];
-//! 5. announces readiness by connecting to the host (CID 2, port 1025) — see [`ready`];
-//! 6. powers off on `Shutdown` (once the reply is delivered) or on the power button.
+//! 4. starts the child reaper (as PID 1 it inherits every orphan) — see
+//!    [`container::reaper`];
+//! 5. takes stdio streams on vsock port 1026 and serves the ttrpc `System` and `Task`
+//!    services on vsock port 1024 — see [`service`], [`task`], [`listener`]; the kernel
+//!    modules a container's filesystems need are loaded on demand, by group, from
+//!    `/lib/modules/on-demand` (see [`init::load_group`]);
+//! 6. announces readiness by connecting to the host (CID 2, port 1025) — see [`ready`];
+//! 7. powers off on `Shutdown` (once the reply is delivered) or on the power button.
 //!
 //! Built with the `test-knobs` feature (the test initramfs only), it also obeys the kernel
 //! arguments `spinbox.agent=mute` and `spinbox.agent=stubborn`, for the host's fault tests.
@@ -16,18 +21,13 @@
 //! As PID 1 it must never exit: any fatal error or panic is logged to the console, the
 //! filesystems are synced, and the machine is powered off.
 
-// The guest's container runtime; the Task service that drives it comes next (issue 13).
-#[allow(
-    dead_code,
-    unused_imports,
-    reason = "a library until the Task service uses it"
-)]
 mod container;
 mod init;
 mod listener;
 mod power_button;
 mod ready;
 mod service;
+mod task;
 #[cfg(feature = "test-knobs")]
 mod test_knobs;
 mod timeline;
@@ -35,8 +35,8 @@ mod timeline;
 use std::sync::Arc;
 use std::time::Duration;
 
-use spinbox_protocol::agent_ttrpc::create_system;
-use spinbox_protocol::AGENT_PORT;
+use spinbox_protocol::agent_ttrpc::{create_system, create_task};
+use spinbox_protocol::{AGENT_PORT, STDIO_PORT};
 use tokio::sync::mpsc;
 
 /// The agent's version, reported by `Info` and in the readiness line.
@@ -58,6 +58,12 @@ enum AgentError {
     /// The vsock listener could not be bound.
     #[error("cannot listen on vsock port {AGENT_PORT}")]
     Listen(#[source] std::io::Error),
+    /// The stdio vsock listener could not be bound.
+    #[error("cannot listen on vsock port {STDIO_PORT}")]
+    ListenStdio(#[source] std::io::Error),
+    /// The child reaper could not be started.
+    #[error("cannot start the child reaper")]
+    Reaper(#[source] std::io::Error),
     /// The ttrpc server did not start.
     #[error("cannot start the ttrpc server")]
     Serve(#[source] ttrpc::Error),
@@ -104,10 +110,10 @@ fn run(pid1: bool) -> Result<PowerOff, AgentError> {
         .enable_all()
         .build()
         .map_err(AgentError::Runtime)?;
-    rt.block_on(serve())
+    rt.block_on(serve(pid1))
 }
 
-async fn serve() -> Result<PowerOff, AgentError> {
+async fn serve(pid1: bool) -> Result<PowerOff, AgentError> {
     let (power_tx, mut power_rx) = mpsc::channel::<PowerOff>(4);
     // Before readiness: a press that arrives after the host sees "ready" must not be lost.
     power_button::watch(power_tx.clone());
@@ -124,11 +130,19 @@ async fn serve() -> Result<PowerOff, AgentError> {
     #[cfg(not(feature = "test-knobs"))]
     let stubborn = false;
 
+    // As PID 1 the agent inherits every orphan of the guest: reap from the start.
+    container::Reaper::global().map_err(AgentError::Reaper)?;
+    let tasks = task::Tasks::new(task::Config {
+        run_root: task::RUN_ROOT.into(),
+        modules: pid1.then(|| init::MODULE_DIR.into()),
+    });
+    task::listen_stdio(tasks.clone(), STDIO_PORT).map_err(AgentError::ListenStdio)?;
     let (listener, connections) = listener::bind(AGENT_PORT).map_err(AgentError::Listen)?;
     let service = service::SystemService::new(power_tx);
     let mut server = ttrpc::asynchronous::Server::new()
         .add_listener(listener)
-        .register_service(create_system(Arc::new(service)));
+        .register_service(create_system(Arc::new(service)))
+        .register_service(create_task(Arc::new(task::TaskService(tasks))));
     server.start().await.map_err(AgentError::Serve)?;
     timeline::mark(timeline::Step::Serving);
     tracing::info!(port = AGENT_PORT, "serving ttrpc on vsock");

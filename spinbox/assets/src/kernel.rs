@@ -23,6 +23,28 @@ const WANTED: &[(&str, bool)] = &[
     ("evdev", true),
 ];
 
+/// Module groups the agent loads on demand, before the first mount that needs them (never
+/// at boot: boot time is benchmarked). Each group is written to `on-demand` as one line,
+/// `<group>: a.ko b.ko ...`, its modules with their dependencies first, leaving out those
+/// the boot `load-order` already loads. Debian builds all of these as modules; the flag
+/// (as in [`WANTED`]) would allow one to be built in.
+const ON_DEMAND: &[(&str, &[(&str, bool)])] = &[
+    ("overlay", &[("overlay", false)]),
+    ("9p", &[("9pnet_virtio", false), ("9p", false)]),
+    // erofs needs libcrc32c, whose init asks the crypto API for "crc32c" (a `softdep`,
+    // which modinfo's `depends=` does not carry): without the generic implementation
+    // loaded first, libcrc32c fails with ENOENT (there is no modprobe in the guest).
+    (
+        "erofs",
+        &[
+            ("virtio_blk", false),
+            ("crc32c_generic", true),
+            ("erofs", false),
+        ],
+    ),
+    ("virtiofs", &[("virtiofs", false)]),
+];
+
 /// The xz stream magic (`FD 37 7A 58 5A 00`) that starts the bzImage's payload.
 const XZ_MAGIC: &[u8] = &[0xFD, 0x37, 0x7A, 0x58, 0x5A, 0x00];
 
@@ -72,7 +94,7 @@ pub struct Kernel {
     pub bzimage: PathBuf,
     /// The ELF vmlinux.
     pub vmlinux: PathBuf,
-    /// The module directory (`*.ko` + `load-order`).
+    /// The module directory (`*.ko`, `load-order` and `on-demand`).
     pub modules: PathBuf,
 }
 
@@ -125,6 +147,18 @@ fn wanted_stamp() -> String {
         stamp.push_str(name);
         if *optional {
             stamp.push('?');
+        }
+        stamp.push('\n');
+    }
+    for (group, modules) in ON_DEMAND {
+        stamp.push_str(group);
+        stamp.push(':');
+        for (name, optional) in *modules {
+            stamp.push(' ');
+            stamp.push_str(name);
+            if *optional {
+                stamp.push('?');
+            }
         }
         stamp.push('\n');
     }
@@ -197,6 +231,28 @@ fn unpack_into(
     let list_path = kernel.modules.join("load-order");
     std::fs::write(&list_path, list).map_err(io("write", &list_path))?;
     tracing::info!(modules = ?order.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), "modules selected");
+
+    let at_boot: std::collections::HashSet<&str> = order.iter().map(|(n, _)| n.as_str()).collect();
+    let mut groups = String::new();
+    for (group, wanted) in ON_DEMAND {
+        let modules = modules::resolve(&tree, wanted)?;
+        groups.push_str(group);
+        groups.push(':');
+        for (name, path) in modules
+            .iter()
+            .filter(|(n, _)| !at_boot.contains(n.as_str()))
+        {
+            let file = format!("{name}.ko");
+            let dest = kernel.modules.join(&file);
+            std::fs::copy(path, &dest).map_err(io("copy", path))?;
+            groups.push(' ');
+            groups.push_str(&file);
+        }
+        groups.push('\n');
+    }
+    let groups_path = kernel.modules.join("on-demand");
+    std::fs::write(&groups_path, &groups).map_err(io("write", &groups_path))?;
+    tracing::info!(%groups, "on-demand module groups");
     Ok(())
 }
 
@@ -245,7 +301,7 @@ fn extract_vmlinux(bzimage: &Path, out: &Path) -> Result<(), KernelError> {
 }
 
 /// Builds the initramfs: `/init` (the agent), `/dev/console`, the mount points, and
-/// `/lib/modules/{*.ko,load-order}`. Written beside `out` and renamed over it.
+/// `/lib/modules/{*.ko,load-order,on-demand}`. Written beside `out` and renamed over it.
 pub fn write_initramfs(agent: &Path, kernel: &Kernel, out: &Path) -> Result<(), KernelError> {
     let agent_bytes = std::fs::read(agent).map_err(io("read", agent))?;
     let tmp = out.with_extension("tmp");
@@ -262,12 +318,29 @@ pub fn write_initramfs(agent: &Path, kernel: &Kernel, out: &Path) -> Result<(), 
     write(w.file("init", 0o755, &agent_bytes))?;
     let list_path = kernel.modules.join("load-order");
     let list = std::fs::read_to_string(&list_path).map_err(io("read", &list_path))?;
-    for name in list.lines().filter(|l| !l.is_empty()) {
+    let groups_path = kernel.modules.join("on-demand");
+    let groups = std::fs::read_to_string(&groups_path).map_err(io("read", &groups_path))?;
+    let mut files: Vec<&str> = list.lines().filter(|l| !l.is_empty()).collect();
+    for line in groups.lines() {
+        let (_group, modules) = line.split_once(':').ok_or_else(|| {
+            KernelError::Layout(format!(
+                "malformed line {line:?} in {}",
+                groups_path.display()
+            ))
+        })?;
+        for name in modules.split_whitespace() {
+            if !files.contains(&name) {
+                files.push(name);
+            }
+        }
+    }
+    for name in files {
         let p = kernel.modules.join(name);
         let bytes = std::fs::read(&p).map_err(io("read", &p))?;
         write(w.file(&format!("lib/modules/{name}"), 0o644, &bytes))?;
     }
     write(w.file("lib/modules/load-order", 0o644, list.as_bytes()))?;
+    write(w.file("lib/modules/on-demand", 0o644, groups.as_bytes()))?;
     let mut buf = w.finish().map_err(io("write", &tmp))?;
     buf.flush().map_err(io("write", &tmp))?;
     drop(buf);

@@ -17,6 +17,10 @@
 //!
 //! Run it again at any time: cached steps cost a few milliseconds.
 
+// The container tests' rootfs builder (std only), shared with the agent's tests.
+#[path = "../../agent/src/container/busybox_rootfs.rs"]
+#[allow(dead_code, reason = "the agent's tests use the rest of it")]
+mod busybox_rootfs;
 mod cpio;
 mod kernel;
 mod modules;
@@ -46,6 +50,9 @@ enum ProvisionError {
     /// The kernel step failed.
     #[error(transparent)]
     Kernel(#[from] kernel::KernelError),
+    /// The busybox rootfs could not be built.
+    #[error("cannot build the busybox rootfs")]
+    Rootfs(#[from] busybox_rootfs::RootfsError),
     /// Writing an output failed.
     #[error("cannot write {}", path.display())]
     Write {
@@ -163,9 +170,43 @@ fn provision(dir: &Path, with_virtiofsd: bool) -> Result<Assets, ProvisionError>
         vhost_device_vsock: vdv,
         mkfs_erofs: Some(mkfs_erofs),
         virtiofsd,
+        rootfs: Some(provision_rootfs(dir)?),
     };
     write_atomic(&dir.join(MANIFEST_FILE), assets.to_manifest().as_bytes())?;
     Ok(assets)
+}
+
+/// Builds the busybox rootfs into `<dir>/rootfs` (afresh each time: it is small, and a
+/// half-built one from an interrupted run must not survive).
+fn provision_rootfs(dir: &Path) -> Result<PathBuf, ProvisionError> {
+    let root = dir.join("rootfs");
+    let tmp = dir.join("rootfs.tmp");
+    let write = |path: &Path| {
+        let path = path.to_owned();
+        move |source| ProvisionError::Write { path, source }
+    };
+    for d in [&tmp, &root] {
+        match std::fs::remove_dir_all(d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(write(d)(e)),
+        }
+    }
+    std::fs::create_dir_all(&tmp).map_err(write(&tmp))?;
+    busybox_rootfs::build(&tmp)?;
+    // Every applet, not only the tests' few: it is the CLI's default rootfs.
+    let list = std::process::Command::new(busybox_rootfs::BUSYBOX)
+        .arg("--list")
+        .output()
+        .map_err(write(Path::new(busybox_rootfs::BUSYBOX)))?;
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        let link = tmp.join("bin").join(applet);
+        if !applet.is_empty() && !applet.contains('/') && !link.exists() {
+            std::os::unix::fs::symlink("busybox", &link).map_err(write(&link))?;
+        }
+    }
+    std::fs::rename(&tmp, &root).map_err(write(&root))?;
+    Ok(root)
 }
 
 /// Writes `path` through a temporary file and a rename, so readers never see half a file.

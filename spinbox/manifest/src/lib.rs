@@ -122,6 +122,11 @@ pub struct Assets {
     /// not a Debian bookworm package and is built from crates.io.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub virtiofsd: Option<PathBuf>,
+    /// A small container rootfs: a directory holding Debian's static busybox and its
+    /// applets, `/etc/passwd` and `/etc/group` (root and `user`, uid 1000). The CLI's
+    /// default rootfs and the container tests'. `None` where it was not provisioned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rootfs: Option<PathBuf>,
 }
 
 impl Assets {
@@ -160,6 +165,7 @@ impl Assets {
             ("vhost-device-vsock", Some(&assets.vhost_device_vsock)),
             ("mkfs.erofs", assets.mkfs_erofs.as_ref()),
             ("virtiofsd", assets.virtiofsd.as_ref()),
+            ("busybox rootfs", assets.rootfs.as_ref()),
         ];
         for (what, p) in files {
             if let Some(p) = p.filter(|p| !p.exists()) {
@@ -284,6 +290,7 @@ mod tests {
             vhost_device_vsock: f("vdv"),
             mkfs_erofs: Some(f("mkfs.erofs")),
             virtiofsd: None,
+            rootfs: None,
         };
         std::fs::write(dir.join(MANIFEST_FILE), assets.to_manifest()).unwrap();
         assets

@@ -3,8 +3,17 @@
 //! ```text
 //! spinbox run [--kernel PATH] [--initrd PATH] [--accel auto|kvm|tcg] [--cpus N]
 //!             [--memory MIB] [--config FILE] [--keep] [--console]
+//!             [--rootfs DIR] [--env K=V]... [--cwd DIR] [--user UID[:GID]]
+//!             [--rootfs-transport 9p|erofs|virtiofs] [--verbose] [-- CMD ARGS...]
 //! spinbox check
 //! ```
+//!
+//! With a command, `run` runs it in a container in the VM (from `--rootfs`, default the
+//! provisioned busybox rootfs): its stdout and stderr stream live to ours, our stdin is
+//! forwarded when it is not a terminal, and `spinbox` exits with the command's exit code
+//! (128 + the signal when a signal killed it), or 125 when spinbox itself failed. The state
+//! and phase timeline then goes to stderr, with `--verbose` only. Without a command, `run`
+//! boots the VM, shows each state and phase on stdout, and deletes it.
 
 use clap::{Parser, Subcommand, ValueEnum};
 use lifecycle_core::PhaseOutcome;
@@ -82,6 +91,28 @@ struct RunArgs {
     /// The VM's ID.
     #[arg(long, default_value = "spinbox-demo")]
     id: String,
+    /// The container's rootfs directory (with a command); default: the provisioned
+    /// busybox rootfs. It is not modified: the container writes into an overlay.
+    #[arg(long)]
+    rootfs: Option<PathBuf>,
+    /// How the rootfs reaches the guest; default: the one BENCHMARKS.md chose.
+    #[arg(long)]
+    rootfs_transport: Option<spinbox::rootfs::RootfsTransport>,
+    /// An environment variable for the command, `KEY=VALUE` (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// The command's working directory in the container.
+    #[arg(long, default_value = "/")]
+    cwd: PathBuf,
+    /// The user (and group) the command runs as: `UID` or `UID:GID`.
+    #[arg(long, default_value = "0")]
+    user: String,
+    /// With a command: print the state and phase timeline on stderr.
+    #[arg(long, short)]
+    verbose: bool,
+    /// The command to run in the VM, after `--`.
+    #[arg(last = true)]
+    command: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -106,13 +137,17 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run(args) => run(args).await,
-            Command::Check => check().await,
+            Command::Run(args) if !args.command.is_empty() => Err(Ok(run_command(args).await)),
+            Command::Run(args) => run(args).await.map_err(Err),
+            Command::Check => check().await.map_err(Err),
         }
     });
+    // A blocked read of our stdin must not hold the exit.
+    runtime.shutdown_timeout(Duration::from_millis(100));
     match result {
+        Err(Ok(code)) => code,
         Ok(()) => ExitCode::SUCCESS,
-        Err(reason) => {
+        Err(Err(reason)) => {
             eprintln!("spinbox: {reason}");
             ExitCode::FAILURE
         }
@@ -231,7 +266,16 @@ async fn show_events(
     start: Instant,
     console: bool,
     mut crashed: Option<tokio::sync::oneshot::Sender<()>>,
+    sink: Timeline,
 ) {
+    let emit = |line: String| match sink {
+        Timeline::Stdout => {
+            clear_spinner();
+            println!("{} {line}", stamp(start));
+        }
+        Timeline::Stderr => eprintln!("{} {line}", stamp(start)),
+        Timeline::Quiet => {}
+    };
     // A phase still running after this long gets a "still waiting" line, then again every
     // period, so a long forced shutdown never looks like a hang.
     const PATIENCE: Duration = Duration::from_secs(5);
@@ -251,12 +295,10 @@ async fn show_events(
                 }
             } => {
                 if let Some((phase, since, at)) = current.as_mut() {
-                    clear_spinner();
-                    println!(
-                        "{} phase  {phase} still running after {:.0?} (bounded by the shutdown timeouts)",
-                        stamp(start),
+                    emit(format!(
+                        "phase  {phase} still running after {:.0?} (bounded by the shutdown timeouts)",
                         since.elapsed()
-                    );
+                    ));
                     *at += PATIENCE;
                 }
                 continue;
@@ -299,9 +341,19 @@ async fn show_events(
             ShimEvent::Console(_) => continue,
             ShimEvent::Dropped(n) => format!("events {n} dropped (the printer fell behind)"),
         };
-        clear_spinner();
-        println!("{} {line}", stamp(start));
+        emit(line);
     }
+}
+
+/// Where the state and phase timeline goes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Timeline {
+    /// Stdout (no command: the timeline is the output).
+    Stdout,
+    /// Stderr (a command's stdout is its own).
+    Stderr,
+    /// Nowhere.
+    Quiet,
 }
 
 /// Resolves on the first SIGINT, SIGTERM or SIGHUP.
@@ -361,6 +413,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
         start,
         args.console,
         Some(crashed_tx),
+        Timeline::Stdout,
     ));
     let interrupt = interrupted();
     tokio::pin!(interrupt);
@@ -391,6 +444,16 @@ async fn run(args: RunArgs) -> Result<(), String> {
                 created.info.uptime,
                 created.info.agent_version,
             );
+            if let Err(e) = shim.start().await {
+                // The VM exited (or a shutdown came in) between create and start.
+                let report = shutdown(&shim, start).await;
+                let _ = printer.await;
+                println!("\n{report}");
+                if let Some(cause) = shim.exit_cause() {
+                    println!("VM exit: {cause}");
+                }
+                return Err(format!("start refused: {e}"));
+            }
             let mut crashed_while_kept = false;
             if args.keep {
                 println!("{} VM running; Ctrl-C to delete it", stamp(start));
@@ -464,6 +527,203 @@ async fn watching_signals<T>(
                 println!("{} {signal} during the teardown: killing the VM", stamp(start));
                 shim.kill_vm().await;
             }
+        }
+    }
+}
+
+/// The exit code when spinbox itself failed (as `docker run` and `podman run` use it).
+const SPINBOX_FAILED: u8 = 125;
+
+/// `run -- CMD ...`: runs the command in a container in a VM; see the module docs.
+async fn run_command(args: RunArgs) -> ExitCode {
+    match run_command_in(args).await {
+        Ok(code) => code,
+        Err(Failed { code, reason }) => {
+            eprintln!("spinbox: {reason}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// Why `run -- CMD` ended without the command's status, and the exit code that says so.
+struct Failed {
+    code: u8,
+    reason: String,
+}
+
+impl From<String> for Failed {
+    fn from(reason: String) -> Self {
+        Self {
+            code: SPINBOX_FAILED,
+            reason,
+        }
+    }
+}
+
+impl From<&str> for Failed {
+    fn from(reason: &str) -> Self {
+        reason.to_owned().into()
+    }
+}
+
+/// The exit code of a command that did not start, as a shell gives it: 127 when the
+/// program was not found, 126 when it could not be run, else [`SPINBOX_FAILED`].
+fn start_failure(e: &spinbox::shim::StartError) -> Failed {
+    let reason = format!("start failed: {}", error_chain(e));
+    let code = if reason.contains("at Exec: ENOENT") {
+        127
+    } else if reason.contains("at Exec: EACCES") || reason.contains("at Exec: ENOEXEC") {
+        126
+    } else {
+        SPINBOX_FAILED
+    };
+    Failed { code, reason }
+}
+
+/// Parses `UID` or `UID:GID` (the group defaults to the uid).
+fn parse_user(user: &str) -> Result<(u32, u32), String> {
+    let bad = || format!("--user {user:?}: expected UID or UID:GID (numbers)");
+    let (uid, gid) = user.split_once(':').unwrap_or((user, user));
+    Ok((
+        uid.parse().map_err(|_| bad())?,
+        gid.parse().map_err(|_| bad())?,
+    ))
+}
+
+/// Our stdin as a source for the command, unless it is a terminal (then the command's
+/// stdin is at end-of-file: a VM cannot share our terminal yet).
+fn stdin_source() -> Result<Option<spinbox::task::stdio::Source>, String> {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::FileTypeExt;
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        return Ok(None);
+    }
+    let fd = stdin
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| format!("cannot duplicate stdin: {e}"))?;
+    let file = std::fs::File::from(fd);
+    let kind = file
+        .metadata()
+        .map_err(|e| format!("cannot inspect stdin: {e}"))?
+        .file_type();
+    if kind.is_fifo() || kind.is_socket() {
+        // Non-blocking, so an idle pipe never holds a thread (or the exit).
+        let rx = tokio::net::unix::pipe::Receiver::from_file_unchecked(file)
+            .map_err(|e| format!("cannot read stdin: {e}"))?;
+        Ok(Some(Box::new(rx)))
+    } else {
+        Ok(Some(Box::new(tokio::fs::File::from_std(file))))
+    }
+}
+
+async fn run_command_in(args: RunArgs) -> Result<ExitCode, Failed> {
+    use spinbox::task::stdio::ProcessIo;
+    use spinbox::task::{ContainerSpec, ProcessSpec};
+    let id: VmId = args
+        .id
+        .parse()
+        .map_err(|e: spinbox::vm::IdError| error_chain(&e))?;
+    let (mut config, backend) = config_for(&args)?;
+    if let Some(transport) = args.rootfs_transport {
+        config.rootfs_transport = transport;
+    }
+    let rootfs = match &args.rootfs {
+        Some(dir) => {
+            std::path::absolute(dir).map_err(|e| format!("--rootfs {}: {e}", dir.display()))?
+        }
+        None => backend.assets.rootfs.clone().ok_or(
+            "no default rootfs in the provisioned assets: run scripts/provision, or pass --rootfs",
+        )?,
+    };
+    let mut process = ProcessSpec::new(args.command.clone());
+    process.env.extend(args.env.iter().cloned());
+    process.cwd.clone_from(&args.cwd);
+    (process.uid, process.gid) = parse_user(&args.user)?;
+    let spec = ContainerSpec::new("main", rootfs, process);
+    spec.validate().map_err(|e| error_chain(&e))?;
+    let io = ProcessIo {
+        stdin: stdin_source()?,
+        stdout: Some(Box::new(tokio::io::stdout())),
+        stderr: Some(Box::new(tokio::io::stderr())),
+    };
+
+    let start = Instant::now();
+    let shim = Shim::new(id, config, Arc::new(QemuBackend::new(backend)));
+    let timeline = if args.verbose {
+        Timeline::Stderr
+    } else {
+        Timeline::Quiet
+    };
+    let printer = tokio::spawn(show_events(
+        shim.events().ok_or("event stream already taken")?,
+        start,
+        args.console && args.verbose,
+        None,
+        timeline,
+    ));
+    let status = run_in_shim(&shim, spec, io, start, args.verbose).await;
+    // Delete what was created; a failed or interrupted creation has torn itself down, and
+    // shutdown then only ends the event stream.
+    let report = match watching_signals(&shim, start, shim.delete()).await {
+        Ok(report) => report,
+        Err(_) => watching_signals(&shim, start, shim.shutdown()).await,
+    };
+    let _ = printer.await;
+    if args.verbose {
+        eprintln!("\n{report}");
+    } else if report.has_errors() {
+        eprintln!("spinbox: cleanup failed:\n{report}");
+    }
+    let status = status?;
+    if args.verbose {
+        eprintln!("{} command ended: {status}", stamp(start));
+    }
+    Ok(ExitCode::from(
+        u8::try_from(status.code()).unwrap_or(u8::MAX),
+    ))
+}
+
+/// Creates and starts the container, then waits for its command. A signal during the
+/// creation ends it; during the wait, the first signal goes to every process of the
+/// container and the next ones end the VM (through [`watching_signals`]).
+async fn run_in_shim(
+    shim: &Shim,
+    spec: spinbox::task::ContainerSpec,
+    io: spinbox::task::stdio::ProcessIo,
+    start: Instant,
+    verbose: bool,
+) -> Result<spinbox::task::ExitStatus, Failed> {
+    let interrupt = interrupted();
+    tokio::pin!(interrupt);
+    let created = async {
+        shim.create_container(spec, io)
+            .await
+            .map_err(|e| format!("create failed: {}", error_chain(&e)))?;
+        shim.start().await.map_err(|e| start_failure(&e))
+    };
+    tokio::select! {
+        r = created => r?,
+        signal = &mut interrupt => return Err(format!("interrupted during the creation ({signal})").into()),
+    }
+    tokio::select! {
+        r = shim.wait() => r.map_err(|e| error_chain(&e).into()),
+        signal = &mut interrupt => {
+            if verbose {
+                eprintln!("{} {signal}: passing it to the command", stamp(start));
+            }
+            let number = match signal {
+                "SIGINT" => 2,
+                "SIGHUP" => 1,
+                _ => 15,
+            };
+            if let Err(e) = shim.kill("", number, true).await {
+                eprintln!("spinbox: cannot pass {signal} on: {}", error_chain(&e));
+            }
+            watching_signals(shim, start, shim.wait())
+                .await
+                .map_err(|e| error_chain(&e).into())
         }
     }
 }

@@ -1,6 +1,7 @@
 //! [`ShimConfig`]: every timeout of the shim's lifecycle in one place, with defaults that work
 //! under software emulation (TCG), loadable from a JSON file.
 
+use crate::rootfs::RootfsTransport;
 use crate::vm::agent::RetryPolicy;
 use crate::vm::state_dir::SYSTEM_STATE_ROOT;
 use crate::vm::stop::EscalationPolicy;
@@ -31,6 +32,9 @@ pub struct ShimConfig {
     pub memory_mib: u32,
     /// Extra kernel arguments (see `VmSpec::kernel_args`).
     pub kernel_args: Vec<String>,
+    /// How a container's rootfs reaches the guest (default: the transport BENCHMARKS.md
+    /// chose, see [`RootfsTransport`]).
+    pub rootfs_transport: RootfsTransport,
 }
 
 impl Default for ShimConfig {
@@ -44,6 +48,7 @@ impl Default for ShimConfig {
             cpus: 1,
             memory_mib: 256,
             kernel_args: Vec::new(),
+            rootfs_transport: RootfsTransport::default(),
         }
     }
 }
@@ -94,6 +99,7 @@ struct ConfigFile {
     state_root: Option<PathBuf>,
     cpus: Option<u16>,
     memory_mib: Option<u32>,
+    rootfs_transport: Option<String>,
 }
 
 impl ShimConfig {
@@ -202,6 +208,11 @@ impl ShimConfig {
         if let Some(m) = file.memory_mib {
             config.memory_mib = m;
         }
+        if let Some(t) = file.rootfs_transport {
+            config.rootfs_transport = t
+                .parse()
+                .map_err(|e| ConfigError::Invalid(format!("rootfs_transport: {e}")))?;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -276,6 +287,13 @@ mod tests {
         assert!(ShimConfig::from_json(r#"{"memory_mib": 8}"#).is_err());
         assert!(ShimConfig::from_json(r#"{"dial_initial_ms": 900}"#).is_err());
         assert!(ShimConfig::from_json("not json").is_err());
+        let transport = ShimConfig::from_json(r#"{"rootfs_transport": "nfs"}"#).unwrap_err();
+        assert!(
+            transport
+                .to_string()
+                .starts_with("invalid config value: rootfs_transport: "),
+            "{transport}"
+        );
         assert!(ShimConfig::from_json(r#"{"cpus": -1}"#).is_err());
         assert!(ShimConfig::from_json(r#"{"cpus": 1000}"#).is_err());
         assert!(ShimConfig::from_json(r#"{"memory_mib": 4000000}"#).is_err());

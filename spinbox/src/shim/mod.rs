@@ -3,10 +3,11 @@
 //!
 //! | operation | states | cleanup |
 //! |---|---|---|
-//! | [`Shim::create`] | `Idle` → `Creating` → `Running` (→ `Idle` on failure) | on failure, all seven phases |
-//! | [`Shim::delete`] | `Running` → `Deleting` → `ShuttingDown` | all seven phases |
+//! | [`Shim::create`] | `Idle` → `Creating` → `Created` (→ `Idle` on failure) | on failure, all seven phases |
+//! | [`Shim::start`] | `Created` → `Running` | none |
+//! | [`Shim::delete`] | `Created` or `Running` → `Deleting` → `ShuttingDown` | all seven phases |
 //! | [`Shim::shutdown`] | any → `ShuttingDown` (intentional) | all seven phases |
-//! | the VM exits unasked, while up | `Running` → `ShuttingDown`, cause recorded | all seven phases |
+//! | the VM exits unasked, while up | `Created` or `Running` → `ShuttingDown`, cause recorded | all seven phases |
 //! | the VM exits unasked, while booting | `Creating` → `Idle`; `create` fails with the cause | all seven phases |
 //!
 //! # Who tears a VM down
@@ -41,18 +42,23 @@
 
 mod config;
 mod console;
+mod container;
 mod events;
 mod session;
 #[cfg(test)]
 mod tests;
 
 pub use config::{ConfigError, ShimConfig};
+pub use container::{ContainerError, STDIO_DRAIN};
 pub use events::{
     BootTimings, EventReceiver, ExitCause, ShimEvent, CONSOLE_RESERVE, EVENT_CAPACITY,
 };
 
 use crate::cleanup::CleanupPhase;
+use crate::rootfs::RootfsError;
 use crate::state::{ShimSnapshot, ShimState, ShimStateMachine};
+use crate::task::stdio::{Forwarders, ProcessIo, StdioError};
+use crate::task::{ContainerSpec, SpecError, TaskError};
 use crate::vm::agent::{dial_with_retry, AgentClient, AgentInfo, DialError, RpcError};
 use crate::vm::vsock::AgentAddress;
 use crate::vm::{BootError, VmBackend, VmId};
@@ -101,9 +107,44 @@ pub enum CreateError {
     /// Shutdown was requested while the VM was being created.
     #[error("shutdown was requested during creation")]
     ShutDownDuringCreate,
+    /// The container spec is invalid; nothing was started and the state did not change.
+    #[error("invalid container")]
+    Spec(#[source] SpecError),
+    /// The container's rootfs could not be made available to the guest.
+    #[error("cannot share the container's rootfs")]
+    Rootfs(#[source] RootfsError),
+    /// The agent could not create the container.
+    #[error("the agent could not create the container")]
+    Container(#[source] TaskError),
+    /// The container's stdio could not be attached.
+    #[error("cannot attach the container's stdio")]
+    Stdio(#[source] StdioError),
     /// The backend's start panicked (a bug); the creation's teardown ran.
     #[error("the VM start task panicked")]
     StartPanicked,
+}
+
+/// Why `start` was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Nothing to start: no VM was created (or its creation failed).
+    #[error("nothing to start: the shim is idle")]
+    NotCreated,
+    /// The VM is still being created.
+    #[error("the VM is still being created")]
+    CreationInProgress,
+    /// The shim was already started.
+    #[error("the shim is already running")]
+    AlreadyRunning,
+    /// The VM is being deleted.
+    #[error("the VM is being deleted")]
+    Deleting,
+    /// The shim is shutting down (a shutdown, a finished delete, or the VM exited).
+    #[error("the shim is shutting down")]
+    ShuttingDown,
+    /// The agent could not start the container's process (the shim stays `Created`).
+    #[error("the container's process did not start")]
+    Container(#[source] TaskError),
 }
 
 /// Why `delete` was refused.
@@ -126,8 +167,8 @@ pub enum DeleteError {
 /// Why the shim's agent connection is not available.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    /// The shim is not `Running`.
-    #[error("the VM is not running (the shim is {0})")]
+    /// The shim is neither `Created` nor `Running`.
+    #[error("the VM is not up (the shim is {0})")]
     NotRunning(ShimState),
     /// A fresh connection failed.
     #[error("cannot reach the agent")]
@@ -143,6 +184,8 @@ pub struct Created {
     pub info: AgentInfo,
     /// The VMM's pid, if it is a process.
     pub vm_pid: Option<u32>,
+    /// The container's first process's pid in the guest, when a container was created.
+    pub container_pid: Option<u32>,
 }
 
 /// Sends every transition of the shim's machine to the event stream.
@@ -176,6 +219,8 @@ struct Inner {
     session: Mutex<Option<Arc<Session>>>,
     /// The exit cause of the last failed creation's VM, if it had one.
     last_cause: Mutex<Option<ExitCause>>,
+    /// Held by `start` (see there).
+    starting: tokio::sync::Mutex<()>,
 }
 
 /// The VM shim: one VM's lifecycle over a [`VmBackend`]. Cheap to clone; clones share the
@@ -227,6 +272,7 @@ impl Shim {
                 receiver: Mutex::new(Some(receiver)),
                 session: Mutex::new(None),
                 last_cause: Mutex::new(None),
+                starting: tokio::sync::Mutex::new(()),
             }),
         }
     }
@@ -280,14 +326,14 @@ impl Shim {
         }
     }
 
-    /// A new connection to the agent of the running VM. `conn_close` drops the shim's clone
-    /// of it (the connection closes once yours is dropped too) and the VM's stop ends it for
-    /// good. Fails at once unless the shim is `Running`.
+    /// A new connection to the agent of the created or running VM. `conn_close` drops the
+    /// shim's clone of it (the connection closes once yours is dropped too) and the VM's stop
+    /// ends it for good. Fails at once unless the shim is `Created` or `Running`.
     pub async fn agent(&self) -> Result<AgentClient, AgentError> {
         let state = self.inner.shared.sm.state();
         let session = self
             .session()
-            .filter(|_| state == ShimState::Running)
+            .filter(|_| matches!(state, ShimState::Created | ShimState::Running))
             .ok_or(AgentError::NotRunning(state))?;
         let vm = session.vm.get().ok_or(AgentError::NotRunning(state))?;
         let config = &self.inner.shared.config;
@@ -301,19 +347,41 @@ impl Shim {
         Ok(client)
     }
 
-    /// Creates the VM: `Idle` → `Creating`, start, agent ready, `Info`, → `Running`.
+    /// Creates the VM: `Idle` → `Creating`, start, agent ready, `Info`, → `Created`.
+    /// [`Shim::start`] then makes it `Running`.
     ///
     /// The configuration is validated first; an invalid one changes nothing. On failure
     /// every cleanup phase runs, the shim returns to `Idle`, and the error names the failed
     /// step. Cancel-safe: dropping the future tears down what it started (on a task of its
     /// own) and returns the shim to `Idle`, and a concurrent [`Shim::shutdown`] completes.
     pub async fn create(&self) -> Result<Created, CreateError> {
+        self.create_with(None).await
+    }
+
+    /// [`Shim::create`] with a container: its rootfs is shared into the VM before it
+    /// starts (through [`ShimConfig::rootfs_transport`]), and once the agent answers, the
+    /// container is created with its first process held before `execve` and its stdio
+    /// attached to `io`. `Created` then means the container is created; [`Shim::start`]
+    /// runs its process. The spec is validated first: an invalid one changes nothing.
+    pub async fn create_container(
+        &self,
+        spec: ContainerSpec,
+        io: ProcessIo,
+    ) -> Result<Created, CreateError> {
+        spec.validate().map_err(CreateError::Spec)?;
+        self.create_with(Some((spec, io))).await
+    }
+
+    async fn create_with(
+        &self,
+        container: Option<(ContainerSpec, ProcessIo)>,
+    ) -> Result<Created, CreateError> {
         let shared = &self.inner.shared;
         shared.config.validate().map_err(CreateError::Config)?;
         if let Err(e) = shared.sm.try_start_creating() {
             return Err(match e.observed() {
                 ShimState::Creating => CreateError::CreationInProgress,
-                ShimState::Running => CreateError::AlreadyCreated,
+                ShimState::Created | ShimState::Running => CreateError::AlreadyCreated,
                 ShimState::Deleting => CreateError::Deleting,
                 ShimState::Idle | ShimState::ShuttingDown => CreateError::ShuttingDown,
             });
@@ -339,7 +407,7 @@ impl Shim {
             shim: self.clone(),
             session: Some(Arc::clone(&session)),
         };
-        let result = self.create_in(&session).await;
+        let result = self.create_in(&session, container).await;
         // The guard stays armed through the failure handling below: if this future is
         // dropped there, it finishes the job (every step of it is idempotent).
         let outcome = match result {
@@ -365,12 +433,17 @@ impl Shim {
         outcome
     }
 
-    async fn create_in(&self, session: &Arc<Session>) -> Result<Created, Failure> {
+    async fn create_in(
+        &self,
+        session: &Arc<Session>,
+        container: Option<(ContainerSpec, ProcessIo)>,
+    ) -> Result<Created, Failure> {
         let shared = &self.inner.shared;
         let fail = |e| Failure::Creation(Reason::CreateFailed, e);
-        let vm = match session.spawn_start().await {
+        let rootfs = container.as_ref().map(|(spec, _)| spec.clone());
+        let vm = match session.spawn_start(rootfs).await {
             Ok(Ok(vm)) => vm,
-            Ok(Err(e)) => return Err(fail(CreateError::Boot(e))),
+            Ok(Err(e)) => return Err(fail(e)),
             Err(_) => return Err(fail(CreateError::StartPanicked)),
         };
         let claimed = || Failure::Creation(Reason::CreateFailed, CreateError::ShutDownDuringCreate);
@@ -410,6 +483,13 @@ impl Shim {
             .await
             .ok_or_else(claimed)?
             .map_err(|e| fail(CreateError::Info(e)))?;
+        let container_pid = match container {
+            None => None,
+            Some((spec, io)) => Some(
+                self.create_container_in(session, &vm, &client, spec, io)
+                    .await?,
+            ),
+        };
         // The agent answered; the VM may still have died since.
         let exited = vm.exit_watch().borrow().clone();
         if let Some(exit) = exited {
@@ -445,7 +525,56 @@ impl Shim {
             timings,
             info,
             vm_pid: vm.pid(),
+            container_pid,
         })
+    }
+
+    /// The container part of a creation: `CreateContainer`, then its stdio attached.
+    async fn create_container_in(
+        &self,
+        session: &Arc<Session>,
+        vm: &Arc<dyn crate::vm::Vm>,
+        client: &AgentClient,
+        spec: ContainerSpec,
+        io: ProcessIo,
+    ) -> Result<u32, Failure> {
+        let fail = |e| Failure::Creation(Reason::CreateFailed, e);
+        let claimed = || Failure::Creation(Reason::CreateFailed, CreateError::ShutDownDuringCreate);
+        let mounts: Vec<crate::task::GuestMount> = session
+            .rootfs
+            .get()
+            .map(|r| {
+                r.mounts
+                    .iter()
+                    .map(|m| crate::task::GuestMount {
+                        fstype: m.fstype.clone(),
+                        source: m.source.clone(),
+                        options: m.options.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let task = client.task();
+        let pid = session
+            .until_claimed(task.create_container(&spec, &mounts, io.streams()))
+            .await
+            .ok_or_else(claimed)?
+            .map_err(|e| fail(CreateError::Container(e)))?;
+        let forwarders = session
+            .until_claimed(Forwarders::attach(
+                &vm.agent_address(),
+                self.inner.shared.config.rpc_timeout,
+                &spec.id,
+                "",
+                io,
+            ))
+            .await
+            .ok_or_else(claimed)?
+            .map_err(|e| fail(CreateError::Stdio(e)))?;
+        if !session.keep_container(spec.id, task, forwarders) {
+            return Err(claimed());
+        }
+        Ok(pid)
     }
 
     /// The error `create` returns: the claimant's story when someone else claimed the
@@ -500,7 +629,38 @@ impl Shim {
         }
     }
 
-    /// Deletes the VM: `Running` → `Deleting`, every cleanup phase, → `ShuttingDown`.
+    /// Starts the created VM: `Created` → `Running`. Refused (state unchanged) from any
+    /// other state. A crash or shutdown after the transition is handled like any crash or
+    /// shutdown of a running shim.
+    ///
+    /// With a container, its first process is let run (the agent's `Start`) before the
+    /// transition; if that fails the shim stays `Created` and the error says why. Starts
+    /// are serialized: a second concurrent start gets [`StartError::AlreadyRunning`].
+    pub async fn start(&self) -> Result<(), StartError> {
+        let shared = &self.inner.shared;
+        let refused = |state| match state {
+            ShimState::Idle => StartError::NotCreated,
+            ShimState::Creating => StartError::CreationInProgress,
+            ShimState::Running => StartError::AlreadyRunning,
+            ShimState::Deleting => StartError::Deleting,
+            ShimState::Created | ShimState::ShuttingDown => StartError::ShuttingDown,
+        };
+        let _one_at_a_time = self.inner.starting.lock().await;
+        let state = shared.sm.state();
+        if state != ShimState::Created {
+            return Err(refused(state));
+        }
+        if let Some((id, task)) = self.session().and_then(|s| s.container_task()) {
+            task.start(&id).await.map_err(StartError::Container)?;
+        }
+        if let Err(e) = shared.sm.try_start() {
+            return Err(refused(e.observed()));
+        }
+        Ok(())
+    }
+
+    /// Deletes the VM: `Created` or `Running` → `Deleting`, every cleanup phase, →
+    /// `ShuttingDown`.
     /// Returns the cleanup report (check [`CleanupReport::has_errors`]). Sets the
     /// intentional-shutdown flag. If the VM crashed meanwhile, this joins the crash's
     /// teardown.
@@ -511,11 +671,13 @@ impl Shim {
                 ShimState::Idle => DeleteError::NotCreated,
                 ShimState::Creating => DeleteError::CreationInProgress,
                 ShimState::Deleting => DeleteError::AlreadyDeleting,
-                ShimState::Running | ShimState::ShuttingDown => DeleteError::ShuttingDown,
+                ShimState::Created | ShimState::Running | ShimState::ShuttingDown => {
+                    DeleteError::ShuttingDown
+                }
             });
         }
         shared.sm.set_intentional_shutdown(true);
-        // A Running shim holds the session that created it.
+        // A Created or Running shim holds the session that created it.
         let Some(session) = self.session() else {
             return Err(DeleteError::NotCreated);
         };
@@ -557,7 +719,7 @@ impl Shim {
 
 /// How `create_in` failed.
 enum Failure {
-    /// Before the shim went `Running`: claim (for this reason) or join, then `Idle`.
+    /// Before the shim went `Created`: claim (for this reason) or join, then `Idle`.
     Creation(Reason, CreateError),
     /// After: the crash (or shutdown) that owns the teardown moves the shim on.
     Crashed,

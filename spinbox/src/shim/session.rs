@@ -31,12 +31,15 @@ use lifecycle_core::{state_machine, BoxError, Phase, PhaseKind, PhaseObserver, P
 use tokio::sync::watch;
 
 use super::console::ConsoleForwarder;
+use super::container::SessionContainer;
 use super::events::{EventSender, ExitCause, ShimEvent};
+use super::CreateError;
 use super::{Shared, ShimReport};
 use crate::cleanup::{CleanupOrchestrator, CleanupPhase, CleanupPhases};
+use crate::task::ContainerSpec;
 use crate::vm::agent::{shutdown_hook, AgentClient};
 use crate::vm::shared_task::SharedTask;
-use crate::vm::{BootError, ExitInfo, StopRequest, Vm, VmSpec};
+use crate::vm::{ExitInfo, StopRequest, Vm, VmSpec};
 
 /// Where a session is in its life; see the module docs.
 #[state_machine(machine = AtomicSessionState, transitions(
@@ -102,6 +105,10 @@ pub(crate) struct Session {
     /// The shim's agent connections; `conn_close` closes them and refuses new ones.
     connections: Mutex<Connections>,
     pub(crate) cause: OnceLock<ExitCause>,
+    /// The container's rootfs share, prepared before the VM started.
+    pub(crate) rootfs: OnceLock<crate::rootfs::PreparedRootfs>,
+    /// The container, once created in the guest.
+    pub(crate) container: OnceLock<SessionContainer>,
     cleanup: CleanupOrchestrator,
     teardown: SharedTask<Option<ShimReport>>,
 }
@@ -184,7 +191,14 @@ impl Session {
             let phases = CleanupPhases {
                 // No CPU or memory hotplug controllers exist yet (SPEC §12).
                 hotplug_stop: Phase::noop(),
-                io_shutdown: phase(weak, |s| Box::pin(async move { s.stop_console().await })),
+                io_shutdown: phase(weak, |s| {
+                    Box::pin(async move {
+                        // Both run whatever the other's outcome.
+                        let container = s.stop_container_io().await;
+                        let console = s.stop_console().await;
+                        container.and(console)
+                    })
+                }),
                 conn_close: phase(weak, |s| {
                     Box::pin(async move {
                         // Dropping the last clone of a client closes its connection. A dial
@@ -192,13 +206,21 @@ impl Session {
                         let mut connections = lock(&s.connections);
                         connections.closed = true;
                         connections.clients.clear();
+                        if let Some(container) = s.container.get() {
+                            container.close_task();
+                        }
                         Ok(())
                     })
                 }),
                 vm_shutdown: phase(weak, |s| Box::pin(async move { s.stop_vm().await })),
                 // No networking yet (SPEC §11).
                 network_cleanup: Phase::noop(),
-                mount_cleanup: phase(weak, |s| Box::pin(async move { s.remove_leftovers() })),
+                mount_cleanup: phase(weak, |s| {
+                    Box::pin(async move {
+                        s.remove_leftovers()?;
+                        s.release_rootfs().await
+                    })
+                }),
                 event_close: Phase::sync(move || {
                     if let Some(s) = final_weak.upgrade() {
                         if s.is_final.load(Ordering::Acquire) {
@@ -224,6 +246,8 @@ impl Session {
                 console: OnceLock::new(),
                 connections: Mutex::new(Connections::default()),
                 cause: OnceLock::new(),
+                rootfs: OnceLock::new(),
+                container: OnceLock::new(),
                 cleanup,
                 teardown: SharedTask::default(),
             }
@@ -367,7 +391,8 @@ impl Session {
     /// returns its handle.
     pub(crate) fn spawn_start(
         self: &Arc<Self>,
-    ) -> tokio::task::JoinHandle<Result<Arc<dyn Vm>, BootError>> {
+        container: Option<ContainerSpec>,
+    ) -> tokio::task::JoinHandle<Result<Arc<dyn Vm>, CreateError>> {
         /// Marks the start attempt over however it ends — returned, or panicked — so a
         /// teardown waiting for it never hangs.
         struct Started(Arc<Session>);
@@ -379,7 +404,16 @@ impl Session {
         let session = Arc::clone(self);
         tokio::spawn(async move {
             let _started = Started(Arc::clone(&session));
-            let result = session.shared.backend.start(&session.spec).await;
+            let mut spec = session.spec.clone();
+            if let Some(container) = &container {
+                let transport = session.shared.config.rootfs_transport;
+                let prepared = session
+                    .prepare_rootfs(container, transport)
+                    .await
+                    .map_err(CreateError::Rootfs)?;
+                spec.shares.push(prepared.share.clone());
+            }
+            let result = session.shared.backend.start(&spec).await;
             if let Ok(vm) = &result {
                 let _ = session.vm.set(Arc::clone(vm));
                 if let Some(log) = vm.console_log() {
@@ -390,8 +424,36 @@ impl Session {
                 }
                 watch_exit(&session, vm);
             }
-            result
+            result.map_err(CreateError::Boot)
         })
+    }
+
+    /// Keeps the created container for the teardown. `false` (keeping nothing, its
+    /// forwarders closed) when the teardown was claimed meanwhile: it may have run
+    /// `io_shutdown` already.
+    pub(crate) fn keep_container(
+        &self,
+        id: String,
+        task: crate::task::TaskClient,
+        forwarders: crate::task::stdio::Forwarders,
+    ) -> bool {
+        let kept = self
+            .container
+            .set(SessionContainer::new(id, task, forwarders.clone()))
+            .is_ok();
+        // Checked after keeping it: a teardown claimed before this point may or may not
+        // have seen it; closing twice is harmless.
+        if !kept || self.state.state() != SessionState::Booting {
+            forwarders.abort_now();
+            return false;
+        }
+        true
+    }
+
+    /// The container's id and `Task` client, while the connection is open.
+    pub(crate) fn container_task(&self) -> Option<(String, crate::task::TaskClient)> {
+        let container = self.container.get()?;
+        Some((container.id.clone(), container.task()?))
     }
 
     async fn stop_console(&self) -> Result<(), BoxError> {

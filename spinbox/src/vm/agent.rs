@@ -146,6 +146,8 @@ fn secs(s: f64) -> Option<Duration> {
 #[derive(Clone)]
 pub struct AgentClient {
     client: SystemClient,
+    /// The connection, for the other services on it.
+    raw: ttrpc::asynchronous::Client,
     address: AgentAddress,
     timeout: Duration,
 }
@@ -182,7 +184,8 @@ impl AgentClient {
     pub async fn connect(address: &AgentAddress, timeout: Duration) -> Result<Self, ConnectError> {
         let client = vsock::connect(address, timeout).await?;
         Ok(Self {
-            client: SystemClient::new(client),
+            client: SystemClient::new(client.clone()),
+            raw: client,
             address: address.clone(),
             timeout,
         })
@@ -196,6 +199,11 @@ impl AgentClient {
     /// The per-RPC timeout.
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// A client of the agent's `Task` service on this connection (closed with it).
+    pub fn task(&self) -> crate::task::TaskClient {
+        crate::task::TaskClient::new(self.raw.clone(), self.timeout)
     }
 
     /// `Ping`.

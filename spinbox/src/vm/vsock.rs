@@ -35,6 +35,26 @@ pub enum AgentAddress {
     Unix(PathBuf),
 }
 
+impl AgentAddress {
+    /// The same guest reached on another port: for hybrid vsock, the same socket with
+    /// `port`; for a plain unix socket `P`, the socket `P.<port>` (how an in-process agent
+    /// serves a second port).
+    #[must_use]
+    pub fn with_port(&self, port: u32) -> AgentAddress {
+        match self {
+            AgentAddress::Hybrid { socket, .. } => AgentAddress::Hybrid {
+                socket: socket.clone(),
+                port,
+            },
+            AgentAddress::Unix(path) => {
+                let mut p = path.clone().into_os_string();
+                p.push(format!(".{port}"));
+                AgentAddress::Unix(p.into())
+            }
+        }
+    }
+}
+
 impl std::fmt::Display for AgentAddress {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -129,17 +149,24 @@ async fn connect_socket(
     address: &AgentAddress,
     timeout: Duration,
 ) -> Result<ttrpc::asynchronous::transport::Socket, ConnectError> {
-    use ttrpc::asynchronous::transport::Socket;
+    connect_stream(address, timeout)
+        .await
+        .map(ttrpc::asynchronous::transport::Socket::new)
+}
+
+/// Connects a plain byte stream to `address` (for hybrid vsock, after the `CONNECT`
+/// handshake, bounded by `timeout`): what the stdio streams use.
+pub async fn connect_stream(
+    address: &AgentAddress,
+    timeout: Duration,
+) -> Result<UnixStream, ConnectError> {
     let name = address.to_string();
     let connect_err = |source| ConnectError::Connect {
         address: name.clone(),
         source,
     };
     match address {
-        AgentAddress::Unix(path) => {
-            let s = UnixStream::connect(path).await.map_err(connect_err)?;
-            Ok(Socket::new(s))
-        }
+        AgentAddress::Unix(path) => UnixStream::connect(path).await.map_err(connect_err),
         AgentAddress::Hybrid { socket, port } => {
             let mut s = UnixStream::connect(socket).await.map_err(connect_err)?;
             match tokio::time::timeout(timeout, hybrid_handshake(&mut s, *port)).await {
@@ -151,7 +178,7 @@ async fn connect_socket(
                     address: name,
                     source,
                 }),
-                Ok(Ok(line)) if line.starts_with("OK ") => Ok(Socket::new(s)),
+                Ok(Ok(line)) if line.starts_with("OK ") => Ok(s),
                 Ok(Ok(line)) => Err(ConnectError::HandshakeRefused {
                     address: name,
                     line,

@@ -61,7 +61,8 @@ pub enum Stage {
     Symlink,
     /// Mounting `/sys` read-only.
     Sys,
-    /// `pivot_root` into the new root and detaching the old one.
+    /// `pivot_root` into the new root and detaching the old one (or, when the old root is
+    /// the initramfs, moving the new root over `/` and `chroot`ing into it).
     PivotRoot,
     /// Setting the hostname.
     Hostname,
@@ -154,7 +155,9 @@ pub enum Step {
         /// The link.
         link: CString,
     },
-    /// `pivot_root(new_root)`, then the old root is detached and `/` becomes the cwd.
+    /// `pivot_root(new_root)`, then the old root is detached and `/` becomes the cwd. When
+    /// the old root is the initramfs (`pivot_root` fails with `EINVAL`), `new_root` is
+    /// moved over `/` and becomes the root by `chroot` instead.
     PivotRoot {
         /// The new root, a mount point.
         new_root: CString,
@@ -511,10 +514,21 @@ unsafe fn run_step(report: c_int, step: &Step) {
                 // The new root stacked over the old one, then the old one detached from
                 // under it: no directory for the old root is needed inside the rootfs.
                 let dot = c".".as_ptr();
-                let failed = libc::chdir(new_root.as_ptr()) < 0
-                    || libc::syscall(libc::SYS_pivot_root, dot, dot) < 0
-                    || libc::umount2(dot, libc::MNT_DETACH) < 0
-                    || libc::chdir(c"/".as_ptr()) < 0;
+                let failed = if libc::chdir(new_root.as_ptr()) < 0 {
+                    true
+                } else if libc::syscall(libc::SYS_pivot_root, dot, dot) == 0 {
+                    libc::umount2(dot, libc::MNT_DETACH) < 0 || libc::chdir(c"/".as_ptr()) < 0
+                } else if errno() == libc::EINVAL {
+                    // The agent's root is the initramfs (rootfs), which pivot_root cannot
+                    // take away (EINVAL): do as switch_root does, moving the new root over
+                    // `/` and chrooting into it. A later setns into this mount namespace
+                    // lands on the topmost mount of `/`, the new root, too.
+                    libc::mount(dot, c"/".as_ptr(), ptr::null(), libc::MS_MOVE, ptr::null()) < 0
+                        || libc::chroot(dot) < 0
+                        || libc::chdir(c"/".as_ptr()) < 0
+                } else {
+                    true
+                };
                 (Stage::PivotRoot, 0, if failed { -1 } else { 0 })
             }
             Step::Hostname { name } => (

@@ -59,8 +59,10 @@ use tokio::sync::watch;
 
 pub use child::Stage;
 pub use reaper::{ExitStatus, Reaper};
+#[cfg(test)]
 pub use rootfs::DEVICES;
-pub use spec::{ContainerSpec, ProcessSpec, Rlimit, RlimitResource, SpecError, DEFAULT_PATH};
+pub(crate) use spec::valid_name;
+pub use spec::{ContainerSpec, ProcessSpec, Rlimit, RlimitResource, SpecError};
 pub use stdio::{OutputPipe, ProcessStdio};
 
 use child::{ChildFds, ChildPlan, ExecPointers, PreparedProcess, Step};
@@ -478,6 +480,10 @@ impl Container {
     }
 
     /// Waits for the first process to exit.
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "the Task service waits on the init Process")
+    )]
     pub async fn wait(&self) -> Result<ExitStatus, ContainerError> {
         self.init.wait().await
     }

@@ -48,6 +48,10 @@ pub struct ProcessSpec {
 
 impl ProcessSpec {
     /// A process running `args` as root in `/`, with only `PATH` set.
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "the Task service builds specs from requests")
+    )]
     pub fn new<I, S>(args: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -152,7 +156,7 @@ fn check_dir(path: &Path) -> Result<(), SpecError> {
 }
 
 /// 1–64 characters of `[A-Za-z0-9_.-]`, the first a letter or digit.
-fn valid_name(s: &str) -> bool {
+pub(crate) fn valid_name(s: &str) -> bool {
     (1..=64).contains(&s.len())
         && s.starts_with(|c: char| c.is_ascii_alphanumeric())
         && s.bytes()
