@@ -4,8 +4,8 @@
 //! Under `cargo test --all-targets` it runs once on a small tree (a smoke run).
 //!
 //! For each transport (9p; EROFS image on virtio-blk; virtiofs when `virtiofsd` is
-//! provisioned) and each rootfs (the busybox one; a large one generated here: ≥ 200 MiB
-//! in ≥ 10,000 files, a 128 MiB file among them), runs interleaved:
+//! provisioned) and each rootfs (the provisioned busybox one; a large one generated here:
+//! ≥ 200 MiB in ≥ 10,000 files, a 128 MiB file among them), runs interleaved:
 //!
 //! * **create → running**: from the request to the container's process running: the
 //!   host-side preparation (`spinbox::rootfs::prepare`, `mkfs.erofs` included), the VM's
@@ -82,7 +82,8 @@ fn fill(buf: &mut [u8], seed: u64) {
     }
 }
 
-/// A busybox rootfs: the static binary and the applets the benchmark runs.
+/// A busybox base for the large rootfs: the static binary and the applets the benchmark
+/// runs.
 fn busybox_rootfs(dir: &Path) {
     std::fs::create_dir_all(dir.join("bin")).expect("mkdir bin");
     for d in ["proc", "dev", "sys", "tmp", "etc"] {
@@ -365,8 +366,11 @@ async fn main() {
         Some("virtiofs: not measured (virtiofsd not provisioned: scripts/provision --with-virtiofsd)")
     };
 
-    let small = root.path().join("small");
-    busybox_rootfs(&small);
+    // The provisioned busybox rootfs (the CLI's default).
+    let small = assets
+        .rootfs
+        .clone()
+        .expect("no busybox rootfs in the assets: run scripts/provision");
     let large = root.path().join("large");
     if mode.smoke {
         large_rootfs(&large, 2, 8, SMALL_FILE, 2);
