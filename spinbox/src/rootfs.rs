@@ -73,9 +73,9 @@ const DAEMON_GRACE: Duration = Duration::from_secs(2);
 ///
 /// The default is [`Erofs`](Self::Erofs), chosen by the rootfs benchmark
 /// (`tests/benches/rootfs.rs`, BENCHMARKS.md "Rootfs transport"): in the guest it reads
-/// many small files about 4× faster than 9p and 2× faster than virtiofs, and a large file
-/// faster than both, with no daemon; it costs the image's build at create (about 3 ms per
-/// MiB of rootfs on the benchmark's host) and the image's disk space.
+/// many small files about 4× faster than 9p and 2.5× faster than virtiofs, and a large file
+/// as fast as either, with no daemon; it costs the image's build at create (about 3.4 ms
+/// per MiB of rootfs on the benchmark's host) and the image's disk space.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum RootfsTransport {
     /// virtio-9p: QEMU's built-in server exports the directory (`9p`).
