@@ -7,7 +7,9 @@
 //!    downloaded (`apt-get download`), unpacked (`dpkg-deb -x`), its bzImage kept, the
 //!    ELF `vmlinux` extracted from the bzImage's xz payload, and the modules the agent
 //!    needs resolved from their `depends=` modinfo — cached per package version;
-//! 3. `vhost-device-vsock` (`cargo install --locked`), cached per version;
+//! 3. `vhost-device-vsock` (`cargo install --locked`), cached per version; with
+//!    `--with-virtiofsd`, `virtiofsd` too (for the rootfs benchmark's virtiofs transport:
+//!    not a Debian bookworm package), cached per version and recorded from then on;
 //! 4. the static musl agent (`cargo build --profile agent`) and the uncompressed `newc`
 //!    initramfs holding it as `/init` with the modules and their load order; then the same
 //!    with the agent's `test-knobs` feature, the test initramfs (`test_initramfs` in the
@@ -32,6 +34,12 @@ use spinbox_manifest::{Assets, ASSETS_ENV, MANIFEST_FILE};
 
 /// The `vhost-device-vsock` release installed.
 const VHOST_DEVICE_VSOCK_VERSION: &str = "0.3.0";
+
+/// The `virtiofsd` release installed with `--with-virtiofsd`.
+const VIRTIOFSD_VERSION: &str = "1.14.0";
+
+/// The command-line usage.
+const USAGE: &str = "usage: spinbox-assets [--with-virtiofsd]";
 
 /// Errors of the provisioning.
 #[derive(Debug, thiserror::Error)]
@@ -61,9 +69,23 @@ fn main() {
         .with_target(false)
         .with_writer(std::io::stderr)
         .init();
+    let mut with_virtiofsd = false;
+    for arg in std::env::args().skip(1) {
+        match arg.as_str() {
+            "--with-virtiofsd" => with_virtiofsd = true,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return;
+            }
+            other => {
+                eprintln!("spinbox-assets: unknown argument {other:?}\n{USAGE}");
+                std::process::exit(2);
+            }
+        }
+    }
     let dir = assets_dir();
     let started = Instant::now();
-    match provision(&dir) {
+    match provision(&dir, with_virtiofsd) {
         Ok(assets) => {
             tracing::info!(
                 dir = %dir.display(),
@@ -103,7 +125,7 @@ fn assets_dir() -> PathBuf {
         )
 }
 
-fn provision(dir: &Path) -> Result<Assets, ProvisionError> {
+fn provision(dir: &Path, with_virtiofsd: bool) -> Result<Assets, ProvisionError> {
     // Canonical, so the manifest's paths are absolute even for a relative $SPINBOX_ASSETS.
     let dir = &std::fs::create_dir_all(dir)
         .and_then(|()| std::fs::canonicalize(dir))
@@ -112,6 +134,14 @@ fn provision(dir: &Path) -> Result<Assets, ProvisionError> {
             source,
         })?;
     let qemu = tools::ensure_host_packages()?;
+    let mkfs_erofs = tools::mkfs_erofs()?;
+    let virtiofsd_root = dir.join("virtiofsd").join(VIRTIOFSD_VERSION);
+    // Once installed it stays recorded, so a plain re-provisioning does not drop it.
+    let virtiofsd = if with_virtiofsd {
+        Some(tools::ensure_virtiofsd(&virtiofsd_root, VIRTIOFSD_VERSION)?)
+    } else {
+        Some(virtiofsd_root.join("bin/virtiofsd")).filter(|p| p.is_file())
+    };
     let kernel = kernel::provision(&dir.join("kernel"))?;
     let vdv = tools::ensure_vhost_device_vsock(
         &dir.join("vhost-device-vsock")
@@ -138,6 +168,8 @@ fn provision(dir: &Path) -> Result<Assets, ProvisionError> {
         initramfs,
         test_initramfs: Some(test_initramfs),
         vhost_device_vsock: vdv,
+        mkfs_erofs: Some(mkfs_erofs),
+        virtiofsd,
         rootfs: Some(provision_rootfs(dir)?),
     };
     write_atomic(&dir.join(MANIFEST_FILE), assets.to_manifest().as_bytes())?;

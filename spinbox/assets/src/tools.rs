@@ -86,8 +86,9 @@ pub fn apt_update() -> Result<(), ToolError> {
     run(as_root("apt-get").args(["update", "-qq"])).map(drop)
 }
 
-/// Installs QEMU (`qemu-system-x86`), `xz` and `busybox-static` (the container tests'
-/// rootfs is built from its static `/bin/busybox`) when missing; returns QEMU's path.
+/// Installs QEMU (`qemu-system-x86`), `xz`, `busybox-static` (the container tests'
+/// rootfs is built from its static `/bin/busybox`) and `erofs-utils` (`mkfs.erofs`, which
+/// builds EROFS rootfs images) when missing; returns QEMU's path.
 pub fn ensure_host_packages() -> Result<PathBuf, ToolError> {
     let mut need = Vec::new();
     if which("qemu-system-x86_64").is_none() {
@@ -99,18 +100,72 @@ pub fn ensure_host_packages() -> Result<PathBuf, ToolError> {
     if !Path::new("/bin/busybox").is_file() {
         need.push("busybox-static");
     }
-    if !need.is_empty() {
-        apt_update()?;
-        tracing::info!(packages = ?need, "apt-get install");
-        run(as_root("apt-get")
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(&need))?;
+    if which("mkfs.erofs").is_none() {
+        need.push("erofs-utils");
     }
+    apt_install(&need)?;
     which("qemu-system-x86_64").ok_or_else(|| ToolError::Output {
         command: "apt-get install qemu-system-x86".into(),
         why: "qemu-system-x86_64 is still not in PATH".into(),
     })
+}
+
+/// `apt-get install`s `packages` (after an `apt-get update`), unless the list is empty.
+fn apt_install(packages: &[&str]) -> Result<(), ToolError> {
+    if packages.is_empty() {
+        return Ok(());
+    }
+    apt_update()?;
+    tracing::info!(?packages, "apt-get install");
+    run(as_root("apt-get")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(packages))
+    .map(drop)
+}
+
+/// `mkfs.erofs`, which [`ensure_host_packages`] installed.
+pub fn mkfs_erofs() -> Result<PathBuf, ToolError> {
+    which("mkfs.erofs").ok_or_else(|| ToolError::Output {
+        command: "apt-get install erofs-utils".into(),
+        why: "mkfs.erofs is still not in PATH".into(),
+    })
+}
+
+/// Whether the Debian package `name` is installed.
+fn dpkg_installed(name: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", name])
+        .stderr(Stdio::null())
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+/// Installs `virtiofsd` into `root` unless it is there (the build needs the libseccomp
+/// and libcap-ng headers, installed from Debian when missing); returns the binary.
+pub fn ensure_virtiofsd(root: &Path, version: &str) -> Result<PathBuf, ToolError> {
+    let bin = root.join("bin").join("virtiofsd");
+    if bin.is_file() {
+        return Ok(bin);
+    }
+    let need: Vec<&str> = ["libseccomp-dev", "libcap-ng-dev", "pkg-config"]
+        .into_iter()
+        .filter(|p| !dpkg_installed(p))
+        .collect();
+    apt_install(&need)?;
+    tracing::info!(version, "cargo install virtiofsd (a few minutes)");
+    run(cargo()
+        .args([
+            "install",
+            "--locked",
+            "--quiet",
+            "virtiofsd",
+            "--version",
+            version,
+        ])
+        .arg("--root")
+        .arg(root))?;
+    Ok(bin)
 }
 
 fn cargo() -> Command {

@@ -114,6 +114,14 @@ pub struct Assets {
     pub test_initramfs: Option<PathBuf>,
     /// The `vhost-device-vsock` binary (vhost-user vsock backend).
     pub vhost_device_vsock: PathBuf,
+    /// `mkfs.erofs` (Debian's `erofs-utils`), which builds EROFS rootfs images. `None` in
+    /// manifests written before the provisioner installed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mkfs_erofs: Option<PathBuf>,
+    /// `virtiofsd`, installed only on request (`spinbox-assets --with-virtiofsd`): it is
+    /// not a Debian bookworm package and is built from crates.io.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtiofsd: Option<PathBuf>,
     /// A small container rootfs: a directory holding Debian's static busybox and its
     /// applets, `/etc/passwd` and `/etc/group` (root and `user`, uid 1000). The CLI's
     /// default rootfs and the container tests'. `None` where it was not provisioned.
@@ -155,6 +163,8 @@ impl Assets {
             ("initramfs", Some(&assets.initramfs)),
             ("test initramfs", assets.test_initramfs.as_ref()),
             ("vhost-device-vsock", Some(&assets.vhost_device_vsock)),
+            ("mkfs.erofs", assets.mkfs_erofs.as_ref()),
+            ("virtiofsd", assets.virtiofsd.as_ref()),
             ("busybox rootfs", assets.rootfs.as_ref()),
         ];
         for (what, p) in files {
@@ -278,6 +288,8 @@ mod tests {
             initramfs: f("initramfs.cpio"),
             test_initramfs: Some(f("initramfs-test.cpio")),
             vhost_device_vsock: f("vdv"),
+            mkfs_erofs: Some(f("mkfs.erofs")),
+            virtiofsd: None,
             rootfs: None,
         };
         std::fs::write(dir.join(MANIFEST_FILE), assets.to_manifest()).unwrap();

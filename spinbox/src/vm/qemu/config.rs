@@ -106,7 +106,7 @@ pub enum DiskFormat {
 /// `-drive` treats prefixes such as `nbd:` or `json:` in the file name as protocols.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Disk {
-    /// QEMU node name: `[A-Za-z][A-Za-z0-9_-]*`.
+    /// QEMU node name: `[A-Za-z][A-Za-z0-9_-]*`; the device's id is `<id>-dev`.
     pub id: String,
     /// Image path (commas are escaped).
     pub path: PathBuf,
@@ -132,8 +132,16 @@ pub enum FsShare {
     /// rootfs). Writes are refused when `read_only`. `multidevs=remap` gives every file a
     /// unique inode number in the guest even when the directory spans several host
     /// filesystems (bind mounts), instead of QEMU's default of warning about collisions.
+    ///
+    /// Sandboxing: QEMU's 9p server answers the guest with plain file system calls
+    /// (`openat`, `fstatat`, `preadv`, `getdents64`, `readlinkat`, `fgetxattr`) from its
+    /// worker threads, none of which is in `-sandbox`'s denied groups (obsolete calls,
+    /// privilege changes, `fork`/`exec`, scheduling and priority), nor in the spawn's own
+    /// filter. The spawn leaves QEMU only `CAP_DAC_READ_SEARCH`: enough to read every file of
+    /// the export, not to write into files it does not own; read-only exports are what the
+    /// rootfs transport uses (a guest overlay takes the writes).
     NineP {
-        /// QEMU object id: `[A-Za-z][A-Za-z0-9_-]*`.
+        /// QEMU fsdev id: `[A-Za-z][A-Za-z0-9_-]*`; the device's id is `<id>-dev`.
         id: String,
         /// The mount tag (1 to [`MAX_SHARE_NAME`] characters of `[A-Za-z0-9_.-]`).
         tag: String,
@@ -145,7 +153,7 @@ pub enum FsShare {
     /// A `vhost-user-fs` device served by a daemon (e.g. `virtiofsd`) listening on
     /// `socket`; guest memory is made shareable (`memory-backend-memfd,share=on`).
     VhostUserFs {
-        /// QEMU chardev id: `[A-Za-z][A-Za-z0-9_-]*`.
+        /// QEMU chardev id: `[A-Za-z][A-Za-z0-9_-]*`; the device's id is `<id>-dev`.
         id: String,
         /// The mount tag (1 to [`MAX_SHARE_NAME`] characters of `[A-Za-z0-9_.-]`).
         tag: String,
@@ -466,6 +474,7 @@ impl QemuConfig {
                         "-device",
                         KeyVal::new()
                             .kv("driver", &format!("virtio-9p-{suffix}"))
+                            .kv("id", &format!("{id}-dev"))
                             .kv("fsdev", id)
                             .kv("mount_tag", tag)
                             .build(),
@@ -485,6 +494,7 @@ impl QemuConfig {
                         "-device",
                         KeyVal::new()
                             .kv("driver", &format!("vhost-user-fs-{suffix}"))
+                            .kv("id", &format!("{id}-dev"))
                             .kv("chardev", id)
                             .kv("tag", tag)
                             .build(),
@@ -524,6 +534,7 @@ impl QemuConfig {
             );
             let mut device = KeyVal::new()
                 .kv("driver", &format!("virtio-blk-{suffix}"))
+                .kv("id", &format!("{}-dev", d.id))
                 .kv("drive", &d.id);
             if let Some(serial) = &d.serial {
                 device = device.kv("serial", serial);
@@ -897,11 +908,11 @@ mod tests {
         );
         assert!(pair(
             "-device",
-            "driver=virtio-9p-pci,fsdev=share0,mount_tag=root.fs"
+            "driver=virtio-9p-pci,id=share0-dev,fsdev=share0,mount_tag=root.fs"
         ));
         assert!(pair(
             "-device",
-            "driver=virtio-blk-pci,drive=share1,serial=ctr-1"
+            "driver=virtio-blk-pci,id=share1-dev,drive=share1,serial=ctr-1"
         ));
         // No vhost-user device: guest memory stays private.
         assert!(!c.needs_shared_memory());
@@ -922,7 +933,7 @@ mod tests {
         assert!(pair("-chardev", "socket,id=share2,path=/w/v.sock"), "{s:?}");
         assert!(pair(
             "-device",
-            "driver=vhost-user-fs-pci,chardev=share2,tag=vfs"
+            "driver=vhost-user-fs-pci,id=share2-dev,chardev=share2,tag=vfs"
         ));
         assert!(pair("-machine", "type=q35,memory-backend=mem"));
         assert!(pair(
