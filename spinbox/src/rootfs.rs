@@ -1,6 +1,6 @@
 //! A container's rootfs (a host directory) made reachable from the guest (SPEC §9).
 //!
-//! [`prepare`] turns the directory into a [`Share`] for [`VmSpec::shares`] and the
+//! [`prepare_with`] turns the directory into a [`Share`] for [`VmSpec::shares`] and the
 //! [`GuestMount`]s the guest agent performs to see it, by one of three
 //! [`RootfsTransport`]s:
 //!
@@ -15,7 +15,7 @@
 //!
 //! [`PreparedRootfs::release`] (the shim's `mount_cleanup` phase, after QEMU has exited)
 //! stops the daemon and removes what was created; it is idempotent. A [`PreparedRootfs`]
-//! dropped without it still kills its daemon and removes its files. A [`prepare`] future
+//! dropped without it still kills its daemon and removes its files. A [`prepare_with`] future
 //! dropped midway kills `mkfs.erofs` (waiting for it to be reaped) and removes the
 //! partial image.
 //!
@@ -25,7 +25,7 @@
 //! use spinbox::rootfs::{prepare_with, RootfsTransport, Tools};
 //!
 //! // The tools the provisioned assets record (`Tools::from_assets`), or those in PATH.
-//! let tools = Tools::from_path();
+//! let tools = Tools::from_path(std::env::var_os("PATH").as_deref());
 //! let rootfs = prepare_with(
 //!     &tools,
 //!     RootfsTransport::default(),
@@ -148,17 +148,19 @@ pub struct Tools {
 }
 
 impl Tools {
-    /// The tools found in `PATH`.
-    pub fn from_path() -> Self {
+    /// The tools found in `path` (a `PATH` value, which the caller reads: the library
+    /// reads no environment).
+    pub fn from_path(path: Option<&std::ffi::OsStr>) -> Self {
         Self {
-            mkfs_erofs: which("mkfs.erofs"),
-            virtiofsd: which("virtiofsd"),
+            mkfs_erofs: which(path, "mkfs.erofs"),
+            virtiofsd: which(path, "virtiofsd"),
         }
     }
 
-    /// The tools the provisioned assets record, each falling back to `PATH`.
-    pub fn from_assets(assets: &crate::vm::assets::Assets) -> Self {
-        let path = Self::from_path();
+    /// The tools the provisioned assets record, each falling back to `path` (a `PATH`
+    /// value).
+    pub fn from_assets(assets: &crate::vm::assets::Assets, path: Option<&std::ffi::OsStr>) -> Self {
+        let path = Self::from_path(path);
         Self {
             mkfs_erofs: assets.mkfs_erofs.clone().or(path.mkfs_erofs),
             virtiofsd: assets.virtiofsd.clone().or(path.virtiofsd),
@@ -166,9 +168,8 @@ impl Tools {
     }
 }
 
-fn which(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
+fn which(path: Option<&std::ffi::OsStr>, name: &str) -> Option<PathBuf> {
+    std::env::split_paths(path?)
         .map(|d| d.join(name))
         .find(|p| p.is_file())
 }
@@ -377,16 +378,6 @@ async fn stop_daemon(daemon: &QemuProcess) -> Result<(), RootfsError> {
         .await
         .map(drop)
         .ok_or(RootfsError::DaemonNotReaped { pid: daemon.pid() })
-}
-
-/// [`prepare_with`] the tools found in `PATH`.
-pub async fn prepare(
-    transport: RootfsTransport,
-    rootfs_dir: &Path,
-    work_dir: &Path,
-    name: &str,
-) -> Result<PreparedRootfs, RootfsError> {
-    prepare_with(&Tools::from_path(), transport, rootfs_dir, work_dir, name).await
 }
 
 /// Makes `rootfs_dir` reachable by the guest through `transport`, under `name` (the mount
@@ -723,7 +714,7 @@ mod tests {
 
     /// `mkfs.erofs` as provisioned: the tests never skip when it is missing.
     fn tools() -> Tools {
-        let tools = Tools::from_path();
+        let tools = Tools::from_path(std::env::var_os("PATH").as_deref());
         assert!(
             tools.mkfs_erofs.is_some(),
             "mkfs.erofs is not in PATH: run scripts/provision (it installs erofs-utils)"
@@ -789,27 +780,35 @@ mod tests {
         let dir = tree(tmp.path());
         let work = tmp.path();
         for t in RootfsTransport::ALL {
-            let e = prepare(t, Path::new("rootfs"), work, "r")
+            let e = prepare_with(&tools(), t, Path::new("rootfs"), work, "r")
                 .await
                 .unwrap_err();
             assert!(matches!(e, RootfsError::RelativeRootfs(_)), "{t}: {e:?}");
             let missing = tmp.path().join("missing");
-            let e = prepare(t, &missing, work, "r").await.unwrap_err();
+            let e = prepare_with(&tools(), t, &missing, work, "r")
+                .await
+                .unwrap_err();
             assert!(
                 matches!(&e, RootfsError::Rootfs { source, .. } if source.kind() == std::io::ErrorKind::NotFound),
                 "{t}: {e:?}"
             );
-            let e = prepare(t, &dir.join("hello"), work, "r").await.unwrap_err();
+            let e = prepare_with(&tools(), t, &dir.join("hello"), work, "r")
+                .await
+                .unwrap_err();
             assert!(matches!(e, RootfsError::NotADirectory(_)), "{t}: {e:?}");
             assert!(e.to_string().contains("not a directory"));
-            let e = prepare(t, &dir, Path::new("work"), "r").await.unwrap_err();
+            let e = prepare_with(&tools(), t, &dir, Path::new("work"), "r")
+                .await
+                .unwrap_err();
             assert!(matches!(e, RootfsError::RelativeWorkDir(_)), "{t}: {e:?}");
-            let e = prepare(t, &dir, &tmp.path().join("nowork"), "r")
+            let e = prepare_with(&tools(), t, &dir, &tmp.path().join("nowork"), "r")
                 .await
                 .unwrap_err();
             assert!(matches!(e, RootfsError::WorkDir { .. }), "{t}: {e:?}");
             for name in ["", "a/b", "a,b", "../x", &"n".repeat(21)] {
-                let e = prepare(t, &dir, work, name).await.unwrap_err();
+                let e = prepare_with(&tools(), t, &dir, work, name)
+                    .await
+                    .unwrap_err();
                 assert!(
                     matches!(e, RootfsError::Name(SpecError::ShareName { .. })),
                     "{t} {name:?}: {e:?}"
@@ -829,7 +828,7 @@ mod tests {
     async fn nine_p_exports_the_directory_read_only_and_creates_nothing() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tree(tmp.path());
-        let p = prepare(RootfsTransport::NineP, &dir, tmp.path(), "ctr-1")
+        let p = prepare_with(&tools(), RootfsTransport::NineP, &dir, tmp.path(), "ctr-1")
             .await
             .unwrap();
         assert_eq!(

@@ -356,7 +356,7 @@ async fn main() {
     let mode = mode_from_args();
     let root = tempfile::tempdir().expect("tempdir");
     let assets = tests::assets::assets();
-    let tools = Tools::from_assets(&assets);
+    let tools = Tools::from_assets(&assets, std::env::var_os("PATH").as_deref());
     let backend = QemuBackend::new(QemuBackendConfig::new(assets.clone()));
     let mut transports = vec![RootfsTransport::NineP, RootfsTransport::Erofs];
     let virtiofs_note = if tools.virtiofsd.is_some() {

@@ -391,3 +391,71 @@ fn a_rootfs_that_does_not_exist_fails_the_creation_before_anything_boots() {
         vm.assert_nothing_left().await;
     });
 }
+
+/// Each transport built into the product runs the same container, and what it made on
+/// the host (the EROFS image; nothing for 9p) exists while the container runs and is gone
+/// after the delete.
+#[test]
+fn nine_p_and_erofs_both_carry_the_rootfs_and_release_it() {
+    use spinbox::rootfs::RootfsTransport;
+    for transport in [RootfsTransport::NineP, RootfsTransport::Erofs] {
+        serial(|| async {
+            tokio::time::timeout(HANG_GUARD, async {
+                let mounts = host_mounts();
+                let root = tempfile::tempdir().unwrap();
+                let mut config = shim_common::config(root.path());
+                config.rootfs_transport = transport;
+                let vm = TestVm::with(root, config, "ctr", tests::assets::assets());
+                let (io, out) = io_with(None);
+                started(
+                    &vm,
+                    sh("head -1 /etc/passwd; echo x > /new && cat /new"),
+                    io,
+                )
+                .await;
+                let image = vm.root().join("ctr.rootfs").join("rootfs.erofs");
+                assert_eq!(
+                    image.is_file(),
+                    transport == RootfsTransport::Erofs,
+                    "{transport}: image {}",
+                    image.display()
+                );
+                assert_eq!(vm.shim.wait().await.unwrap(), ExitStatus::Exited(0));
+                assert_eq!(
+                    out.stdout.text(),
+                    "root:x:0:0:root:/root:/bin/sh\nx\n",
+                    "{transport}"
+                );
+                delete_and_check(&vm, &mounts).await;
+                assert!(!image.exists(), "{transport}: the image was left");
+            })
+            .await
+            .expect("the test finishes");
+        });
+    }
+}
+
+/// virtiofs needs `virtiofsd`, which is not a Debian package: without it the creation
+/// fails before anything starts, saying how to get it.
+#[test]
+fn virtiofs_without_its_daemon_is_a_clear_error_before_anything_starts() {
+    serial(|| async {
+        let root = tempfile::tempdir().unwrap();
+        let mut config = shim_common::config(root.path());
+        config.rootfs_transport = spinbox::rootfs::RootfsTransport::VirtioFs;
+        config.rootfs_tools.virtiofsd = None;
+        let vm = TestVm::with(root, config, "ctr", tests::assets::assets());
+        let spec = ContainerSpec::new("c1", rootfs(), sh("true"));
+        let err = vm
+            .shim
+            .create_container(spec, ProcessIo::null())
+            .await
+            .unwrap_err();
+        let CreateError::Rootfs(source) = &err else {
+            panic!("{err:?}");
+        };
+        assert!(source.to_string().contains("virtiofsd"), "{source}");
+        assert_eq!(vm.shim.state().state, ShimState::Idle);
+        vm.assert_nothing_left().await;
+    });
+}

@@ -42,7 +42,10 @@ async fn qom_get(vm: &spinbox::vm::qemu::QemuVm, path: &str, property: &str) -> 
 async fn nine_p_and_disk_shares_are_attached_and_everything_is_released() {
     let fx = Fixture::new();
     let (backend, mut spec) = guest(&fx, "shares");
-    let tools = Tools::from_assets(&backend.config().assets);
+    let tools = Tools::from_assets(
+        &backend.config().assets,
+        std::env::var_os("PATH").as_deref(),
+    );
     let dir = tree(fx.tmp.path());
     let work = fx.tmp.path().join("work");
     std::fs::create_dir(&work).expect("mkdir work");

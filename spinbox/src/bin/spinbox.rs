@@ -667,6 +667,8 @@ async fn run_command_in(args: RunArgs) -> Result<ExitCode, Failed> {
     if let Some(transport) = args.rootfs_transport {
         config.rootfs_transport = transport;
     }
+    config.rootfs_tools =
+        spinbox::rootfs::Tools::from_assets(&backend.assets, std::env::var_os("PATH").as_deref());
     let rootfs = match &args.rootfs {
         Some(dir) => {
             std::path::absolute(dir).map_err(|e| format!("--rootfs {}: {e}", dir.display()))?

@@ -1,7 +1,7 @@
 //! [`ShimConfig`]: every timeout of the shim's lifecycle in one place, with defaults that work
 //! under software emulation (TCG), loadable from a JSON file.
 
-use crate::rootfs::RootfsTransport;
+use crate::rootfs::{RootfsTransport, Tools};
 use crate::vm::agent::RetryPolicy;
 use crate::vm::state_dir::SYSTEM_STATE_ROOT;
 use crate::vm::stop::EscalationPolicy;
@@ -35,6 +35,11 @@ pub struct ShimConfig {
     /// How a container's rootfs reaches the guest (default: the transport BENCHMARKS.md
     /// chose, see [`RootfsTransport`]).
     pub rootfs_transport: RootfsTransport,
+    /// The host tools the rootfs transports run (`mkfs.erofs`, `virtiofsd`). Default:
+    /// none known (the library reads no `PATH`): the CLI takes them from the provisioned
+    /// assets and `PATH` ([`Tools::from_assets`]); a transport whose tool is missing fails
+    /// the creation with a clear error.
+    pub rootfs_tools: Tools,
 }
 
 impl Default for ShimConfig {
@@ -49,6 +54,7 @@ impl Default for ShimConfig {
             memory_mib: 256,
             kernel_args: Vec::new(),
             rootfs_transport: RootfsTransport::default(),
+            rootfs_tools: Tools::default(),
         }
     }
 }

@@ -193,7 +193,9 @@ impl Session {
                     source,
                 })?;
         }
-        let prepared = crate::rootfs::prepare(transport, &spec.rootfs, &dir, "rootfs").await?;
+        let tools = &self.shared.config.rootfs_tools;
+        let prepared =
+            crate::rootfs::prepare_with(tools, transport, &spec.rootfs, &dir, "rootfs").await?;
         // The first and only preparation of this session.
         let _ = self.rootfs.set(prepared);
         Ok(self.rootfs.get().expect("set above"))

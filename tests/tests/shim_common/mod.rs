@@ -125,6 +125,10 @@ pub fn config(root: &Path) -> ShimConfig {
             sigkill: Duration::from_secs(3),
             ..defaults.shutdown
         },
+        rootfs_tools: spinbox::rootfs::Tools::from_assets(
+            &tests::assets::assets(),
+            std::env::var_os("PATH").as_deref(),
+        ),
         ..defaults
     }
 }
