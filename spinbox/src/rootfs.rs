@@ -1031,6 +1031,11 @@ mod tests {
         assert_eq!(p.mounts[0].source, "vfs");
         let pid = p.daemon_pid().expect("the daemon runs");
         assert!(children().contains(&pid), "the daemon is not our child");
+        // The daemon is the script until it `exec`s `sleep <marker>`: wait for that, bounded.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while child_with(marker).is_none() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         assert_eq!(child_with(marker), Some(pid));
         assert_eq!(p.leftovers().len(), 3, "{:?}", p.leftovers());
         p.release().await.unwrap();

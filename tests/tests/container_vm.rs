@@ -225,17 +225,22 @@ fn stdin_round_trips_through_cat_and_its_end_closes_it() {
 }
 
 #[test]
-fn env_cwd_user_and_hostname_are_applied() {
+fn env_cwd_user_hostname_and_rlimits_are_applied() {
     run(async |vm| {
         let (io, out) = io_with(None);
-        let mut process = sh("echo \"$GREETING\"; pwd; id -u; id -g; hostname");
+        let mut process = sh("echo \"$GREETING\"; pwd; id -u; id -g; hostname; ulimit -n");
         process.env.push("GREETING=hi there".into());
+        process.rlimits.push(spinbox::task::Rlimit {
+            resource: "RLIMIT_NOFILE".into(),
+            soft: 64,
+            hard: 128,
+        });
         process.cwd = "/tmp".into();
         process.uid = 1000;
         process.gid = 1000;
         started(vm, process, io).await;
         assert_eq!(vm.shim.wait().await.unwrap(), ExitStatus::Exited(0));
-        assert_eq!(out.stdout.text(), "hi there\n/tmp\n1000\n1000\nc1\n");
+        assert_eq!(out.stdout.text(), "hi there\n/tmp\n1000\n1000\nc1\n64\n");
     });
 }
 
@@ -457,5 +462,36 @@ fn virtiofs_without_its_daemon_is_a_clear_error_before_anything_starts() {
         assert!(source.to_string().contains("virtiofsd"), "{source}");
         assert_eq!(vm.shim.state().state, ShimState::Idle);
         vm.assert_nothing_left().await;
+    });
+}
+
+/// A process that never reads its stdin, fed without end: the host's copy stalls on a
+/// full stream, and nothing else does; delete still ends it all.
+#[test]
+fn a_process_that_never_reads_stdin_blocks_nothing() {
+    run(async |vm| {
+        let out = Collect::default();
+        let io = ProcessIo {
+            stdin: Some(Box::new(tokio::io::repeat(b'x'))),
+            stdout: Some(Box::new(out.clone())),
+            stderr: None,
+        };
+        started(vm, sh("echo started; sleep 1000"), io).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while out.text() != "started\n" {
+            assert!(tokio::time::Instant::now() < deadline, "never started");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The shim still answers, and an exec runs beside it.
+        let (exec_io, exec_out) = io_with(None);
+        vm.shim
+            .exec("e1", &sh("echo alive"), exec_io)
+            .await
+            .unwrap();
+        assert_eq!(
+            vm.shim.wait_exec("e1").await.unwrap(),
+            ExitStatus::Exited(0)
+        );
+        assert_eq!(exec_out.stdout.text(), "alive\n");
     });
 }

@@ -132,7 +132,7 @@ impl Session {
                 if let Err(e) = task.delete(&container.id, "", true).await {
                     errors.push(format!(
                         "deleting the container in the guest: {}",
-                        chain(&e)
+                        crate::check::error_chain(&e)
                     ));
                 }
             }
@@ -200,17 +200,6 @@ impl Session {
         let _ = self.rootfs.set(prepared);
         Ok(self.rootfs.get().expect("set above"))
     }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 impl Shim {

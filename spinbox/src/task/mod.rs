@@ -42,6 +42,20 @@ pub struct ProcessSpec {
     pub gid: u32,
     /// Supplementary group ids.
     pub additional_gids: Vec<u32>,
+    /// Resource limits set before the program starts.
+    pub rlimits: Vec<Rlimit>,
+}
+
+/// A resource limit (`setrlimit`) for a process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rlimit {
+    /// The resource as the OCI spec names it: `RLIMIT_NOFILE`, `RLIMIT_NPROC`, … (the
+    /// agent refuses a name it does not know).
+    pub resource: String,
+    /// The soft limit.
+    pub soft: u64,
+    /// The hard limit (at least `soft`).
+    pub hard: u64,
 }
 
 /// The `PATH` a process gets when its environment names none.
@@ -61,6 +75,7 @@ impl ProcessSpec {
             uid: 0,
             gid: 0,
             additional_gids: Vec::new(),
+            rlimits: Vec::new(),
         }
     }
 
@@ -92,6 +107,20 @@ impl ProcessSpec {
         if !self.cwd.is_absolute() {
             return Err(SpecError::RelativeCwd(self.cwd.clone()));
         }
+        for (i, limit) in self.rlimits.iter().enumerate() {
+            if !limit.resource.starts_with("RLIMIT_") {
+                return Err(SpecError::BadRlimit(limit.resource.clone()));
+            }
+            if limit.soft > limit.hard {
+                return Err(SpecError::RlimitOrder(limit.resource.clone()));
+            }
+            if self.rlimits[..i]
+                .iter()
+                .any(|l| l.resource == limit.resource)
+            {
+                return Err(SpecError::DuplicateRlimit(limit.resource.clone()));
+            }
+        }
         if self.cwd.as_os_str().as_encoded_bytes().contains(&0) {
             return Err(SpecError::Nul("cwd".into()));
         }
@@ -106,6 +135,17 @@ impl ProcessSpec {
         p.uid = self.uid;
         p.gid = self.gid;
         p.additional_gids.clone_from(&self.additional_gids);
+        p.rlimits = self
+            .rlimits
+            .iter()
+            .map(|l| {
+                let mut r = agent::Rlimit::new();
+                r.resource.clone_from(&l.resource);
+                r.soft = l.soft;
+                r.hard = l.hard;
+                r
+            })
+            .collect();
         p
     }
 }
@@ -191,6 +231,15 @@ pub enum SpecError {
     /// The working directory is relative.
     #[error("the working directory {} must be an absolute path", .0.display())]
     RelativeCwd(PathBuf),
+    /// A resource limit name that is not `RLIMIT_*`.
+    #[error("unknown resource limit {0:?}: expected an RLIMIT_* name")]
+    BadRlimit(String),
+    /// A soft limit above its hard limit.
+    #[error("resource limit {0}: the soft limit exceeds the hard limit")]
+    RlimitOrder(String),
+    /// A resource limited twice.
+    #[error("resource limit {0} is given twice")]
+    DuplicateRlimit(String),
     /// Arguments and environment too large.
     #[error("arguments and environment take {0} bytes, more than {MAX_ARGS_ENV_BYTES}")]
     TooLarge(usize),
@@ -290,6 +339,23 @@ mod tests {
             with(&|s| s.process.args.push("x".repeat(MAX_ARGS_ENV_BYTES))),
             SpecError::TooLarge(_)
         ));
+        let limit = |resource: &str, soft, hard| Rlimit {
+            resource: resource.into(),
+            soft,
+            hard,
+        };
+        assert_eq!(
+            with(&|s| s.process.rlimits.push(limit("NOFILE", 1, 1))),
+            SpecError::BadRlimit("NOFILE".into())
+        );
+        assert_eq!(
+            with(&|s| s.process.rlimits.push(limit("RLIMIT_NOFILE", 2, 1))),
+            SpecError::RlimitOrder("RLIMIT_NOFILE".into())
+        );
+        assert_eq!(
+            with(&|s| s.process.rlimits = vec![limit("RLIMIT_NOFILE", 1, 1); 2]),
+            SpecError::DuplicateRlimit("RLIMIT_NOFILE".into())
+        );
     }
 
     #[test]
