@@ -495,3 +495,43 @@ fn a_process_that_never_reads_stdin_blocks_nothing() {
         assert_eq!(exec_out.stdout.text(), "alive\n");
     });
 }
+
+/// `start` and `delete` race from two tasks of a multi-thread runtime: whichever wins, the
+/// loser gets a clear answer, and the teardown leaves nothing.
+#[test]
+fn start_racing_delete_leaves_nothing() {
+    serial(|| async {
+        tokio::time::timeout(HANG_GUARD, async {
+            let mounts = host_mounts();
+            let vm = TestVm::new("ctr");
+            let (io, _out) = io_with(None);
+            let spec = ContainerSpec::new("c1", rootfs(), sh("echo hi; sleep 1000"));
+            vm.shim
+                .create_container(spec, io)
+                .await
+                .expect("create_container");
+            let (starter, deleter) = (vm.shim.clone(), vm.shim.clone());
+            let start = tokio::spawn(async move { starter.start().await });
+            let delete = tokio::spawn(async move { deleter.delete().await });
+            let (start, delete) = (start.await.unwrap(), delete.await.unwrap());
+            let report = delete.expect("delete from Created or Running is admitted");
+            assert!(!report.has_errors(), "{report}");
+            if let Err(e) = &start {
+                assert!(
+                    matches!(
+                        e,
+                        spinbox::shim::StartError::Deleting
+                            | spinbox::shim::StartError::ShuttingDown
+                            | spinbox::shim::StartError::Container(_)
+                    ),
+                    "{e:?}"
+                );
+            }
+            assert_eq!(vm.shim.state().state, ShimState::ShuttingDown);
+            vm.assert_nothing_left().await;
+            assert_eq!(host_mounts(), mounts, "a mount was left on the host");
+        })
+        .await
+        .expect("the test finishes");
+    });
+}
