@@ -24,6 +24,30 @@ fn spinbox(args: &[&str], stdin: &[u8], state_root: &std::path::Path) -> (i32, S
     )
 }
 
+/// Starts `spinbox ARGS` (stdin at end-of-file, stdout and stderr piped) and reads the
+/// first line of its stdout.
+fn spawn_reading_a_line(
+    args: &[&str],
+    state_root: &std::path::Path,
+) -> (
+    std::process::Child,
+    BufReader<std::process::ChildStdout>,
+    String,
+) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_spinbox"))
+        .args(args)
+        .env("SPINBOX_STATE_ROOT", state_root)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spinbox runs");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    (child, stdout, line)
+}
+
 /// Nothing of the run is left under the state root.
 fn assert_clean(root: &std::path::Path) {
     let left: Vec<_> = std::fs::read_dir(root)
@@ -131,23 +155,16 @@ fn a_missing_program_exits_127_and_bad_flags_125() {
 #[test]
 fn sigterm_is_passed_to_the_command() {
     let root = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_spinbox"))
-        .args([
+    let (mut child, mut stdout, line) = spawn_reading_a_line(
+        &[
             "run",
             "--",
             "sh",
             "-c",
             "trap 'echo got-term; exit 3' TERM; echo ready; sleep 100 & wait",
-        ])
-        .env("SPINBOX_STATE_ROOT", root.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
+        ],
+        root.path(),
+    );
     assert_eq!(line, "ready\n");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
@@ -165,17 +182,7 @@ fn sigterm_is_passed_to_the_command() {
 #[test]
 fn a_reader_that_goes_away_ends_the_command_like_a_pipeline() {
     let root = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_spinbox"))
-        .args(["run", "--", "yes"])
-        .env("SPINBOX_STATE_ROOT", root.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
+    let (child, stdout, line) = spawn_reading_a_line(&["run", "--", "yes"], root.path());
     assert_eq!(line, "y\n");
     // `spinbox run -- yes | head -1`: head exits.
     drop(stdout);
