@@ -177,6 +177,15 @@ fn which(path: Option<&std::ffi::OsStr>, name: &str) -> Option<PathBuf> {
 /// Why a rootfs could not be prepared or released.
 #[derive(Debug, thiserror::Error)]
 pub enum RootfsError {
+    /// A host mount of the rootfs (`ContainerSpec::rootfs_mounts`) failed.
+    #[error("cannot mount {mount}")]
+    HostMount {
+        /// What was mounted where.
+        mount: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The name cannot be a mount tag or disk serial.
     #[error("invalid rootfs name")]
     Name(#[source] SpecError),
@@ -1121,5 +1130,194 @@ mod tests {
             .await
             .unwrap_err();
         assert!(e.to_string().contains("erofs-utils"), "{e}");
+    }
+}
+
+/// `mount(8)`'s flag options; everything else is filesystem data.
+const MOUNT_FLAGS: &[(&str, libc::c_ulong, bool)] = &[
+    ("ro", libc::MS_RDONLY, true),
+    ("rw", libc::MS_RDONLY, false),
+    ("nosuid", libc::MS_NOSUID, true),
+    ("suid", libc::MS_NOSUID, false),
+    ("nodev", libc::MS_NODEV, true),
+    ("dev", libc::MS_NODEV, false),
+    ("noexec", libc::MS_NOEXEC, true),
+    ("exec", libc::MS_NOEXEC, false),
+    ("noatime", libc::MS_NOATIME, true),
+    ("relatime", libc::MS_RELATIME, true),
+    ("strictatime", libc::MS_STRICTATIME, true),
+    ("sync", libc::MS_SYNCHRONOUS, true),
+    ("async", libc::MS_SYNCHRONOUS, false),
+    ("bind", libc::MS_BIND, true),
+    ("rbind", libc::MS_BIND | libc::MS_REC, true),
+];
+
+/// Splits `mount -o` options into flags and the data string.
+fn mount_flags(options: &[String]) -> (libc::c_ulong, String) {
+    let mut flags = 0;
+    let mut data = Vec::new();
+    for o in options {
+        match MOUNT_FLAGS.iter().find(|(name, _, _)| name == o) {
+            Some((_, f, true)) => flags |= f,
+            Some((_, f, false)) => flags &= !f,
+            None => data.push(o.as_str()),
+        }
+    }
+    (flags, data.join(","))
+}
+
+/// Mounts `m` on `target` (the host side of a container's rootfs; see
+/// `ContainerSpec::rootfs_mounts`). A `bind` mount's source is bound; `ro` on a bind is
+/// applied by a remount, as `mount(8)` does.
+pub(crate) fn mount_host(target: &Path, m: &crate::task::HostMount) -> std::io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let invalid = |what| std::io::Error::new(std::io::ErrorKind::InvalidInput, what);
+    let (mut flags, data) = mount_flags(&m.options);
+    let is_bind = m.fstype == "bind" || flags & libc::MS_BIND != 0;
+    if is_bind {
+        flags |= libc::MS_BIND;
+    }
+    // The kernel takes at most one page of mount data.
+    if data.len() >= 4096 {
+        return Err(invalid(
+            "the mount options are longer than a page (4095 bytes)",
+        ));
+    }
+    let cstr = |b: &[u8]| CString::new(b).map_err(|_| invalid("a NUL byte in the mount"));
+    let source = cstr(m.source.as_bytes())?;
+    let target_c = cstr(target.as_os_str().as_bytes())?;
+    let fstype = cstr(m.fstype.as_bytes())?;
+    let data_c = cstr(data.as_bytes())?;
+    let mount = |flags: libc::c_ulong, data: *const libc::c_void| {
+        // SAFETY: every pointer is a valid NUL-terminated string living across the call.
+        let r = unsafe {
+            libc::mount(
+                source.as_ptr(),
+                target_c.as_ptr(),
+                fstype.as_ptr(),
+                flags,
+                data,
+            )
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    let data_ptr = if data.is_empty() {
+        std::ptr::null()
+    } else {
+        data_c.as_ptr().cast()
+    };
+    // A bind ignores MS_RDONLY on the first call: it takes a remount.
+    let first = if is_bind {
+        flags & !libc::MS_RDONLY
+    } else {
+        flags
+    };
+    mount(first, data_ptr)?;
+    if is_bind && flags & libc::MS_RDONLY != 0 {
+        if let Err(e) = mount(
+            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+            std::ptr::null(),
+        ) {
+            let _ = unmount_host(target);
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Unmounts the topmost mount on `target`; when it is busy, detaches it (it goes once its
+/// last user does). A target with nothing mounted on it is an error.
+pub(crate) fn unmount_host(target: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(target.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in path"))?;
+    // SAFETY: a valid NUL-terminated path.
+    if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() != Some(libc::EBUSY) {
+        return Err(e);
+    }
+    tracing::warn!(target = %target.display(), "rootfs mount busy; detaching it");
+    // SAFETY: as above.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod host_mount_tests {
+    use super::*;
+    use crate::task::HostMount;
+
+    #[test]
+    fn options_split_into_flags_and_data() {
+        let o = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let (flags, data) = mount_flags(&o(&["ro", "nosuid", "lowerdir=/a:/b", "index=off"]));
+        assert_eq!(flags, libc::MS_RDONLY | libc::MS_NOSUID);
+        assert_eq!(data, "lowerdir=/a:/b,index=off");
+        let (flags, data) = mount_flags(&o(&["rbind", "ro", "rw"]));
+        assert_eq!(flags, libc::MS_BIND | libc::MS_REC);
+        assert_eq!(data, "");
+    }
+
+    fn mounted(target: &Path) -> bool {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").expect("read mountinfo");
+        let t = target.to_str().expect("utf-8 path");
+        info.lines().any(|l| l.split(' ').nth(4) == Some(t))
+    }
+
+    #[test]
+    fn a_read_only_bind_mount_is_made_then_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (src, target) = (dir.path().join("src"), dir.path().join("target"));
+        std::fs::create_dir_all(&src).expect("mkdir");
+        std::fs::create_dir_all(&target).expect("mkdir");
+        std::fs::write(src.join("file"), "x").expect("write");
+        let m = HostMount {
+            fstype: "bind".into(),
+            source: src.display().to_string(),
+            options: vec!["rbind".into(), "ro".into()],
+        };
+        mount_host(&target, &m).expect("mount");
+        assert!(mounted(&target));
+        assert_eq!(
+            std::fs::read_to_string(target.join("file")).expect("read"),
+            "x"
+        );
+        let err = std::fs::write(target.join("new"), "y").expect_err("read-only");
+        assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+        unmount_host(&target).expect("unmount");
+        assert!(!mounted(&target));
+        assert!(unmount_host(&target).is_err(), "nothing left to unmount");
+    }
+
+    #[test]
+    fn a_failed_mount_is_a_clear_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = HostMount {
+            fstype: "overlay".into(),
+            source: "overlay".into(),
+            options: vec![format!("lowerdir={}", dir.path().join("missing").display())],
+        };
+        let err = mount_host(dir.path(), &m).expect_err("no lowerdir");
+        assert_eq!(err.raw_os_error(), Some(libc::ENOENT), "{err}");
+        assert!(!mounted(dir.path()));
+        let long = HostMount {
+            options: vec!["x".repeat(5000)],
+            ..m
+        };
+        assert_eq!(
+            mount_host(dir.path(), &long).expect_err("too long").kind(),
+            std::io::ErrorKind::InvalidInput
+        );
     }
 }

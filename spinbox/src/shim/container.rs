@@ -167,6 +167,15 @@ impl Session {
         if let Some(rootfs) = self.rootfs.get() {
             rootfs.release().await?;
         }
+        // The share is gone: nothing reads the host mounts any more.
+        loop {
+            let Some(target) = lock(&self.host_mounts).last().cloned() else {
+                break;
+            };
+            crate::rootfs::unmount_host(&target)
+                .map_err(|e| format!("cannot unmount {}: {e}", target.display()))?;
+            lock(&self.host_mounts).pop();
+        }
         let dir = rootfs_work_dir(self);
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
@@ -192,6 +201,15 @@ impl Session {
                     path: dir.clone(),
                     source,
                 })?;
+        }
+        for m in &spec.rootfs_mounts {
+            crate::rootfs::mount_host(&spec.rootfs, m).map_err(|source| {
+                RootfsError::HostMount {
+                    mount: format!("{} {} on {}", m.fstype, m.source, spec.rootfs.display()),
+                    source,
+                }
+            })?;
+            lock(&self.host_mounts).push(spec.rootfs.clone());
         }
         let tools = &self.shared.config.rootfs_tools;
         let prepared =

@@ -109,6 +109,9 @@ pub(crate) struct Session {
     pub(crate) rootfs: OnceLock<crate::rootfs::PreparedRootfs>,
     /// The container, once created in the guest.
     pub(crate) container: OnceLock<SessionContainer>,
+    /// Host mounts made for the container's rootfs (`ContainerSpec::rootfs_mounts`), in
+    /// the order made; `mount_cleanup` unmounts them in reverse.
+    pub(crate) host_mounts: Mutex<Vec<std::path::PathBuf>>,
     cleanup: CleanupOrchestrator,
     teardown: SharedTask<Option<ShimReport>>,
 }
@@ -248,6 +251,7 @@ impl Session {
                 cause: OnceLock::new(),
                 rootfs: OnceLock::new(),
                 container: OnceLock::new(),
+                host_mounts: Mutex::new(Vec::new()),
                 cleanup,
                 teardown: SharedTask::default(),
             }

@@ -164,6 +164,23 @@ pub struct ContainerSpec {
     pub hostname: Option<String>,
     /// The first process.
     pub process: ProcessSpec,
+    /// Host mounts that make up `rootfs` (containerd's snapshot mounts: an overlay, a bind):
+    /// mounted on `rootfs`, in order, on the host before it is shared into the VM, and
+    /// unmounted in reverse order by `mount_cleanup`. Empty (the default): `rootfs` is used
+    /// as it is.
+    pub rootfs_mounts: Vec<HostMount>,
+}
+
+/// A mount the shim makes on the host (see [`ContainerSpec::rootfs_mounts`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostMount {
+    /// The filesystem type (`overlay`, `bind`, …).
+    pub fstype: String,
+    /// The source (a device, a directory, `overlay`).
+    pub source: String,
+    /// `mount -o` options: flags (`ro`, `rbind`, `nosuid`, …) and filesystem data
+    /// (`lowerdir=…`).
+    pub options: Vec<String>,
 }
 
 impl ContainerSpec {
@@ -175,6 +192,7 @@ impl ContainerSpec {
             rootfs_owned: false,
             hostname: None,
             process,
+            rootfs_mounts: Vec::new(),
         }
     }
 
@@ -190,6 +208,12 @@ impl ContainerSpec {
         }
         if !self.rootfs.is_absolute() {
             return Err(SpecError::RelativeRootfs(self.rootfs.clone()));
+        }
+        for m in &self.rootfs_mounts {
+            let all = [&m.fstype, &m.source].into_iter().chain(&m.options);
+            if m.fstype.is_empty() || all.into_iter().any(|s| s.contains('\0')) {
+                return Err(SpecError::InvalidMount(format!("{m:?}")));
+            }
         }
         self.process.validate()
     }
@@ -219,6 +243,9 @@ pub enum SpecError {
     /// The rootfs path is relative.
     #[error("the rootfs {} must be an absolute path", .0.display())]
     RelativeRootfs(PathBuf),
+    /// A rootfs mount has no type or a NUL byte.
+    #[error("invalid rootfs mount {0}: a type is required and no field may hold a NUL")]
+    InvalidMount(String),
     /// No program to run.
     #[error("no command: args is empty or args[0] is empty")]
     EmptyArgs,
