@@ -161,7 +161,7 @@ mod tests {
             ),
             (
                 r#"{"state_root": "relative"}"#,
-                "`state_root` must be an absolute path",
+                "must be an absolute path",
             ),
             (r#"{"no_such_key": 1}"#, "no_such_key"),
             ("{", "invalid shim config"),

@@ -65,6 +65,58 @@ fn target(uri: &str) -> Result<Target, String> {
     Ok(Target::Path(PathBuf::from(uri)))
 }
 
+/// An output whose reader went away (a detached `ctr` exits and closes its FIFOs): from
+/// then on its bytes are discarded, as containerd's own shims do, so the process and its
+/// exit status are not held up by a missing reader.
+struct Discarding<W> {
+    inner: W,
+    broken: bool,
+}
+
+impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Discarding<W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.broken {
+            return std::task::Poll::Ready(Ok(buf.len()));
+        }
+        match std::pin::Pin::new(&mut self.inner).poll_write(cx, buf) {
+            std::task::Poll::Ready(Err(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                self.broken = true;
+                std::task::Poll::Ready(Ok(buf.len()))
+            }
+            other => other,
+        }
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.broken {
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.broken {
+            return std::task::Poll::Ready(Ok(()));
+        }
+        match std::pin::Pin::new(&mut self.inner).poll_shutdown(cx) {
+            std::task::Poll::Ready(Err(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                std::task::Poll::Ready(Ok(()))
+            }
+            other => other,
+        }
+    }
+}
+
 async fn open_sink(uri: &str) -> Result<Option<Sink>, String> {
     let Target::Path(path) = target(uri)? else {
         return Ok(None);
@@ -86,7 +138,12 @@ async fn open_sink(uri: &str) -> Result<Option<Sink>, String> {
     let deadline = tokio::time::Instant::now() + OPEN_TIMEOUT;
     loop {
         match pipe::OpenOptions::new().open_sender(&path) {
-            Ok(sender) => return Ok(Some(Box::new(sender))),
+            Ok(sender) => {
+                return Ok(Some(Box::new(Discarding {
+                    inner: sender,
+                    broken: false,
+                })))
+            }
             Err(e)
                 if e.raw_os_error() == Some(libc::ENXIO)
                     && tokio::time::Instant::now() < deadline =>
@@ -296,6 +353,18 @@ mod tests {
         assert_eq!(reader.join().expect("reader"), b"to the fifo");
         assert_eq!(std::fs::read(&file).expect("file"), b"to the file");
         assert!(open("", "relative/path", "").await.is_err());
+        // A reader that goes away: later output is discarded, not an error.
+        let reader = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || drop(std::fs::File::open(fifo).expect("open the fifo")))
+        };
+        let mut opened = open("", fifo.to_str().unwrap(), "").await.expect("open");
+        reader.join().expect("reader");
+        let mut out = opened.io.stdout.take().expect("stdout");
+        for _ in 0..3 {
+            out.write_all(&[b'x'; 70_000]).await.expect("discarded, not an error");
+        }
+        out.shutdown().await.expect("shutdown");
         assert!(open("", "binary:///bin/logger", "").await.is_err());
     }
 }

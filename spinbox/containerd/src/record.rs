@@ -49,6 +49,10 @@ impl Record {
         self.state_root.join(&self.vm_id)
     }
 
+    fn vsock_dir(&self) -> PathBuf {
+        self.state_root.join(".vsock").join(&self.vm_id)
+    }
+
     fn rootfs_work_dir(&self) -> PathBuf {
         self.state_root.join(format!("{}.rootfs", self.vm_id))
     }
@@ -121,7 +125,7 @@ fn mounted_on(target: &Path) -> Result<bool, String> {
 /// saving once its shim is gone) and waits for them to go, removes the state and rootfs
 /// work directories, and unmounts the rootfs. Idempotent.
 pub fn clean_up(record: &Record) -> Result<(), String> {
-    let dirs = [record.state_dir(), record.rootfs_work_dir()];
+    let dirs = [record.state_dir(), record.vsock_dir(), record.rootfs_work_dir()];
     let pids = processes_under(&dirs)?;
     for &pid in &pids {
         tracing::warn!(pid, "killing a process of a VM whose shim is gone");
@@ -195,6 +199,7 @@ mod tests {
         let state_dir = record.state_dir();
         std::fs::create_dir_all(&state_dir).expect("mkdir");
         std::fs::create_dir_all(record.rootfs_work_dir()).expect("mkdir");
+        std::fs::create_dir_all(record.vsock_dir()).expect("mkdir");
         std::fs::create_dir_all(&record.rootfs).expect("mkdir");
         // A stand-in for QEMU: its command line names a file in the state directory.
         let mut child = std::process::Command::new("sh")
@@ -227,6 +232,7 @@ mod tests {
             .expect("list")
             .is_empty());
         assert!(!state_dir.exists() && !record.rootfs_work_dir().exists());
+        assert!(!record.vsock_dir().exists());
         assert!(!mounted_on(&record.rootfs).expect("mountinfo"));
         clean_up(&record).expect("a second clean-up finds nothing to do");
     }
