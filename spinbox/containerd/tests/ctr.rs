@@ -126,7 +126,7 @@ fn harness_containerd_image_and_leak_checks() {
     c.check(seen.mounts.iter().any(|m| m.contains(&point_text)), || {
         format!("the sampler missed the tmpfs: {seen:#?}")
     });
-    c.check_nothing_left(&[]);
+    c.check_nothing_left(&[], None);
 
     let pid = c.pid();
     c.stop();
@@ -197,9 +197,9 @@ fn run_rm_prints_and_exits_with_the_code() {
     c.check(out.stdout == "hello\n", || {
         format!("expected `hello`: {out:?}")
     });
-    c.check_seen_vms(sampler, 1);
+    let seen = c.check_seen_vms(sampler, 1);
     check_no_task_or_container(&c);
-    c.check_nothing_left(&[]);
+    c.check_nothing_left(&[], Some(&seen));
 }
 
 /// ctr's stdin reaches the container through the FIFOs: `echo abc | ctr run --rm … cat`
@@ -208,14 +208,16 @@ fn run_rm_prints_and_exits_with_the_code() {
 fn stdin_reaches_the_container() {
     let _slot = common::VmSlots::acquire(1);
     let c = Containerd::start();
+    let sampler = c.sample();
     let args = run_args(&c, &["--rm"], "stdin", &["cat"]);
     let out = c.ctr_in(&strs(&args), Some(b"abc\n"), common::VM_TIMEOUT);
     c.check(out.code() == Some(0), || {
         format!("expected exit code 0: {out:?}")
     });
     c.check(out.stdout == "abc\n", || format!("expected `abc`: {out:?}"));
+    let seen = c.check_seen_vms(sampler, 1);
     check_no_task_or_container(&c);
-    c.check_nothing_left(&[]);
+    c.check_nothing_left(&[], Some(&seen));
 }
 
 /// The `/tasks/exit` events of `ctr events` output: `(container_id, id, exit_status)`.
@@ -331,7 +333,7 @@ fn detached_task_exec_kill_delete() {
     );
     c.ctr_ok(&["container", "rm", id]);
     check_no_task_or_container(&c);
-    c.check_nothing_left(&[&alive]);
+    c.check_nothing_left(&[&alive], None);
 }
 
 /// An image-based container: the busybox image the suite builds is imported; `ctr run --rm
@@ -376,7 +378,7 @@ fn image_container_runs_on_overlay_mounts() {
         )
     });
     check_no_task_or_container(&c);
-    c.check_nothing_left(&[]);
+    c.check_nothing_left(&[], Some(&seen));
     let snapshots = c.ctr_ok(&["snapshot", "ls"]);
     c.check(
         snapshots.lines().skip(1).all(|l| l.contains("Committed")),
@@ -419,9 +421,9 @@ fn three_containers_at_once() {
             format!("c{i}: output {out:?}")
         });
     }
-    c.check_seen_vms(sampler, 3);
+    let seen = c.check_seen_vms(sampler, 3);
     check_no_task_or_container(&c);
-    c.check_nothing_left(&[]);
+    c.check_nothing_left(&[], Some(&seen));
 }
 
 /// QEMU killed (SIGKILL) under a running (attached) `ctr run --rm`: ctr returns with status 137
@@ -450,7 +452,7 @@ fn qemu_killed_under_ctr_run() {
         format!("ctr run after QEMU was killed: expected 137: {out:?}")
     });
     check_no_task_or_container(&c);
-    c.check_nothing_left(&[&alive]);
+    c.check_nothing_left(&[&alive], None);
 }
 
 /// The shim killed (SIGKILL) under a detached task: containerd notices, `ctr task delete` (after a
@@ -492,5 +494,5 @@ fn shim_killed_then_delete_cleans_up() {
     );
     c.ctr_ok(&["container", "rm", id]);
     check_no_task_or_container(&c);
-    c.check_nothing_left(&[&alive]);
+    c.check_nothing_left(&[&alive], None);
 }

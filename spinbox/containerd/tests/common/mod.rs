@@ -419,6 +419,8 @@ pub struct Seen {
     pub mounts: HashSet<String>,
     /// Whether the shim's state root ever held a file or directory besides the namespace's.
     pub state_used: bool,
+    /// Every shim socket named by a bundle's `address` file.
+    pub sockets: HashSet<PathBuf>,
 }
 
 impl Seen {
@@ -790,6 +792,7 @@ disabled_plugins = [
         let except = [self.pid()];
         let before = self.mounts_before.clone();
         let state_root = self.state_root.clone();
+        let bundles = self.state.join(TASK_PLUGIN).join(NAMESPACE);
         let thread = std::thread::spawn(move || {
             let mut seen = Seen::default();
             loop {
@@ -806,6 +809,13 @@ disabled_plugins = [
                 }
                 if tree(&state_root)?.iter().any(|e| e != NAMESPACE) {
                     seen.state_used = true;
+                }
+                for bundle in tree(&bundles)?.iter().filter(|e| !e.contains('/')) {
+                    if let Ok(address) =
+                        std::fs::read_to_string(bundles.join(bundle).join("address"))
+                    {
+                        seen.sockets.insert(socket_path(&address));
+                    }
                 }
                 done.fetch_add(1, Ordering::SeqCst);
                 if last {
@@ -834,6 +844,12 @@ disabled_plugins = [
                 )
             });
         }
+        self.check(seen.sockets.len() >= vms, || {
+            format!(
+                "expected {vms} shim socket(s) named in bundles, saw {:?}",
+                seen.sockets
+            )
+        });
         self.check(seen.state_used, || {
             format!(
                 "the shim's state root {} never held anything",
@@ -854,7 +870,7 @@ disabled_plugins = [
                 address_file.display()
             ))
         });
-        let socket = PathBuf::from(address.trim().trim_start_matches("unix://"));
+        let socket = socket_path(&address);
         self.check(
             std::fs::symlink_metadata(&socket).is_ok_and(|m| m.file_type().is_socket()),
             || format!("the shim socket {} is not a socket", socket.display()),
@@ -901,11 +917,11 @@ disabled_plugins = [
     /// Waits (at most [`GONE_TIMEOUT`]) until nothing of the test's tasks is left, then
     /// fails unless: no process names the test directory (containerd aside), no mount made
     /// since containerd started names it, the shim's state root is empty, no task bundle
-    /// remains, and every process and socket of `alive` is gone.
-    pub fn check_nothing_left(&self, alive: &[&Alive]) {
+    /// remains, and every process and socket of `alive` and every socket `seen` is gone.
+    pub fn check_nothing_left(&self, alive: &[&Alive], seen: Option<&Seen>) {
         let deadline = Instant::now() + GONE_TIMEOUT;
         loop {
-            let report = self.leftovers(alive);
+            let report = self.leftovers(alive, seen);
             if report.is_empty() {
                 return;
             }
@@ -916,8 +932,13 @@ disabled_plugins = [
         }
     }
 
-    fn leftovers(&self, alive: &[&Alive]) -> String {
+    fn leftovers(&self, alive: &[&Alive], seen: Option<&Seen>) -> String {
         let mut report = String::new();
+        for socket in seen.iter().flat_map(|s| &s.sockets) {
+            if std::fs::symlink_metadata(socket).is_ok() {
+                let _ = writeln!(report, "shim socket {} exists", socket.display());
+            }
+        }
         for p in self.processes() {
             let _ = writeln!(report, "process {} ({:?}): {}", p.pid, p.kind(), p.cmdline);
         }
@@ -1043,6 +1064,11 @@ pub struct Alive {
     pub bundle: PathBuf,
     /// The shim's ttrpc socket.
     pub socket: PathBuf,
+}
+
+/// The socket path of a shim address (`unix:///run/containerd/s/<hex>`).
+fn socket_path(address: &str) -> PathBuf {
+    PathBuf::from(address.trim().trim_start_matches("unix://"))
 }
 
 /// Whether a process `pid` exists and is not a zombie.
