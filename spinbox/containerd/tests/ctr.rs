@@ -220,6 +220,24 @@ fn stdin_reaches_the_container() {
     c.check_nothing_left(&[], Some(&seen));
 }
 
+/// `ctr events` in the background, once it is subscribed: a namespace label it was started
+/// before is seen in its output.
+fn subscribe_events(c: &Containerd) -> common::Running {
+    let mut events = c.spawn_ctr(&["events"], None);
+    let deadline = Instant::now() + common::CTR_TIMEOUT;
+    for round in 0.. {
+        let label = format!("spinbox.test/probe={round}");
+        c.ctr_ok(&["namespaces", "label", common::NAMESPACE, &label]);
+        if events.wait_stdout("/namespaces/update", Duration::from_millis(200)) {
+            return events;
+        }
+        c.check(Instant::now() < deadline, || {
+            format!("`ctr events` saw no event: {}", events.stdout_so_far())
+        });
+    }
+    unreachable!()
+}
+
 /// The `/tasks/exit` events of `ctr events` output: `(container_id, id, exit_status)`.
 fn exit_events(events: &str) -> Vec<(String, String, u64)> {
     events
@@ -278,7 +296,7 @@ fn detached_task_exec_kill_delete() {
         format!("exec stderr: {exec:?}")
     });
 
-    let events = c.spawn_ctr(&["events"], None);
+    let events = subscribe_events(&c);
     let mut long = c.spawn_ctr(
         &[
             "task",
@@ -455,9 +473,10 @@ fn qemu_killed_under_ctr_run() {
     c.check_nothing_left(&[&alive], None);
 }
 
-/// The shim killed (SIGKILL) under a detached task: containerd notices, `ctr task delete` (after a
-/// kill, forced) still cleans up — containerd runs the shim binary's `delete` action, which
-/// kills the VM and removes its state — and `ctr container rm` leaves nothing.
+/// The shim killed (SIGKILL) under a detached task: containerd notices the connection go and
+/// runs the shim binary's `delete` action, whose status (137: the VM was killed; 255 would
+/// mean the action failed) it publishes as the task's exit; `ctr task delete --force` and
+/// `ctr container rm` then leave nothing: no QEMU, no vhost-device-vsock, no state.
 #[test]
 fn shim_killed_then_delete_cleans_up() {
     let _slot = common::VmSlots::acquire(1);
@@ -467,32 +486,84 @@ fn shim_killed_then_delete_cleans_up() {
     c.ctr_ok_in(&strs(&args), common::VM_TIMEOUT);
     c.wait_task_status(id, "RUNNING", common::VM_TIMEOUT);
     let alive = c.observe_task(id);
+    let events = subscribe_events(&c);
     common::sigkill(alive.shim.pid);
-    // containerd sees the connection go and runs the `delete` action itself; the task is
-    // then STOPPED or gone. Either way the VM must go.
     let deadline = Instant::now() + common::VM_TIMEOUT;
-    loop {
-        let status = c.task_status(id);
-        if status
-            .as_ref()
-            .is_none_or(|(_, s)| s == "STOPPED" || s == "UNKNOWN")
-        {
-            break;
-        }
+    while !exit_events(&events.stdout_so_far())
+        .iter()
+        .any(|e| e.1 == id)
+    {
         c.check(Instant::now() < deadline, || {
-            format!("task still {status:?} after its shim was killed")
+            format!(
+                "no /tasks/exit for {id} after its shim was killed: {}",
+                events.stdout_so_far()
+            )
         });
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(50));
     }
-    let _ = c.ctr(&["task", "kill", "--signal", "SIGKILL", id]);
+    let events = events.stop();
+    let exits = exit_events(&events.stdout);
+    c.check(exits.contains(&(id.into(), id.into(), 137)), || {
+        format!("the delete action's exit should be 137: {}", events.stdout)
+    });
+    let status = c.task_status(id);
+    eprintln!("after the shim was killed: task {status:?}");
+    let killed = c.ctr(&["task", "kill", "--signal", "SIGKILL", id]);
+    eprintln!("ctr task kill: {killed:?}");
     let deleted = c.ctr_in(&["task", "delete", "--force", id], None, common::VM_TIMEOUT);
+    eprintln!("ctr task delete --force: {deleted:?}");
     c.check(
-        deleted.status.success()
-            || deleted.code() == Some(137)
-            || deleted.stderr.contains("not found"),
+        deleted.status.success() || deleted.stderr.contains("not found"),
         || format!("ctr task delete --force: {deleted:?}"),
     );
     c.ctr_ok(&["container", "rm", id]);
     check_no_task_or_container(&c);
     c.check_nothing_left(&[&alive], None);
+}
+
+/// `ctr run --runtime-config-path FILE` names the shim's settings over the environment's: the
+/// VM's state goes to that file's `state_root` (QEMU's command line names it, the
+/// environment's state root stays unused), and is gone afterwards.
+#[test]
+fn runtime_config_path_overrides_the_environment() {
+    let _slot = common::VmSlots::acquire(1);
+    let c = Containerd::start();
+    let alt_root = c.dir().join("alt-state");
+    let alt_config = c.dir().join("alt-shim.json");
+    let config = serde_json::json!({
+        "assets": common::assets_dir().canonicalize().expect("assets").display().to_string(),
+        "state_root": alt_root.display().to_string(),
+    });
+    std::fs::write(&alt_config, config.to_string()).expect("write the config");
+    let sampler = c.sample();
+    let alt_config_text = alt_config.display().to_string();
+    let args = run_args(
+        &c,
+        &["--rm", "--runtime-config-path", &alt_config_text],
+        "altcfg",
+        &["/bin/sh", "-c", "echo alt"],
+    );
+    let out = c.ctr_in(&strs(&args), None, common::VM_TIMEOUT);
+    c.check(out.code() == Some(0) && out.stdout == "alt\n", || {
+        format!("ctr run with --runtime-config-path: {out:?}")
+    });
+    let seen = sampler.finish().unwrap_or_else(|e| c.fail(&e));
+    let alt_text = alt_root.display().to_string();
+    c.check(
+        seen.procs
+            .values()
+            .any(|p| p.kind() == Kind::Qemu && p.cmdline.contains(&alt_text)),
+        || format!("no QEMU named {alt_text}: {:#?}", seen.procs),
+    );
+    c.check(!seen.state_used, || {
+        "the environment's state root was used despite --runtime-config-path".into()
+    });
+    check_no_task_or_container(&c);
+    c.check_nothing_left(&[], Some(&seen));
+    let left: Vec<String> = common::tree(&alt_root)
+        .unwrap_or_else(|e| c.fail(&e))
+        .into_iter()
+        .filter(|e| e != common::NAMESPACE)
+        .collect();
+    c.check(left.is_empty(), || format!("left in {alt_text}: {left:?}"));
 }
