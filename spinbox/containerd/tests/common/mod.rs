@@ -474,6 +474,7 @@ pub struct Containerd {
     /// containerd's log (its stdout and stderr).
     pub log: PathBuf,
     mounts_before: HashSet<String>,
+    started: Instant,
     // Last: removed after containerd has stopped.
     dir: tempfile::TempDir,
 }
@@ -584,6 +585,7 @@ disabled_plugins = [
             rootfs,
             log,
             mounts_before,
+            started: Instant::now(),
             dir,
         };
         me.wait_ready();
@@ -1028,6 +1030,11 @@ impl Drop for Containerd {
             self.clean_up_tasks();
         }
         self.stop();
+        eprintln!(
+            "{}: containerd ran {:.1?}",
+            std::thread::current().name().unwrap_or("?"),
+            self.started.elapsed()
+        );
         let left = processes_naming(&self.dir().display().to_string(), &[]).unwrap_or_default();
         if !left.is_empty() {
             eprintln!(
