@@ -82,13 +82,21 @@ fn harness_containerd_image_and_leak_checks() {
         .spawn()
         .expect("spawn tail");
     let tail_pid = i32::try_from(tail.id()).expect("pid");
-    let found = c.processes();
-    c.check(
-        found
+    // Found once it has exec'd `tail` (before, its command line is this test's).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let found = c.processes();
+        if found
             .iter()
-            .any(|p| p.pid == tail_pid && p.kind() == Kind::Other),
-        || format!("the tail naming the directory was not found: {found:#?}"),
-    );
+            .any(|p| p.pid == tail_pid && p.kind() == Kind::Other)
+        {
+            break;
+        }
+        c.check(Instant::now() < deadline, || {
+            format!("the tail naming the directory was not found: {found:#?}")
+        });
+        std::thread::sleep(Duration::from_millis(10));
+    }
     sampler.wait_round();
     tail.kill().expect("kill our tail");
     tail.wait().expect("reap our tail");
