@@ -45,7 +45,14 @@ fn harness_containerd_image_and_leak_checks() {
         plugins
             .lines()
             .any(|l| l.contains("overlayfs") && l.trim_end().ends_with("ok")),
-        || format!("no overlayfs snapshotter: {plugins}"),
+        || {
+            format!(
+                "containerd's overlayfs snapshotter is not usable in {} (an overlayfs \
+                 snapshotter needs a directory on a filesystem overlayfs can use as its upper \
+                 layer, e.g. ext4, not overlayfs itself; point TMPDIR elsewhere): {plugins}",
+                c.dir().display()
+            )
+        },
     );
 
     import_busybox(&c);
