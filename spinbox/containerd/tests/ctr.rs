@@ -31,10 +31,9 @@ fn import_busybox(c: &Containerd) {
 }
 
 /// The harness itself, no VM: containerd starts in its directory and answers, the image
-/// imports and unpacks into an overlayfs snapshot, the process and mount checks see what
-/// exists and then see it gone, and containerd stops leaving nothing.
+/// imports and unpacks into an overlayfs snapshot, and containerd stops leaving nothing.
 #[test]
-fn harness_containerd_image_and_leak_checks() {
+fn harness_containerd_and_image() {
     let mut c = Containerd::start();
     let version = c.ctr_ok(&["version"]);
     c.check(version.contains("Server:"), || {
@@ -79,6 +78,27 @@ fn harness_containerd_image_and_leak_checks() {
     .any(|e| e.path().join("fs/bin/busybox").is_file());
     c.check(layer_has_busybox, || "no snapshot holds bin/busybox".into());
 
+    c.check_nothing_left(&[], None);
+    stop_and_check(&mut c);
+}
+
+/// Stops containerd and fails unless it is gone with its socket.
+fn stop_and_check(c: &mut Containerd) {
+    let pid = c.pid();
+    c.stop();
+    c.check(!common::pid_alive(pid), || "containerd still runs".into());
+    let address = c.address.clone();
+    c.check(!Path::new(&address).exists(), || {
+        format!("{} left", address.display())
+    });
+}
+
+/// The harness's leak checks, no VM: the process check and the sampler see a process naming
+/// the test's directory, then see it gone; the mount check and the sampler see a tmpfs
+/// mounted in it, then see it gone.
+#[test]
+fn harness_leak_checks_see_then_prove_gone() {
+    let mut c = Containerd::start();
     // The process check sees a process naming the directory, then sees it gone.
     let marker = c.dir().join("marker");
     let sampler = c.sample();
@@ -142,14 +162,7 @@ fn harness_containerd_image_and_leak_checks() {
         format!("the sampler missed the tmpfs: {seen:#?}")
     });
     c.check_nothing_left(&[], None);
-
-    let pid = c.pid();
-    c.stop();
-    c.check(!common::pid_alive(pid), || "containerd still runs".into());
-    let address = c.address.clone();
-    c.check(!Path::new(&address).exists(), || {
-        format!("{} left", address.display())
-    });
+    stop_and_check(&mut c);
 }
 
 /// `ctr run --runtime io.containerd.spinbox.v1 --rootfs <the test's busybox copy> [extra] ID
