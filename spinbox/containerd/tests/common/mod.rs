@@ -917,7 +917,7 @@ disabled_plugins = [
     }
 
     /// Waits (at most [`GONE_TIMEOUT`]) until nothing of the test's tasks is left, then
-    /// fails unless: no process names the test directory (containerd aside), no mount made
+    /// fails unless: containerd's log shows no panic, no process names the test directory (containerd aside), no mount made
     /// since containerd started names it, the shim's state root is empty, no task bundle
     /// remains, and every process and socket of `alive` and every socket `seen` is gone.
     pub fn check_nothing_left(&self, alive: &[&Alive], seen: Option<&Seen>) {
@@ -936,6 +936,12 @@ disabled_plugins = [
 
     fn leftovers(&self, alive: &[&Alive], seen: Option<&Seen>) -> String {
         let mut report = String::new();
+        // A shim's panic reaches containerd's log through the shim's log FIFO or stderr.
+        let log = std::fs::read_to_string(&self.log)
+            .unwrap_or_else(|e| self.fail(&format!("cannot read {}: {e}", self.log.display())));
+        for line in log.lines().filter(|l| l.contains("panicked at")) {
+            let _ = writeln!(report, "a panic in containerd's log: {line}");
+        }
         for socket in seen.iter().flat_map(|s| &s.sockets) {
             if std::fs::symlink_metadata(socket).is_ok() {
                 let _ = writeln!(report, "shim socket {} exists", socket.display());
