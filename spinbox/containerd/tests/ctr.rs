@@ -362,7 +362,7 @@ fn detached_task_exec_kill_delete() {
     {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let events = events.stop();
+    let events = events.stop().unwrap_or_else(|e| c.fail(&e));
     let exits = exit_events(&events.stdout);
     c.check(exits.contains(&(id.into(), "exec2".into(), 143)), || {
         format!("no /tasks/exit for exec2 with 143: {}", events.stdout)
@@ -529,7 +529,7 @@ fn shim_killed_then_delete_cleans_up() {
         });
         std::thread::sleep(Duration::from_millis(50));
     }
-    let events = events.stop();
+    let events = events.stop().unwrap_or_else(|e| c.fail(&e));
     let exits = exit_events(&events.stdout);
     c.check(exits.contains(&(id.into(), id.into(), 137)), || {
         format!("the delete action's exit should be 137: {}", events.stdout)

@@ -216,11 +216,10 @@ impl Running {
 
     /// Kills it (a command that runs until stopped, such as `ctr events`) and returns its
     /// output.
-    pub fn stop(mut self) -> Output {
+    pub fn stop(mut self) -> Result<Output, String> {
         // Ours and not yet reaped: the pid is still this child's.
         let _ = self.child.kill();
         self.wait(Duration::from_secs(5))
-            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Waits at most `timeout` for it; on timeout it is killed and `Err` says so.
