@@ -432,8 +432,8 @@ fn image_container_runs_on_overlay_mounts() {
     );
 }
 
-/// Three containers at once, each in its own VM, each with its own output and exit code;
-/// then nothing is left.
+/// Three containers at once, each in its own VM (three QEMUs seen together), each with its
+/// own output and exit code; then nothing is left.
 #[test]
 fn three_containers_at_once() {
     let _slots = common::VmSlots::acquire(3);
@@ -468,6 +468,12 @@ fn three_containers_at_once() {
         });
     }
     let seen = c.check_seen_vms(sampler, 3);
+    c.check(seen.most_qemus_at_once == 3, || {
+        format!(
+            "the three VMs never ran at once (at most {} QEMUs seen together)",
+            seen.most_qemus_at_once
+        )
+    });
     check_no_task_or_container(&c);
     c.check_nothing_left(&[], Some(&seen));
 }

@@ -420,6 +420,8 @@ pub struct Seen {
     pub state_used: bool,
     /// Every shim socket named by a bundle's `address` file.
     pub sockets: HashSet<PathBuf>,
+    /// The most QEMU processes seen in one sampling round.
+    pub most_qemus_at_once: usize,
 }
 
 impl Seen {
@@ -798,7 +800,10 @@ disabled_plugins = [
             let mut seen = Seen::default();
             loop {
                 let last = flag.load(Ordering::SeqCst);
-                for p in processes_naming(&needle, &except)? {
+                let round = processes_naming(&needle, &except)?;
+                let qemus = round.iter().filter(|p| p.kind() == Kind::Qemu).count();
+                seen.most_qemus_at_once = seen.most_qemus_at_once.max(qemus);
+                for p in round {
                     // The latest command line: a child forked by the shim shows the
                     // shim's until it execs its own program.
                     seen.procs.insert(p.pid, p);
