@@ -87,8 +87,9 @@ pub fn apt_update() -> Result<(), ToolError> {
 }
 
 /// Installs QEMU (`qemu-system-x86`), `xz`, `busybox-static` (the container tests'
-/// rootfs is built from its static `/bin/busybox`) and `erofs-utils` (`mkfs.erofs`, which
-/// builds EROFS rootfs images) when missing; returns QEMU's path.
+/// rootfs is built from its static `/bin/busybox`), `erofs-utils` (`mkfs.erofs`, which
+/// builds EROFS rootfs images) and `containerd` (`containerd` and `ctr`, which the
+/// containerd shim's tests run) when missing; returns QEMU's path.
 pub fn ensure_host_packages() -> Result<PathBuf, ToolError> {
     let mut need = Vec::new();
     if which("qemu-system-x86_64").is_none() {
@@ -102,6 +103,9 @@ pub fn ensure_host_packages() -> Result<PathBuf, ToolError> {
     }
     if which("mkfs.erofs").is_none() {
         need.push("erofs-utils");
+    }
+    if which("containerd").is_none() || which("ctr").is_none() {
+        need.push("containerd");
     }
     apt_install(&need)?;
     which("qemu-system-x86_64").ok_or_else(|| ToolError::Output {

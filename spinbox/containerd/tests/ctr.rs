@@ -1,0 +1,603 @@
+//! `containerd-shim-spinbox-v1` under a real containerd (Debian's 1.6), driven with `ctr`:
+//! every test starts its own containerd in a temporary directory ([`common::Containerd`])
+//! and proves that what a task held is gone afterwards.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Containerd, Kind};
+
+/// The image the suite builds and imports.
+const IMAGE: &str = "docker.io/spinbox-test/busybox:latest";
+
+/// Builds the busybox OCI image tarball in the test's directory and imports it.
+fn import_busybox(c: &Containerd) {
+    let work = c.dir().join("image");
+    std::fs::create_dir_all(&work).expect("create the image work directory");
+    let tarball = common::build_oci_image(&c.rootfs, &work, "latest");
+    c.ctr_ok_in(
+        &[
+            "image",
+            "import",
+            "--base-name",
+            "docker.io/spinbox-test/busybox",
+            &tarball.display().to_string(),
+        ],
+        common::VM_TIMEOUT,
+    );
+}
+
+/// The harness itself, no VM: containerd starts in its directory and answers, the image
+/// imports and unpacks into an overlayfs snapshot, and containerd stops leaving nothing.
+#[test]
+fn harness_containerd_and_image() {
+    let mut c = Containerd::start();
+    let version = c.ctr_ok(&["version"]);
+    c.check(version.contains("Server:"), || {
+        format!("ctr version: {version}")
+    });
+    let plugins = c.ctr_ok(&["plugins", "ls"]);
+    c.check(
+        plugins
+            .lines()
+            .any(|l| l.contains("overlayfs") && l.trim_end().ends_with("ok")),
+        || {
+            format!(
+                "containerd's overlayfs snapshotter is not usable in {} (an overlayfs \
+                 snapshotter needs a directory on a filesystem overlayfs can use as its upper \
+                 layer, e.g. ext4, not overlayfs itself; point TMPDIR elsewhere): {plugins}",
+                c.dir().display()
+            )
+        },
+    );
+
+    import_busybox(&c);
+    let images = c.ctr_ok(&["image", "ls"]);
+    c.check(images.contains(IMAGE), || format!("image ls: {images}"));
+    let check = c.ctr_ok(&["image", "check"]);
+    c.check(
+        check
+            .lines()
+            .any(|l| l.starts_with(IMAGE) && l.contains("complete")),
+        || format!("image check: {check}"),
+    );
+    // Unpacked: the layer is a committed overlayfs snapshot holding busybox.
+    let snapshots = c.ctr_ok(&["snapshot", "--snapshotter", "overlayfs", "ls"]);
+    c.check(snapshots.contains("Committed"), || {
+        format!("no committed snapshot: {snapshots}")
+    });
+    let layer_has_busybox = std::fs::read_dir(
+        c.root
+            .join("io.containerd.snapshotter.v1.overlayfs/snapshots"),
+    )
+    .expect("overlayfs snapshots directory")
+    .flatten()
+    .any(|e| e.path().join("fs/bin/busybox").is_file());
+    c.check(layer_has_busybox, || "no snapshot holds bin/busybox".into());
+
+    c.check_nothing_left(&[], None);
+    stop_and_check(&mut c);
+}
+
+/// Stops containerd and fails unless it is gone with its socket.
+fn stop_and_check(c: &mut Containerd) {
+    let pid = c.pid();
+    c.stop();
+    c.check(!common::pid_alive(pid), || "containerd still runs".into());
+    let address = c.address.clone();
+    c.check(!Path::new(&address).exists(), || {
+        format!("{} left", address.display())
+    });
+}
+
+/// The harness's leak checks, no VM: the process check and the sampler see a process naming
+/// the test's directory, then see it gone; the mount check and the sampler see a tmpfs
+/// mounted in it, then see it gone.
+#[test]
+fn harness_leak_checks_see_then_prove_gone() {
+    let mut c = Containerd::start();
+    // The process check sees a process naming the directory, then sees it gone.
+    let marker = c.dir().join("marker");
+    let sampler = c.sample();
+    std::fs::write(&marker, "").expect("write the marker");
+    let mut tail = Command::new("tail")
+        .arg("-f")
+        .arg(&marker)
+        .spawn()
+        .expect("spawn tail");
+    let tail_pid = i32::try_from(tail.id()).expect("pid");
+    // Found once it has exec'd `tail` (before, its command line is this test's).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let found = c.processes();
+        if found
+            .iter()
+            .any(|p| p.pid == tail_pid && p.kind() == Kind::Other)
+        {
+            break;
+        }
+        c.check(Instant::now() < deadline, || {
+            format!("the tail naming the directory was not found: {found:#?}")
+        });
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    sampler.wait_round();
+    tail.kill().expect("kill our tail");
+    tail.wait().expect("reap our tail");
+    c.check(c.processes().is_empty(), || {
+        format!("processes left: {:#?}", c.processes())
+    });
+
+    // The mount check sees a tmpfs in the directory, then sees it gone.
+    let point = c.dir().join("mnt");
+    std::fs::create_dir(&point).expect("mkdir");
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "spinbox-test", &point.display().to_string()])
+        .status()
+        .expect("run mount");
+    assert!(mounted.success(), "mount a tmpfs (the suite runs as root)");
+    let mounts = c.new_mounts();
+    let point_text = point.display().to_string();
+    let mounted = mounts.iter().any(|m| m.contains(&point_text));
+    sampler.wait_round();
+    let unmounted = Command::new("umount")
+        .arg(&point)
+        .status()
+        .expect("run umount");
+    assert!(unmounted.success(), "umount {point_text}");
+    c.check(mounted, || format!("the tmpfs was not seen: {mounts:#?}"));
+    c.check(c.new_mounts().is_empty(), || {
+        format!("mounts left: {:#?}", c.new_mounts())
+    });
+
+    // The sampler saw both.
+    let seen = sampler.finish().unwrap_or_else(|e| c.fail(&e));
+    c.check(seen.procs.contains_key(&tail_pid), || {
+        format!("the sampler missed the tail: {seen:#?}")
+    });
+    c.check(seen.mounts.iter().any(|m| m.contains(&point_text)), || {
+        format!("the sampler missed the tmpfs: {seen:#?}")
+    });
+    c.check_nothing_left(&[], None);
+    stop_and_check(&mut c);
+}
+
+/// `ctr run --runtime io.containerd.spinbox.v1 --rootfs <the test's busybox copy> [extra] ID
+/// ARGS...` as arguments.
+fn run_args<'a>(
+    c: &'a Containerd,
+    extra: &[&'a str],
+    id: &'a str,
+    args: &[&'a str],
+) -> Vec<String> {
+    let mut v: Vec<String> = ["run", "--runtime", common::RUNTIME]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    v.extend(extra.iter().map(ToString::to_string));
+    // ctr's FIFOs in the test's directory, not /run/containerd/fifo.
+    v.push("--fifo-dir".into());
+    v.push(c.dir().join("fifo").display().to_string());
+    v.push("--rootfs".into());
+    v.push(c.rootfs.display().to_string());
+    v.push(id.into());
+    v.extend(args.iter().map(ToString::to_string));
+    v
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// Fails unless containerd lists no task and no container any more.
+fn check_no_task_or_container(c: &Containerd) {
+    let tasks = c.ctr_ok(&["task", "ls", "-q"]);
+    c.check(tasks.trim().is_empty(), || format!("tasks left: {tasks}"));
+    let containers = c.ctr_ok(&["container", "ls", "-q"]);
+    c.check(containers.trim().is_empty(), || {
+        format!("containers left: {containers}")
+    });
+}
+
+/// `ctr run --rm` prints what the container prints and exits with its exit code; while it
+/// ran a shim, a QEMU and a vhost-device-vsock existed and the shim's state was used; after
+/// it nothing is left.
+#[test]
+fn run_rm_prints_and_exits_with_the_code() {
+    let _slot = common::VmSlots::acquire(1);
+    let c = Containerd::start();
+    let sampler = c.sample();
+    let started = Instant::now();
+    let args = run_args(
+        &c,
+        &["--rm"],
+        "exit7",
+        &["/bin/sh", "-c", "echo hello; exit 7"],
+    );
+    let out = c.ctr_in(&strs(&args), None, common::VM_TIMEOUT);
+    eprintln!("ctr run --rm (exit 7): {:?}", started.elapsed());
+    c.check(out.code() == Some(7), || {
+        format!("expected exit code 7: {out:?}")
+    });
+    c.check(out.stdout == "hello\n", || {
+        format!("expected `hello`: {out:?}")
+    });
+    let seen = c.check_seen_vms(sampler, 1);
+    check_no_task_or_container(&c);
+    c.check_nothing_left(&[], Some(&seen));
+}
+
+/// ctr's stdin reaches the container through the FIFOs: `echo abc | ctr run --rm … cat`
+/// prints `abc` and exits 0 once stdin ends.
+#[test]
+fn stdin_reaches_the_container() {
+    let _slot = common::VmSlots::acquire(1);
+    let c = Containerd::start();
+    let sampler = c.sample();
+    let args = run_args(&c, &["--rm"], "stdin", &["cat"]);
+    let out = c.ctr_in(&strs(&args), Some(b"abc\n"), common::VM_TIMEOUT);
+    c.check(out.code() == Some(0), || {
+        format!("expected exit code 0: {out:?}")
+    });
+    c.check(out.stdout == "abc\n", || format!("expected `abc`: {out:?}"));
+    let seen = c.check_seen_vms(sampler, 1);
+    check_no_task_or_container(&c);
+    c.check_nothing_left(&[], Some(&seen));
+}
+
+/// `ctr events` in the background, once it is subscribed: a namespace label it was started
+/// before is seen in its output.
+fn subscribe_events(c: &Containerd) -> common::Running {
+    let mut events = c.spawn_ctr(&["events"], None);
+    let deadline = Instant::now() + common::CTR_TIMEOUT;
+    for round in 0.. {
+        let label = format!("spinbox.test/probe={round}");
+        c.ctr_ok(&["namespaces", "label", common::NAMESPACE, &label]);
+        if events.wait_stdout("/namespaces/update", Duration::from_millis(200)) {
+            return events;
+        }
+        c.check(Instant::now() < deadline, || {
+            format!("`ctr events` saw no event: {}", events.stdout_so_far())
+        });
+    }
+    unreachable!()
+}
+
+/// The `/tasks/exit` events of `ctr events` output: `(container_id, id, exit_status)`.
+fn exit_events(events: &str) -> Vec<(String, String, u64)> {
+    events
+        .lines()
+        .filter(|l| l.contains("/tasks/exit"))
+        .filter_map(|l| {
+            let json = &l[l.find('{')?..];
+            let v: serde_json::Value = serde_json::from_str(json).ok()?;
+            Some((
+                v["container_id"].as_str()?.to_owned(),
+                v["id"].as_str()?.to_owned(),
+                v["exit_status"].as_u64().unwrap_or(0),
+            ))
+        })
+        .collect()
+}
+
+/// A detached task: listed RUNNING; its VM's processes, bundle, shim socket and state exist;
+/// `ctr task exec` runs a second process (its output and exit code come back); SIGTERM to an
+/// exec'd process ends it with 143; SIGKILL to the task ends it with 137 (the exit event and
+/// `ctr task delete`'s status say so); `ctr task delete` and `ctr container rm` leave
+/// nothing.
+#[test]
+fn detached_task_exec_kill_delete() {
+    let _slot = common::VmSlots::acquire(1);
+    let c = Containerd::start();
+    let id = "detached";
+    let started = Instant::now();
+    let args = run_args(&c, &["-d"], id, &["sleep", "1000"]);
+    c.ctr_ok_in(&strs(&args), common::VM_TIMEOUT);
+    eprintln!("ctr run -d: {:?}", started.elapsed());
+    c.wait_task_status(id, "RUNNING", common::VM_TIMEOUT);
+    let alive = c.observe_task(id);
+
+    let exec = c.ctr_in(
+        &[
+            "task",
+            "exec",
+            "--exec-id",
+            "exec1",
+            id,
+            "/bin/sh",
+            "-c",
+            "echo exec-out; echo exec-err >&2; exit 3",
+        ],
+        None,
+        common::VM_TIMEOUT,
+    );
+    c.check(exec.code() == Some(3), || {
+        format!("exec: expected 3: {exec:?}")
+    });
+    c.check(exec.stdout == "exec-out\n", || {
+        format!("exec stdout: {exec:?}")
+    });
+    c.check(exec.stderr.contains("exec-err"), || {
+        format!("exec stderr: {exec:?}")
+    });
+
+    let events = subscribe_events(&c);
+    let mut long = c.spawn_ctr(
+        &[
+            "task",
+            "exec",
+            "--exec-id",
+            "exec2",
+            id,
+            "/bin/sh",
+            "-c",
+            "echo ready; exec sleep 1000",
+        ],
+        None,
+    );
+    c.check(long.wait_stdout("ready", common::VM_TIMEOUT), || {
+        format!("exec2 never said ready: {}", long.stdout_so_far())
+    });
+    c.ctr_ok(&["task", "kill", "--exec-id", "exec2", id]);
+    let long = long.wait(common::VM_TIMEOUT).unwrap_or_else(|e| c.fail(&e));
+    c.check(long.code() == Some(143), || {
+        format!("exec2 after SIGTERM: expected 143: {long:?}")
+    });
+    c.check(
+        c.task_status(id).is_some_and(|(_, s)| s == "RUNNING"),
+        || "the task stopped when an exec'd process was killed".into(),
+    );
+
+    c.ctr_ok(&["task", "kill", "--signal", "SIGKILL", id]);
+    c.wait_task_status(id, "STOPPED", common::VM_TIMEOUT);
+    // The exit event may trail the status by a little.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline
+        && !exit_events(&events.stdout_so_far())
+            .iter()
+            .any(|e| e.1 == id)
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let events = events.stop().unwrap_or_else(|e| c.fail(&e));
+    let exits = exit_events(&events.stdout);
+    c.check(exits.contains(&(id.into(), "exec2".into(), 143)), || {
+        format!("no /tasks/exit for exec2 with 143: {}", events.stdout)
+    });
+    c.check(exits.contains(&(id.into(), id.into(), 137)), || {
+        format!("no /tasks/exit for the task with 137: {}", events.stdout)
+    });
+
+    let deleted = c.ctr_in(&["task", "delete", id], None, common::VM_TIMEOUT);
+    // ctr 1.6 reports a non-zero status of the deleted task as a warning, exiting 0.
+    c.check(
+        deleted.status.success() && deleted.stderr.contains("non-zero exit code 137"),
+        || format!("ctr task delete: expected the task's status 137: {deleted:?}"),
+    );
+    c.ctr_ok(&["container", "rm", id]);
+    check_no_task_or_container(&c);
+    c.check_nothing_left(&[&alive], None);
+}
+
+/// An image-based container: the busybox image the suite builds is imported; `ctr run --rm
+/// IMAGE` gets containerd's overlay snapshot mounts to the shim, the container sees the
+/// image and writes to its upper layer; the overlay mount existed while it ran; afterwards
+/// nothing is left and only the image's committed snapshot remains.
+#[test]
+fn image_container_runs_on_overlay_mounts() {
+    let _slot = common::VmSlots::acquire(1);
+    let c = Containerd::start();
+    import_busybox(&c);
+    let sampler = c.sample();
+    let fifo = c.dir().join("fifo").display().to_string();
+    let out = c.ctr_in(
+        &[
+            "run",
+            "--rm",
+            "--runtime",
+            common::RUNTIME,
+            "--fifo-dir",
+            &fifo,
+            IMAGE,
+            "image",
+            "/bin/sh",
+            "-c",
+            "test -x /bin/busybox && echo written > /tmp/f && cat /tmp/f && echo image-ok",
+        ],
+        None,
+        common::VM_TIMEOUT,
+    );
+    c.check(out.code() == Some(0), || {
+        format!("expected exit code 0: {out:?}")
+    });
+    c.check(out.stdout == "written\nimage-ok\n", || {
+        format!("output: {out:?}")
+    });
+    let seen = c.check_seen_vms(sampler, 1);
+    c.check(seen.mounts.iter().any(|m| m.contains(" overlay ")), || {
+        format!(
+            "no overlay mount seen while the container ran: {:#?}",
+            seen.mounts
+        )
+    });
+    check_no_task_or_container(&c);
+    c.check_nothing_left(&[], Some(&seen));
+    let snapshots = c.ctr_ok(&["snapshot", "ls"]);
+    c.check(
+        snapshots.lines().skip(1).all(|l| l.contains("Committed")),
+        || format!("the container's snapshot is left: {snapshots}"),
+    );
+}
+
+/// Three containers at once, each in its own VM (three QEMUs seen together), each with its
+/// own output and exit code; then nothing is left.
+#[test]
+fn three_containers_at_once() {
+    let _slots = common::VmSlots::acquire(3);
+    let c = Containerd::start();
+    let sampler = c.sample();
+    let started = Instant::now();
+    let outs: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..3)
+            .map(|i| {
+                let c = &c;
+                s.spawn(move || {
+                    let id = format!("c{i}");
+                    let script = format!("echo from-{id}; exit {}", 10 + i);
+                    let args = run_args(c, &["--rm"], &id, &["/bin/sh", "-c", &script]);
+                    c.ctr_in(&strs(&args), None, common::VM_TIMEOUT)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a run thread panicked"))
+            .collect()
+    });
+    eprintln!("three ctr run --rm at once: {:?}", started.elapsed());
+    for (i, out) in outs.iter().enumerate() {
+        c.check(
+            out.code() == Some(10 + i32::try_from(i).unwrap_or(0)),
+            || format!("c{i}: expected exit code {}: {out:?}", 10 + i),
+        );
+        c.check(out.stdout == format!("from-c{i}\n"), || {
+            format!("c{i}: output {out:?}")
+        });
+    }
+    let seen = c.check_seen_vms(sampler, 3);
+    c.check(seen.most_qemus_at_once == 3, || {
+        format!(
+            "the three VMs never ran at once (at most {} QEMUs seen together)",
+            seen.most_qemus_at_once
+        )
+    });
+    check_no_task_or_container(&c);
+    c.check_nothing_left(&[], Some(&seen));
+}
+
+/// QEMU killed (SIGKILL) under a running (attached) `ctr run --rm`: ctr returns with status 137
+/// and nothing is left.
+#[test]
+fn qemu_killed_under_ctr_run() {
+    let _slot = common::VmSlots::acquire(1);
+    let c = Containerd::start();
+    let id = "qemukill";
+    let args = run_args(
+        &c,
+        &["--rm"],
+        id,
+        &["/bin/sh", "-c", "echo ready; exec sleep 1000"],
+    );
+    let mut run = c.spawn_ctr(&strs(&args), None);
+    c.check(run.wait_stdout("ready", common::VM_TIMEOUT), || {
+        format!("the container never said ready: {}", run.stdout_so_far())
+    });
+    let alive = c.observe_task(id);
+    for q in &alive.qemu {
+        common::sigkill(q.pid);
+    }
+    let out = run.wait(common::VM_TIMEOUT).unwrap_or_else(|e| c.fail(&e));
+    c.check(out.code() == Some(137), || {
+        format!("ctr run after QEMU was killed: expected 137: {out:?}")
+    });
+    check_no_task_or_container(&c);
+    c.check_nothing_left(&[&alive], None);
+}
+
+/// The shim killed (SIGKILL) under a detached task: containerd notices the connection go and
+/// runs the shim binary's `delete` action, whose status (137: the VM was killed; 255 would
+/// mean the action failed) it publishes as the task's exit; `ctr task delete --force` and
+/// `ctr container rm` then leave nothing: no QEMU, no vhost-device-vsock, no state.
+#[test]
+fn shim_killed_then_delete_cleans_up() {
+    let _slot = common::VmSlots::acquire(1);
+    let c = Containerd::start();
+    let id = "shimkill";
+    let args = run_args(&c, &["-d"], id, &["sleep", "1000"]);
+    c.ctr_ok_in(&strs(&args), common::VM_TIMEOUT);
+    c.wait_task_status(id, "RUNNING", common::VM_TIMEOUT);
+    let alive = c.observe_task(id);
+    let events = subscribe_events(&c);
+    common::sigkill(alive.shim.pid);
+    let deadline = Instant::now() + common::VM_TIMEOUT;
+    while !exit_events(&events.stdout_so_far())
+        .iter()
+        .any(|e| e.1 == id)
+    {
+        c.check(Instant::now() < deadline, || {
+            format!(
+                "no /tasks/exit for {id} after its shim was killed: {}",
+                events.stdout_so_far()
+            )
+        });
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let events = events.stop().unwrap_or_else(|e| c.fail(&e));
+    let exits = exit_events(&events.stdout);
+    c.check(exits.contains(&(id.into(), id.into(), 137)), || {
+        format!("the delete action's exit should be 137: {}", events.stdout)
+    });
+    let status = c.task_status(id);
+    eprintln!("after the shim was killed: task {status:?}");
+    let killed = c.ctr(&["task", "kill", "--signal", "SIGKILL", id]);
+    eprintln!("ctr task kill: {killed:?}");
+    let deleted = c.ctr_in(&["task", "delete", "--force", id], None, common::VM_TIMEOUT);
+    eprintln!("ctr task delete --force: {deleted:?}");
+    c.check(
+        deleted.status.success() || deleted.stderr.contains("not found"),
+        || format!("ctr task delete --force: {deleted:?}"),
+    );
+    c.ctr_ok(&["container", "rm", id]);
+    check_no_task_or_container(&c);
+    c.check_nothing_left(&[&alive], None);
+}
+
+/// `ctr run --runtime-config-path FILE` names the shim's settings over the environment's: the
+/// VM's state goes to that file's `state_root` (QEMU's command line names it, the
+/// environment's state root stays unused), and is gone afterwards.
+#[test]
+fn runtime_config_path_overrides_the_environment() {
+    let _slot = common::VmSlots::acquire(1);
+    let c = Containerd::start();
+    let alt_root = c.dir().join("alt-state");
+    let alt_config = c.dir().join("alt-shim.json");
+    let config = serde_json::json!({
+        "assets": common::assets_dir().canonicalize().expect("assets").display().to_string(),
+        "state_root": alt_root.display().to_string(),
+    });
+    std::fs::write(&alt_config, config.to_string()).expect("write the config");
+    let sampler = c.sample();
+    let alt_config_text = alt_config.display().to_string();
+    let args = run_args(
+        &c,
+        &["--rm", "--runtime-config-path", &alt_config_text],
+        "altcfg",
+        &["/bin/sh", "-c", "echo alt"],
+    );
+    let out = c.ctr_in(&strs(&args), None, common::VM_TIMEOUT);
+    c.check(out.code() == Some(0) && out.stdout == "alt\n", || {
+        format!("ctr run with --runtime-config-path: {out:?}")
+    });
+    let seen = sampler.finish().unwrap_or_else(|e| c.fail(&e));
+    let alt_text = alt_root.display().to_string();
+    c.check(
+        seen.procs
+            .values()
+            .any(|p| p.kind() == Kind::Qemu && p.cmdline.contains(&alt_text)),
+        || format!("no QEMU named {alt_text}: {:#?}", seen.procs),
+    );
+    c.check(!seen.state_used, || {
+        "the environment's state root was used despite --runtime-config-path".into()
+    });
+    check_no_task_or_container(&c);
+    c.check_nothing_left(&[], Some(&seen));
+    let left: Vec<String> = common::tree(&alt_root)
+        .unwrap_or_else(|e| c.fail(&e))
+        .into_iter()
+        .filter(|e| e != common::NAMESPACE)
+        .collect();
+    c.check(left.is_empty(), || format!("left in {alt_text}: {left:?}"));
+}
