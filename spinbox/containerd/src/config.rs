@@ -159,10 +159,7 @@ mod tests {
                 r#"{"assets": "relative"}"#,
                 "`assets` must be an absolute path",
             ),
-            (
-                r#"{"state_root": "relative"}"#,
-                "must be an absolute path",
-            ),
+            (r#"{"state_root": "relative"}"#, "must be an absolute path"),
             (r#"{"no_such_key": 1}"#, "no_such_key"),
             ("{", "invalid shim config"),
         ];

@@ -25,13 +25,32 @@ const STDIN_LINGER: Duration = Duration::from_millis(100);
 
 /// Ends a stdin pump (`CloseIO`).
 #[derive(Debug, Clone)]
-pub struct StdinCloser(watch::Sender<bool>);
+pub struct StdinCloser {
+    closed: watch::Sender<bool>,
+    /// The FIFO, whose blocked open `close` ends.
+    fifo: Option<PathBuf>,
+}
 
 impl StdinCloser {
     /// Ends the pump once the FIFO holds nothing more; the process then reads end-of-file.
+    /// A pump still waiting for the client to open the FIFO is released at once, here and
+    /// not on a task: the runtime waits for its blocking threads before the shim exits.
     pub fn close(&self) {
-        self.0.send_replace(true);
+        self.closed.send_replace(true);
+        if let Some(fifo) = &self.fifo {
+            poke(fifo);
+        }
     }
+}
+
+/// Opens and closes a writer on `fifo` without blocking: a reader blocked in `open` (which
+/// counts as a reader) returns, and then reads end-of-file. Without a reader it does
+/// nothing.
+fn poke(fifo: &std::path::Path) {
+    let _ = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(fifo);
 }
 
 /// A process's stdio, opened.
@@ -165,7 +184,12 @@ fn open_stdin(uri: &str) -> Result<Option<(Source, StdinCloser)>, String> {
     let meta = std::fs::metadata(&path).map_err(|e| format!("stdin {}: {e}", path.display()))?;
     let (closer, mut on_close) = watch::channel(false);
     let (reader, writer) = tokio::io::duplex(64 * 1024);
-    if meta.file_type().is_fifo() {
+    let is_fifo = meta.file_type().is_fifo();
+    let closer = StdinCloser {
+        closed: closer,
+        fifo: is_fifo.then(|| path.clone()),
+    };
+    if is_fifo {
         tokio::spawn(pump_fifo(path, writer, on_close));
     } else {
         tokio::spawn(async move {
@@ -173,13 +197,13 @@ fn open_stdin(uri: &str) -> Result<Option<(Source, StdinCloser)>, String> {
             if let Ok(mut file) = tokio::fs::File::open(&path).await {
                 tokio::select! {
                     _ = tokio::io::copy(&mut file, &mut writer) => {}
-                    _ = closed(&mut on_close) => {}
+                    () = closed(&mut on_close) => {}
                 }
             }
             let _ = writer.shutdown().await;
         });
     }
-    Ok(Some((Box::new(reader), StdinCloser(closer))))
+    Ok(Some((Box::new(reader), closer)))
 }
 
 /// Resolves once `CloseIO` came (or its sender is gone).
@@ -193,19 +217,22 @@ async fn pump_fifo(
     mut writer: tokio::io::DuplexStream,
     mut on_close: watch::Receiver<bool>,
 ) {
-    let opening = {
+    let mut opening = {
         let path = path.clone();
         tokio::task::spawn_blocking(move || std::fs::File::open(path))
     };
     let file = tokio::select! {
-        r = opening => r,
-        _ = closed(&mut on_close) => {
-            // Closed before the client opened its end: a writer of our own ends the blocked
-            // open (a blocked reader counts as one, so this open does not block).
-            let _ = std::fs::OpenOptions::new()
-                .write(true)
-                .custom_flags(libc::O_NONBLOCK)
-                .open(&path);
+        r = &mut opening => r,
+        () = closed(&mut on_close) => {
+            // Closed before the client opened its end: writers of our own end the blocked
+            // open (retried, in case the blocking thread had not reached `open` yet).
+            for _ in 0..400 {
+                poke(&path);
+                if opening.is_finished() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
             let _ = writer.shutdown().await;
             return;
         }
@@ -229,7 +256,7 @@ async fn pump_fifo(
         } else {
             tokio::select! {
                 r = fifo.read(&mut buf) => r,
-                _ = closed(&mut on_close) => {
+                () = closed(&mut on_close) => {
                     closing = true;
                     continue;
                 }
@@ -361,8 +388,11 @@ mod tests {
         let mut opened = open("", fifo.to_str().unwrap(), "").await.expect("open");
         reader.join().expect("reader");
         let mut out = opened.io.stdout.take().expect("stdout");
+        let chunk = vec![b'x'; 70_000];
         for _ in 0..3 {
-            out.write_all(&[b'x'; 70_000]).await.expect("discarded, not an error");
+            out.write_all(&chunk)
+                .await
+                .expect("discarded, not an error");
         }
         out.shutdown().await.expect("shutdown");
         assert!(open("", "binary:///bin/logger", "").await.is_err());

@@ -145,12 +145,25 @@ impl containerd_shim::Shim for SpinboxShim {
     }
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let config = Config {
         no_reaper: true,
         no_sub_reaper: true,
         ..Config::default()
     };
-    containerd_shim::run::<SpinboxShim>(RUNTIME, Some(config)).await;
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{RUNTIME}: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    runtime.block_on(containerd_shim::run::<SpinboxShim>(RUNTIME, Some(config)));
+    // The runtime's blocking threads finish what they were doing (the reply to `delete` is
+    // written by one), but a stdin FIFO whose client never came could hold one in `open`
+    // for ever: they get a bounded time.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
 }

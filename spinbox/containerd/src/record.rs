@@ -125,7 +125,11 @@ fn mounted_on(target: &Path) -> Result<bool, String> {
 /// saving once its shim is gone) and waits for them to go, removes the state and rootfs
 /// work directories, and unmounts the rootfs. Idempotent.
 pub fn clean_up(record: &Record) -> Result<(), String> {
-    let dirs = [record.state_dir(), record.vsock_dir(), record.rootfs_work_dir()];
+    let dirs = [
+        record.state_dir(),
+        record.vsock_dir(),
+        record.rootfs_work_dir(),
+    ];
     let pids = processes_under(&dirs)?;
     for &pid in &pids {
         tracing::warn!(pid, "killing a process of a VM whose shim is gone");
@@ -148,6 +152,8 @@ pub fn clean_up(record: &Record) -> Result<(), String> {
             Err(e) => return Err(format!("cannot remove {}: {e}", dir.display())),
         }
     }
+    // The shared `.vsock` directory goes with its last VM, as the backend's teardown does.
+    let _ = std::fs::remove_dir(record.state_root.join(".vsock"));
     if record.mounted {
         let c = std::ffi::CString::new(record.rootfs.as_os_str().as_bytes())
             .map_err(|_| "a NUL in the rootfs path".to_owned())?;
@@ -168,6 +174,7 @@ pub fn clean_up(record: &Record) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::process::ExitStatusExt;
 
     #[test]
     fn a_record_round_trips_and_goes() {
@@ -205,14 +212,25 @@ mod tests {
         let mut child = std::process::Command::new("sh")
             .args([
                 "-c",
-                "sleep 600",
+                "sleep 600; :",
                 &format!("{}/qmp.sock", state_dir.display()),
             ])
             .spawn()
             .expect("spawn");
         let pid = i32::try_from(child.id()).expect("pid");
-        let seen = processes_under(&[state_dir.clone()]).expect("list");
-        assert_eq!(seen, [pid], "the stand-in is seen alive first");
+        // Until it has exec'd, the child's command line is this test's.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let seen = processes_under(std::slice::from_ref(&state_dir)).expect("list");
+            if seen == [pid] {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the stand-in is never seen: {seen:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let src = root.path().join("src");
         std::fs::create_dir_all(&src).expect("mkdir");
         let bind = spinbox::task::HostMount {
@@ -226,9 +244,8 @@ mod tests {
         let reaper = std::thread::spawn(move || child.wait().expect("wait"));
         clean_up(&record).expect("clean up");
         let status = reaper.join().expect("reaper");
-        use std::os::unix::process::ExitStatusExt;
         assert_eq!(status.signal(), Some(9));
-        assert!(processes_under(&[state_dir.clone()])
+        assert!(processes_under(std::slice::from_ref(&state_dir))
             .expect("list")
             .is_empty());
         assert!(!state_dir.exists() && !record.rootfs_work_dir().exists());

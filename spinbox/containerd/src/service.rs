@@ -198,12 +198,7 @@ impl Service {
     fn publish(&self, topic: &'static str, event: Box<dyn MessageDyn>) {
         let publisher = Arc::clone(&self.publisher);
         let namespace = self.namespace.clone();
-        tokio::spawn(async move {
-            let ctx = ttrpc::context::with_timeout(Duration::from_secs(5).as_nanos() as i64);
-            if let Err(e) = publisher.publish(ctx, topic, &namespace, event).await {
-                tracing::warn!(topic, error = %e, "cannot publish an event to containerd");
-            }
-        });
+        tokio::spawn(async move { publish(&publisher, &namespace, topic, event).await });
     }
 
     /// Waits for `process` in the background, records its exit and publishes `TaskExit`.
@@ -239,46 +234,29 @@ impl Service {
                 exited_at: MessageField::some(at),
                 ..Default::default()
             };
-            let ctx = ttrpc::context::with_timeout(Duration::from_secs(5).as_nanos() as i64);
-            if let Err(e) = publisher
-                .publish(
-                    ctx,
-                    topics::TASK_EXIT_EVENT_TOPIC,
-                    &namespace,
-                    Box::new(event),
-                )
-                .await
-            {
-                tracing::warn!(error = %e, "cannot publish TaskExit");
-            }
+            publish(
+                &publisher,
+                &namespace,
+                topics::TASK_EXIT_EVENT_TOPIC,
+                Box::new(event),
+            )
+            .await;
         });
     }
 
-    async fn create_task(
+    /// The container `req` asks for, and the settings its VM runs with.
+    fn container_spec(
         &self,
         req: &api::CreateTaskRequest,
-    ) -> ttrpc::Result<api::CreateTaskResponse> {
-        let mut slot = self.task.lock().await;
-        if slot.as_ref().is_some_and(|t| !*lock(&t.deleted)) {
-            return Err(status(
-                Code::ALREADY_EXISTS,
-                "this shim already runs a task (spinbox runs one task per VM)",
-            ));
-        }
-        if req.terminal {
-            return Err(unimplemented("a terminal (`-t`)"));
-        }
-        if !req.checkpoint.is_empty() {
-            return Err(unimplemented("restoring a checkpoint"));
-        }
-        let bundle = PathBuf::from(&req.bundle);
+        bundle: &std::path::Path,
+    ) -> ttrpc::Result<(ContainerSpec, config::Settings, VmId)> {
         let text = std::fs::read_to_string(bundle.join("config.json")).map_err(|e| {
             status(
                 Code::INVALID_ARGUMENT,
                 format!("cannot read {}/config.json: {e}", req.bundle),
             )
         })?;
-        let parsed = crate::spec::parse_bundle(&text, &bundle).map_err(|e| match e {
+        let parsed = crate::spec::parse_bundle(&text, bundle).map_err(|e| match e {
             crate::spec::SpecError::Terminal => unimplemented("a terminal (`process.terminal`)"),
             e => status(Code::INVALID_ARGUMENT, e.to_string()),
         })?;
@@ -316,6 +294,28 @@ impl Service {
                 format!("container {}: {}", req.id, chain(&e)),
             )
         })?;
+        Ok((spec, settings, vm_id))
+    }
+
+    async fn create_task(
+        &self,
+        req: &api::CreateTaskRequest,
+    ) -> ttrpc::Result<api::CreateTaskResponse> {
+        let mut slot = self.task.lock().await;
+        if slot.as_ref().is_some_and(|t| !*lock(&t.deleted)) {
+            return Err(status(
+                Code::ALREADY_EXISTS,
+                "this shim already runs a task (spinbox runs one task per VM)",
+            ));
+        }
+        if req.terminal {
+            return Err(unimplemented("a terminal (`-t`)"));
+        }
+        if !req.checkpoint.is_empty() {
+            return Err(unimplemented("restoring a checkpoint"));
+        }
+        let bundle = PathBuf::from(&req.bundle);
+        let (spec, settings, vm_id) = self.container_spec(req, &bundle)?;
         // Written before anything starts: the `delete` action finds what to clean from it.
         Record {
             state_root: settings.shim.state_root.clone(),
@@ -515,6 +515,21 @@ impl Service {
             exited_at: MessageField::some(exited_at),
             ..Default::default()
         })
+    }
+}
+
+/// How long containerd gets to take an event.
+const PUBLISH_TIMEOUT_NS: i64 = 5_000_000_000;
+
+async fn publish(
+    publisher: &RemotePublisher,
+    namespace: &str,
+    topic: &'static str,
+    event: Box<dyn MessageDyn>,
+) {
+    let ctx = ttrpc::context::with_timeout(PUBLISH_TIMEOUT_NS);
+    if let Err(e) = publisher.publish(ctx, topic, namespace, event).await {
+        tracing::warn!(topic, error = %e, "cannot publish an event to containerd");
     }
 }
 
