@@ -12,6 +12,17 @@ use crate::vm::qemu::probe_accelerator;
 /// The QEMU binary looked for on the `PATH`.
 pub const QEMU_BINARY: &str = "qemu-system-x86_64";
 
+/// The containerd shim's binary, looked up where containerd looks for it: its `PATH`, then
+/// the directory of the `containerd` binary.
+pub const CONTAINERD_SHIM: &str = "containerd-shim-spinbox-v1";
+
+/// The containerd shim's config file when neither the runtime options nor its environment
+/// name one.
+pub const CONTAINERD_SHIM_CONFIG: &str = "/etc/spinbox/containerd-shim.json";
+
+/// The containerd shim's assets directory when its config names none.
+pub const CONTAINERD_SHIM_ASSETS: &str = "/var/lib/spinbox/assets";
+
 /// How serious a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
@@ -150,6 +161,91 @@ pub async fn check_host(path_var: Option<&OsStr>, assets_dir: &Path) -> Vec<Find
     findings
 }
 
+/// Checks what `ctr run --runtime io.containerd.spinbox.v1` needs: `containerd` found
+/// through `path_var`, the shim binary where containerd finds it (the same `PATH`, or beside
+/// `containerd`), and the assets the shim's config file `config` names. Without containerd,
+/// the shim findings are notes: `spinbox run` does not need them.
+pub fn check_containerd(path_var: Option<&OsStr>, config: &Path) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    let Some(containerd) = which(path_var, "containerd") else {
+        findings.push(Finding::note(
+            "containerd: not on PATH (only needed to run spinbox under containerd: \
+             apt-get install containerd)"
+                .to_owned(),
+        ));
+        return findings;
+    };
+    findings.push(Finding::ok(format!("containerd: {}", containerd.display())));
+    let beside = containerd.parent().map(|d| d.join(CONTAINERD_SHIM));
+    let shim = which(path_var, CONTAINERD_SHIM).or(beside.filter(|p| p.is_file()));
+    match shim {
+        Some(shim) => findings.push(Finding::ok(format!(
+            "containerd shim: {} (runtime io.containerd.spinbox.v1)",
+            shim.display()
+        ))),
+        None => findings.push(Finding::missing(
+            format!("containerd shim: {CONTAINERD_SHIM} is neither on PATH nor beside containerd"),
+            "cargo build --release -p containerd-shim-spinbox && \
+             install -m 0755 target/release/containerd-shim-spinbox-v1 /usr/local/bin/",
+        )),
+    }
+    let assets = match std::fs::read_to_string(config) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            findings.push(Finding::note(format!(
+                "containerd shim config: {} does not exist; the defaults apply",
+                config.display()
+            )));
+            PathBuf::from(CONTAINERD_SHIM_ASSETS)
+        }
+        Err(e) => {
+            findings.push(Finding::missing(
+                format!(
+                    "containerd shim config: cannot read {}: {e}",
+                    config.display()
+                ),
+                "make it readable",
+            ));
+            return findings;
+        }
+        Ok(text) => match serde_json::from_str::<serde_json::Value>(&text) {
+            Ok(v) => {
+                findings.push(Finding::ok(format!(
+                    "containerd shim config: {}",
+                    config.display()
+                )));
+                v.get("assets")
+                    .and_then(serde_json::Value::as_str)
+                    .map_or_else(|| PathBuf::from(CONTAINERD_SHIM_ASSETS), PathBuf::from)
+            }
+            Err(e) => {
+                findings.push(Finding::missing(
+                    format!(
+                        "containerd shim config: {} is not JSON: {e}",
+                        config.display()
+                    ),
+                    "fix the file (README: Use with containerd)",
+                ));
+                return findings;
+            }
+        },
+    };
+    match Assets::load(&assets) {
+        Ok(_) => findings.push(Finding::ok(format!(
+            "containerd shim assets: {}",
+            assets.display()
+        ))),
+        Err(e) => findings.push(Finding::missing(
+            format!(
+                "containerd shim assets: none in {} ({})",
+                assets.display(),
+                error_chain(&e)
+            ),
+            "scripts/provision, then name target/assets as `assets` in the shim config",
+        )),
+    }
+    findings
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,6 +269,43 @@ mod tests {
             .what
             .contains(&empty.path().display().to_string()));
         assert_eq!(missing[1].fix.as_deref(), Some("scripts/provision"));
+    }
+
+    fn executable(dir: &Path, name: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    #[test]
+    fn the_containerd_shim_is_looked_for_where_containerd_finds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("shim.json");
+        // No containerd: a note only.
+        let findings = check_containerd(Some(dir.path().as_os_str()), &config);
+        assert_eq!(findings.len(), 1);
+        assert_eq!(findings[0].level, Level::Note);
+        // containerd without the shim: missing, with the fix.
+        executable(dir.path(), "containerd");
+        let findings = check_containerd(Some(dir.path().as_os_str()), &config);
+        assert_eq!(findings[1].level, Level::Missing, "{findings:?}");
+        assert!(findings[1].fix.as_deref().unwrap().contains("install"));
+        // The shim beside containerd, a config naming assets that are not there.
+        executable(dir.path(), CONTAINERD_SHIM);
+        std::fs::write(&config, r#"{"assets": "/nonexistent/assets"}"#).unwrap();
+        let findings = check_containerd(Some(dir.path().as_os_str()), &config);
+        let levels: Vec<Level> = findings.iter().map(|f| f.level).collect();
+        assert_eq!(
+            levels,
+            [Level::Ok, Level::Ok, Level::Ok, Level::Missing],
+            "{findings:?}"
+        );
+        assert!(findings[3].what.contains("/nonexistent/assets"));
+        std::fs::write(&config, "{").unwrap();
+        let findings = check_containerd(Some(dir.path().as_os_str()), &config);
+        assert_eq!(findings.last().unwrap().level, Level::Missing);
+        assert!(findings.last().unwrap().what.contains("not JSON"));
     }
 
     #[tokio::test]

@@ -59,7 +59,7 @@
 //!   [`valid_name`](task::valid_name), [`DEFAULT_PATH`](task::DEFAULT_PATH),
 //!   [`MAX_ARGS_ENV_BYTES`](task::MAX_ARGS_ENV_BYTES); [`task::stdio`] (the streams and their forwarders).
 //! - [`rootfs`]: how a rootfs reaches the guest (transports, prepare, release).
-//! - [`check`]: [`check_host`](check::check_host), [`Finding`](check::Finding), [`Level`](check::Level),
+//! - [`check`]: [`check_host`](check::check_host), [`check_containerd`](check::check_containerd), [`Finding`](check::Finding), [`Level`](check::Level),
 //!   [`which`](check::which), [`error_chain`](check::error_chain), [`QEMU_BINARY`](check::QEMU_BINARY).
 //!
 //! The feature `test-util` adds `vm::fake` (an in-process backend) and makes the QEMU

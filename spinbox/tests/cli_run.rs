@@ -27,6 +27,58 @@ fn check_reports_a_ready_host() {
     );
 }
 
+/// `spinbox check --containerd` finds the shim where containerd would (its `PATH`) and the
+/// assets its config names, and says what is missing otherwise.
+#[test]
+fn check_containerd_finds_the_shim_or_says_how_to_install_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().unwrap();
+    let bin = root.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    for name in ["containerd", "containerd-shim-spinbox-v1"] {
+        let p = bin.join(name);
+        std::fs::write(&p, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let assets = std::env::var_os("SPINBOX_ASSETS").map_or_else(
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/assets"),
+        std::path::PathBuf::from,
+    );
+    let config = root.path().join("shim.json");
+    let text = serde_json::json!({ "assets": assets.canonicalize().unwrap() });
+    std::fs::write(&config, text.to_string()).unwrap();
+    let run = |path: &std::ffi::OsStr| {
+        let out = Command::new(env!("CARGO_BIN_EXE_spinbox"))
+            .args(["check", "--containerd"])
+            .env("SPINBOX_STATE_ROOT", root.path())
+            .env("SPINBOX_SHIM_CONFIG", &config)
+            .env("PATH", path)
+            .output()
+            .expect("spinbox runs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let system = std::env::var_os("PATH").unwrap();
+    let with =
+        std::env::join_paths(std::iter::once(bin.clone()).chain(std::env::split_paths(&system)))
+            .unwrap();
+    let (code, out) = run(&with);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("ok       containerd shim: "), "{out}");
+    assert!(out.contains("ok       containerd shim assets: "), "{out}");
+    assert!(out.contains("ready: containerd can run"), "{out}");
+    std::fs::remove_file(bin.join("containerd-shim-spinbox-v1")).unwrap();
+    let (code, out) = run(&with);
+    assert_ne!(code, Some(0), "{out}");
+    assert!(
+        out.contains("MISSING  containerd shim: containerd-shim-spinbox-v1"),
+        "{out}"
+    );
+    assert!(out.contains("install -m 0755"), "{out}");
+}
+
 #[test]
 fn run_boots_deletes_and_reports() {
     let root = tempfile::tempdir().unwrap();

@@ -19,11 +19,11 @@ use spinbox::vm::assets::Assets;
 use spinbox::vm::qemu::QemuBackendConfig;
 
 /// The config file read when neither the runtime options nor the environment name one.
-pub const DEFAULT_CONFIG: &str = "/etc/spinbox/containerd-shim.json";
+pub const DEFAULT_CONFIG: &str = spinbox::check::CONTAINERD_SHIM_CONFIG;
 /// The environment variable naming the config file.
 pub const CONFIG_ENV: &str = "SPINBOX_SHIM_CONFIG";
 /// The assets directory when the config names none.
-pub const DEFAULT_ASSETS: &str = "/var/lib/spinbox/assets";
+pub const DEFAULT_ASSETS: &str = spinbox::check::CONTAINERD_SHIM_ASSETS;
 /// The state root when the config names none; each containerd namespace gets a directory in
 /// it.
 pub const DEFAULT_STATE_ROOT: &str = "/run/spinbox/containerd";

@@ -17,7 +17,7 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 use lifecycle_core::PhaseOutcome;
-use spinbox::check::{check_host, error_chain, Level};
+use spinbox::check::{check_containerd, check_host, error_chain, Level, CONTAINERD_SHIM_CONFIG};
 use spinbox::cleanup::CleanupPhase;
 use spinbox::shim::{EventReceiver, Shim, ShimConfig, ShimEvent};
 use spinbox::vm::assets::Assets;
@@ -49,7 +49,13 @@ enum Command {
     /// Boot a VM, show each state and cleanup phase as it happens, then delete it.
     Run(Box<RunArgs>),
     /// Tell what the host lacks (KVM, QEMU, kernel, initramfs, vsock) and how to get it.
-    Check,
+    Check {
+        /// Also check what `ctr run --runtime io.containerd.spinbox.v1` needs: containerd,
+        /// the shim binary where containerd finds it, and the assets the shim's config file
+        /// (`$SPINBOX_SHIM_CONFIG`, else /etc/spinbox/containerd-shim.json) names.
+        #[arg(long)]
+        containerd: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -139,7 +145,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) if !args.command.is_empty() => Err(Ok(run_command(*args).await)),
             Command::Run(args) => run(*args).await.map_err(Err),
-            Command::Check => check().await.map_err(Err),
+            Command::Check { containerd } => check(containerd).await.map_err(Err),
         }
     });
     // A blocked read of our stdin must not hold the exit.
@@ -768,8 +774,15 @@ async fn run_in_shim(
     }
 }
 
-async fn check() -> Result<(), String> {
-    let findings = check_host(std::env::var_os("PATH").as_deref(), &assets_dir()?).await;
+async fn check(containerd: bool) -> Result<(), String> {
+    let path = std::env::var_os("PATH");
+    let mut findings = check_host(path.as_deref(), &assets_dir()?).await;
+    let shim_config = std::env::var_os("SPINBOX_SHIM_CONFIG")
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| PathBuf::from(CONTAINERD_SHIM_CONFIG), PathBuf::from);
+    if containerd {
+        findings.extend(check_containerd(path.as_deref(), &shim_config));
+    }
     let mut missing = 0;
     for f in &findings {
         match f.level {
@@ -786,6 +799,9 @@ async fn check() -> Result<(), String> {
     }
     if missing == 0 {
         println!("\nready: `spinbox run` can boot a VM here");
+        if containerd {
+            println!("ready: containerd can run io.containerd.spinbox.v1 tasks");
+        }
         Ok(())
     } else {
         Err(format!(
