@@ -71,6 +71,26 @@ fn now() -> Timestamp {
     t
 }
 
+/// Admission of calls. Every call but `Wait` and `Shutdown` holds it shared while it runs;
+/// [`Gate::close`] takes it exclusively, so it waits for the calls in flight, and marks it
+/// closed, so later calls (also those queued behind it) are refused.
+#[derive(Debug, Default)]
+struct Gate(RwLock<bool>);
+
+impl Gate {
+    async fn enter(&self) -> ttrpc::Result<tokio::sync::RwLockReadGuard<'_, bool>> {
+        let guard = self.0.read().await;
+        if *guard {
+            return Err(status(Code::UNAVAILABLE, "the shim is shutting down"));
+        }
+        Ok(guard)
+    }
+
+    async fn close(&self) {
+        *self.0.write().await = true;
+    }
+}
+
 /// One process of the task (the init process has the exec id "").
 struct Process {
     exec_id: String,
@@ -143,9 +163,7 @@ pub struct Service {
     publisher: Arc<RemotePublisher>,
     exit: Arc<ExitSignal>,
     task: tokio::sync::Mutex<Option<Arc<TaskEntry>>>,
-    /// Every call but `Wait` and `Shutdown` holds it shared; `Shutdown` takes it
-    /// exclusively, so it waits for the calls in flight, and sets it to refuse new ones.
-    gate: RwLock<bool>,
+    gate: Gate,
 }
 
 impl Service {
@@ -157,16 +175,12 @@ impl Service {
             publisher: Arc::new(publisher),
             exit,
             task: tokio::sync::Mutex::new(None),
-            gate: RwLock::new(false),
+            gate: Gate::default(),
         }
     }
 
     async fn enter(&self) -> ttrpc::Result<tokio::sync::RwLockReadGuard<'_, bool>> {
-        let guard = self.gate.read().await;
-        if *guard {
-            return Err(status(Code::UNAVAILABLE, "the shim is shutting down"));
-        }
-        Ok(guard)
+        self.gate.enter().await
     }
 
     async fn entry(&self, id: &str) -> ttrpc::Result<Arc<TaskEntry>> {
@@ -770,11 +784,7 @@ impl Task for Service {
                 return Ok(api::Empty::new());
             }
         }
-        {
-            // Waits for the calls in flight; later ones are refused.
-            let mut shutting_down = self.gate.write().await;
-            *shutting_down = true;
-        }
+        self.gate.close().await;
         if let Some(task) = self.task.lock().await.as_ref() {
             let _ = task.shim.shutdown().await;
         }
@@ -828,5 +838,66 @@ impl Task for Service {
         _req: api::StatsRequest,
     ) -> ttrpc::Result<api::StatsResponse> {
         Err(unimplemented("task statistics"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// Shutdown waits for a call in flight on another thread; a call arriving while it
+    /// waits, and any later one, is refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn shutdown_drains_calls_in_flight_and_refuses_new_ones() {
+        for _ in 0..20 {
+            let gate = Arc::new(Gate::default());
+            let finished = Arc::new(AtomicBool::new(false));
+            let (entered_tx, entered_rx) = tokio::sync::oneshot::channel();
+            let in_flight = {
+                let (gate, finished) = (Arc::clone(&gate), Arc::clone(&finished));
+                tokio::spawn(async move {
+                    let _guard = gate.enter().await.expect("admitted before shutdown");
+                    entered_tx.send(()).expect("test alive");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    finished.store(true, Ordering::SeqCst);
+                })
+            };
+            entered_rx.await.expect("the call entered");
+            let closing = {
+                let (gate, finished) = (Arc::clone(&gate), Arc::clone(&finished));
+                tokio::spawn(async move {
+                    gate.close().await;
+                    finished.load(Ordering::SeqCst)
+                })
+            };
+            // Let the close queue behind the call in flight, then call again.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let late = tokio::spawn({
+                let gate = Arc::clone(&gate);
+                async move { gate.enter().await.map(drop) }
+            });
+            assert!(
+                closing.await.expect("close"),
+                "shutdown returned before the call finished"
+            );
+            in_flight.await.expect("call");
+            let refused = late.await.expect("late call").expect_err("refused");
+            assert!(refused.to_string().contains("shutting down"), "{refused}");
+            assert!(gate.enter().await.is_err(), "refused for good");
+        }
+    }
+
+    #[test]
+    fn unsupported_calls_say_so() {
+        let e = unimplemented("pausing a task").to_string();
+        assert!(
+            e.contains("pausing a task is not supported by spinbox"),
+            "{e}"
+        );
+        assert!(
+            e.contains("UNIMPLEMENTED") || e.contains("Unimplemented"),
+            "{e}"
+        );
     }
 }
