@@ -53,7 +53,7 @@
 //!   client); [`vm::vsock`] (agent addresses); [`vm::kvm`]; [`vm::assets`]; [`vm::qemu`]
 //!   ([`QemuBackend`](vm::qemu::QemuBackend), its config, [`QemuVm`](vm::qemu::QemuVm) and the
 //!   accelerator probe).
-//! - [`task`]: [`ContainerSpec`](task::ContainerSpec), [`ProcessSpec`](task::ProcessSpec),
+//! - [`task`]: [`ContainerSpec`](task::ContainerSpec) (with [`HostMount`](task::HostMount)s), [`ProcessSpec`](task::ProcessSpec),
 //!   [`SpecError`](task::SpecError), [`ExitStatus`](task::ExitStatus),
 //!   [`TaskClient`](task::TaskClient), [`TaskError`](task::TaskError), [`ProcessState`](task::ProcessState),
 //!   [`valid_name`](task::valid_name), [`DEFAULT_PATH`](task::DEFAULT_PATH),
