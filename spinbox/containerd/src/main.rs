@@ -42,16 +42,6 @@ struct SpinboxShim {
     bundle: PathBuf,
 }
 
-fn timestamp_now() -> containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
-    let mut t = containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp::new();
-    t.seconds = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
-    t.nanos = i32::try_from(d.subsec_nanos()).unwrap_or(0);
-    t
-}
-
 /// Sends the server's tracing output to the `log` FIFO containerd reads in the bundle
 /// (containerd relays it to its own log), when containerd has it open.
 fn init_tracing(bundle: &Path) {
@@ -129,7 +119,7 @@ impl containerd_shim::Shim for SpinboxShim {
         Ok(DeleteResponse {
             pid: 0,
             exit_status: KILLED_STATUS,
-            exited_at: MessageField::some(timestamp_now()),
+            exited_at: MessageField::some(service::now()),
             ..Default::default()
         })
     }

@@ -61,7 +61,8 @@ fn unimplemented(what: &str) -> ttrpc::Error {
     )
 }
 
-fn now() -> Timestamp {
+/// The time now, as containerd's events carry it.
+pub(crate) fn now() -> Timestamp {
     let d = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();
