@@ -158,10 +158,40 @@ struct TaskEntry {
     deleted: Mutex<bool>,
 }
 
+/// What the event queue carries.
+enum Queued {
+    Event(&'static str, Box<dyn MessageDyn>),
+    /// Answered once every event queued before it was published.
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// Publishes events one at a time, in the order they were queued (containerd must see
+/// `TaskCreate` before `TaskStart`, and a process's `TaskExit` before its `TaskDelete`).
+fn event_queue(
+    publisher: RemotePublisher,
+    namespace: String,
+) -> tokio::sync::mpsc::UnboundedSender<Queued> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(item) = rx.recv().await {
+            match item {
+                Queued::Event(topic, event) => publish(&publisher, &namespace, topic, event).await,
+                Queued::Flush(done) => {
+                    let _ = done.send(());
+                }
+            }
+        }
+    });
+    tx
+}
+
+/// How long `Shutdown` waits for queued events to reach containerd.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The shim's Task service.
 pub struct Service {
     namespace: String,
-    publisher: Arc<RemotePublisher>,
+    events: tokio::sync::mpsc::UnboundedSender<Queued>,
     exit: Arc<ExitSignal>,
     task: tokio::sync::Mutex<Option<Arc<TaskEntry>>>,
     gate: Gate,
@@ -172,8 +202,8 @@ impl Service {
     /// the shim process once signalled.
     pub fn new(namespace: String, publisher: RemotePublisher, exit: Arc<ExitSignal>) -> Self {
         Self {
+            events: event_queue(publisher, namespace.clone()),
             namespace,
-            publisher: Arc::new(publisher),
             exit,
             task: tokio::sync::Mutex::new(None),
             gate: Gate::default(),
@@ -211,16 +241,13 @@ impl Service {
     }
 
     fn publish(&self, topic: &'static str, event: Box<dyn MessageDyn>) {
-        let publisher = Arc::clone(&self.publisher);
-        let namespace = self.namespace.clone();
-        tokio::spawn(async move { publish(&publisher, &namespace, topic, event).await });
+        let _ = self.events.send(Queued::Event(topic, event));
     }
 
     /// Waits for `process` in the background, records its exit and publishes `TaskExit`.
     fn watch_exit(&self, task: &Arc<TaskEntry>, process: &Arc<Process>) {
         let (task, process) = (Arc::clone(task), Arc::clone(process));
-        let publisher = Arc::clone(&self.publisher);
-        let namespace = self.namespace.clone();
+        let events = self.events.clone();
         tokio::spawn(async move {
             let result = if process.exec_id.is_empty() {
                 task.shim.wait().await
@@ -235,8 +262,6 @@ impl Service {
                 }
             };
             let at = now();
-            process.exited.send_replace(Some((code, at.clone())));
-            process.close_stdin();
             let event = TaskExit {
                 container_id: task.id.clone(),
                 id: if process.exec_id.is_empty() {
@@ -246,16 +271,16 @@ impl Service {
                 },
                 pid: process.pid(),
                 exit_status: code,
-                exited_at: MessageField::some(at),
+                exited_at: MessageField::some(at.clone()),
                 ..Default::default()
             };
-            publish(
-                &publisher,
-                &namespace,
+            // Queued before the exit is visible, so a `Delete` it allows is published after.
+            let _ = events.send(Queued::Event(
                 topics::TASK_EXIT_EVENT_TOPIC,
                 Box::new(event),
-            )
-            .await;
+            ));
+            process.exited.send_replace(Some((code, at)));
+            process.close_stdin();
         });
     }
 
@@ -789,6 +814,11 @@ impl Task for Service {
         if let Some(task) = self.task.lock().await.as_ref() {
             let _ = task.shim.shutdown().await;
         }
+        // The events queued so far (`TaskDelete`) reach containerd before the shim exits.
+        let (done, flushed) = tokio::sync::oneshot::channel();
+        if self.events.send(Queued::Flush(done)).is_ok() {
+            let _ = tokio::time::timeout(FLUSH_TIMEOUT, flushed).await;
+        }
         self.exit.signal();
         Ok(api::Empty::new())
     }
@@ -887,6 +917,79 @@ mod tests {
             assert!(refused.to_string().contains("shutting down"), "{refused}");
             assert!(gate.enter().await.is_err(), "refused for good");
         }
+    }
+
+    /// containerd's events service, recording the topics it is sent.
+    struct FakeContainerd(tokio::sync::mpsc::UnboundedSender<String>);
+
+    #[async_trait]
+    impl containerd_shim_protos::shim_async::Events for FakeContainerd {
+        async fn forward(
+            &self,
+            _ctx: &TtrpcContext,
+            req: containerd_shim_protos::api::ForwardRequest,
+        ) -> ttrpc::Result<api::Empty> {
+            let _ = self.0.send(req.envelope().topic().to_owned());
+            Ok(api::Empty::new())
+        }
+    }
+
+    /// Events reach containerd in the order they were queued, also when each is queued from
+    /// a different task of a multi-thread runtime right after the previous one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn events_are_published_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("events.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        let listener = ttrpc::r#async::transport::Listener::try_from(listener).expect("listener");
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut server = ttrpc::r#async::Server::new()
+            .add_listener(listener)
+            .register_service(containerd_shim_protos::shim_async::create_events(Arc::new(
+                FakeContainerd(tx),
+            )));
+        server.start().await.expect("server");
+        let publisher = RemotePublisher::new(path.to_str().expect("utf-8"))
+            .await
+            .expect("connect");
+        let queue = event_queue(publisher, "ns".into());
+        let topics = [
+            topics::TASK_CREATE_EVENT_TOPIC,
+            topics::TASK_START_EVENT_TOPIC,
+            topics::TASK_EXEC_ADDED_EVENT_TOPIC,
+            topics::TASK_EXEC_STARTED_EVENT_TOPIC,
+            topics::TASK_EXIT_EVENT_TOPIC,
+            topics::TASK_DELETE_EVENT_TOPIC,
+        ];
+        let mut expected = Vec::new();
+        for round in 0..20 {
+            for topic in topics {
+                let queue = queue.clone();
+                tokio::spawn(async move {
+                    let event = TaskExit {
+                        container_id: format!("c{round}"),
+                        ..Default::default()
+                    };
+                    let _ = queue.send(Queued::Event(topic, Box::new(event)));
+                })
+                .await
+                .expect("queued");
+                expected.push(topic.to_owned());
+            }
+        }
+        let (done, flushed) = tokio::sync::oneshot::channel();
+        let _ = queue.send(Queued::Flush(done));
+        flushed.await.expect("flushed");
+        let mut got = Vec::new();
+        while got.len() < expected.len() {
+            let topic = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .expect("every event arrives")
+                .expect("server alive");
+            got.push(topic);
+        }
+        assert_eq!(got, expected);
+        server.shutdown().await.expect("shutdown");
     }
 
     #[test]
