@@ -1231,8 +1231,10 @@ pub(crate) fn mount_host(target: &Path, m: &crate::task::HostMount) -> std::io::
 }
 
 /// Unmounts the topmost mount on `target`; when it is busy, detaches it (it goes once its
-/// last user does). A target with nothing mounted on it is an error.
-pub(crate) fn unmount_host(target: &Path) -> std::io::Result<()> {
+/// last user does). A target with nothing mounted on it is an error. The shim's
+/// `mount_cleanup` uses it for `ContainerSpec::rootfs_mounts`, and so does a containerd shim
+/// cleaning up after a dead server.
+pub fn unmount_host(target: &Path) -> std::io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(target.as_os_str().as_bytes())
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in path"))?;

@@ -61,27 +61,26 @@ pub struct Opened {
     pub stdin: Option<StdinCloser>,
 }
 
-/// What an output path names.
-#[derive(Debug, PartialEq, Eq)]
-enum Target {
-    None,
-    Path(PathBuf),
-}
-
-fn target(uri: &str) -> Result<Target, String> {
+/// The path a stdio name designates (`None`: not attached): a FIFO or file path, or a
+/// `file://` URI; it must be absolute.
+fn path_of(uri: &str) -> Result<Option<PathBuf>, String> {
     if uri.is_empty() {
-        return Ok(Target::None);
+        return Ok(None);
     }
-    if let Some(path) = uri.strip_prefix("file://") {
-        return Ok(Target::Path(PathBuf::from(path)));
-    }
-    if let Some((scheme, _)) = uri.split_once("://") {
+    let path = if let Some(path) = uri.strip_prefix("file://") {
+        PathBuf::from(path)
+    } else if let Some((scheme, _)) = uri.split_once("://") {
         return Err(format!(
             "stdio URI scheme `{scheme}://` is not supported by spinbox (FIFO paths, files and \
              file:// are)"
         ));
+    } else {
+        PathBuf::from(uri)
+    };
+    if !path.is_absolute() {
+        return Err(format!("stdio path {} is not absolute", path.display()));
     }
-    Ok(Target::Path(PathBuf::from(uri)))
+    Ok(Some(path))
 }
 
 /// An output whose reader went away (a detached `ctr` exits and closes its FIFOs): from
@@ -137,12 +136,9 @@ impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Discarding<W> {
 }
 
 async fn open_sink(uri: &str) -> Result<Option<Sink>, String> {
-    let Target::Path(path) = target(uri)? else {
+    let Some(path) = path_of(uri)? else {
         return Ok(None);
     };
-    if !path.is_absolute() {
-        return Err(format!("stdio path {} is not absolute", path.display()));
-    }
     let is_fifo = std::fs::metadata(&path).is_ok_and(|m| m.file_type().is_fifo());
     if !is_fifo {
         let file = tokio::fs::OpenOptions::new()
@@ -175,12 +171,9 @@ async fn open_sink(uri: &str) -> Result<Option<Sink>, String> {
 }
 
 fn open_stdin(uri: &str) -> Result<Option<(Source, StdinCloser)>, String> {
-    let Target::Path(path) = target(uri)? else {
+    let Some(path) = path_of(uri)? else {
         return Ok(None);
     };
-    if !path.is_absolute() {
-        return Err(format!("stdin path {} is not absolute", path.display()));
-    }
     let meta = std::fs::metadata(&path).map_err(|e| format!("stdin {}: {e}", path.display()))?;
     let (closer, mut on_close) = watch::channel(false);
     let (reader, writer) = tokio::io::duplex(64 * 1024);
@@ -304,13 +297,13 @@ mod tests {
 
     #[test]
     fn uris_name_paths_files_or_nothing() {
-        assert_eq!(target("").unwrap(), Target::None);
-        assert_eq!(target("/a/b").unwrap(), Target::Path("/a/b".into()));
+        assert_eq!(path_of("").unwrap(), None);
+        assert_eq!(path_of("/a/b").unwrap(), Some("/a/b".into()));
         assert_eq!(
-            target("file:///var/log/x").unwrap(),
-            Target::Path("/var/log/x".into())
+            path_of("file:///var/log/x").unwrap(),
+            Some("/var/log/x".into())
         );
-        let err = target("binary:///usr/bin/logger?x=1").unwrap_err();
+        let err = path_of("binary:///usr/bin/logger?x=1").unwrap_err();
         assert!(err.contains("binary://"), "{err}");
     }
 

@@ -155,17 +155,9 @@ pub fn clean_up(record: &Record) -> Result<(), String> {
     // The shared `.vsock` directory goes with its last VM, as the backend's teardown does.
     let _ = std::fs::remove_dir(record.state_root.join(".vsock"));
     if record.mounted {
-        let c = std::ffi::CString::new(record.rootfs.as_os_str().as_bytes())
-            .map_err(|_| "a NUL in the rootfs path".to_owned())?;
         while mounted_on(&record.rootfs)? {
-            // SAFETY: a valid NUL-terminated path.
-            if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
-                return Err(format!(
-                    "cannot unmount {}: {}",
-                    record.rootfs.display(),
-                    std::io::Error::last_os_error()
-                ));
-            }
+            spinbox::rootfs::unmount_host(&record.rootfs)
+                .map_err(|e| format!("cannot unmount {}: {e}", record.rootfs.display()))?;
         }
     }
     Ok(())

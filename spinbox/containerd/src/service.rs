@@ -296,10 +296,7 @@ impl Service {
                 format!("cannot read {}/config.json: {e}", req.bundle),
             )
         })?;
-        let parsed = crate::spec::parse_bundle(&text, bundle).map_err(|e| match e {
-            crate::spec::SpecError::Terminal => unimplemented("a terminal (`process.terminal`)"),
-            e => status(Code::INVALID_ARGUMENT, e.to_string()),
-        })?;
+        let parsed = crate::spec::parse_bundle(&text, bundle).map_err(spec_error)?;
         let config_path = options::config_path(req.options.as_ref())
             .map_err(|e| status(Code::INVALID_ARGUMENT, e))?;
         let file = config::config_file(config_path).map_err(|e| status(Code::INTERNAL, e))?;
@@ -558,6 +555,14 @@ impl Service {
     }
 }
 
+/// A spec that cannot run: a terminal is unsupported, anything else invalid.
+fn spec_error(e: crate::spec::SpecError) -> ttrpc::Error {
+    match e {
+        crate::spec::SpecError::Terminal => unimplemented("a terminal (`process.terminal`)"),
+        e => status(Code::INVALID_ARGUMENT, e.to_string()),
+    }
+}
+
 /// How long containerd gets to take an event.
 const PUBLISH_TIMEOUT_NS: i64 = 5_000_000_000;
 
@@ -703,10 +708,7 @@ impl Task for Service {
                 ),
             ));
         }
-        let spec = crate::spec::parse_process(&req.spec.value).map_err(|e| match e {
-            crate::spec::SpecError::Terminal => unimplemented("a terminal (`process.terminal`)"),
-            e => status(Code::INVALID_ARGUMENT, e.to_string()),
-        })?;
+        let spec = crate::spec::parse_process(&req.spec.value).map_err(spec_error)?;
         spec.validate().map_err(|e| {
             status(
                 Code::INVALID_ARGUMENT,
