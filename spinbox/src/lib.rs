@@ -71,6 +71,8 @@
 pub mod check;
 pub mod cleanup;
 #[cfg(not(loom))]
+pub mod hotplug;
+#[cfg(not(loom))]
 pub mod rootfs;
 #[cfg(not(loom))]
 pub mod shim;
