@@ -1,9 +1,13 @@
 //! The hotplug controller's policy (SPEC §12): when to add or remove vCPUs or memory.
 //!
+//! Three layers:
+//!
 //! - [`Policy`]: the numbers (interval, thresholds, stability counts, cooldowns, step,
 //!   scale-down on/off), with the upstream defaults in [`Policy::cpu`] and [`Policy::memory`].
 //! - [`Decider`]: the pure decision, fed one [`Sample`] at a time with an explicit
 //!   [`Instant`]; it has no clock of its own.
+//! - [`run_controller`]: the loop that samples every interval through a [`Sampler`], asks the
+//!   [`Decider`] and resizes through an [`Actuator`], until told to stop.
 //!
 //! # How a reading is judged
 //!
@@ -39,10 +43,10 @@
 //! # Differences from upstream
 //!
 //! Upstream (`spin-stack/spinbox`, Go) folds some resource-specific checks into its
-//! controllers that this generic policy leaves to whoever takes the readings:
+//! controllers that this generic policy leaves to the [`Sampler`]:
 //!
-//! - the CPU controller does not scale while more than 5 % of CPU time is throttled (a round
-//!   without a reading, [`Decider::skip`], resets the streaks as upstream does);
+//! - the CPU controller does not scale while 5 % or more of CPU time is throttled (the
+//!   sampler can return `Ok(None)` then, which resets the streaks as upstream does);
 //! - the CPU controller judges "low" on the utilisation projected onto one vCPU fewer
 //!   (`usage * n / (n - 1) <= 50`), here it is the reading itself (`< 50`);
 //! - the memory controller also needs less than 128 MiB free before scaling up;
@@ -54,7 +58,8 @@
 
 use std::time::Duration;
 
-use tokio::time::Instant;
+use tokio::sync::watch;
+use tokio::time::{Instant, MissedTickBehavior};
 
 /// Boxed error used by samplers and actuators.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -358,8 +363,161 @@ impl Decider {
     }
 }
 
+/// Reads the resource's size and utilisation.
+#[async_trait::async_trait]
+pub trait Sampler: Send + Sync {
+    /// One reading. `Ok(None)`: skip this round (e.g. the resource is pinned by an explicit
+    /// resize, or there is no baseline yet).
+    async fn sample(&self) -> Result<Option<Sample>, BoxError>;
+}
+
+/// Changes the resource's size.
+#[async_trait::async_trait]
+pub trait Actuator: Send + Sync {
+    /// Resize to `target`; returns the size reached (may differ if the guest refused part).
+    async fn resize(&self, target: u32) -> Result<u32, BoxError>;
+}
+
+/// What a controller did, returned when it stops.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ControllerReport {
+    /// Readings received (`Ok(Some(_))`).
+    pub samples: u64,
+    /// Rounds skipped by the sampler (`Ok(None)`).
+    pub skipped: u64,
+    /// Rounds whose sampling failed.
+    pub sample_errors: u64,
+    /// `(from, to)` of each resize that changed the size (`to` is the size reached).
+    pub changes: Vec<(u32, u32)>,
+    /// Resizes that failed.
+    pub resize_errors: u64,
+}
+
+/// The controller loop: every `policy.interval` (a [`tokio::time::interval`] with
+/// [`MissedTickBehavior::Delay`], first tick one interval after the start), sample → decide →
+/// resize.
+///
+/// When `stop` becomes `true` (or its sender is dropped) the loop returns, but it is only
+/// ever interrupted while *waiting* (for the tick or for a sample): a resize in flight always
+/// runs to completion first, so whoever stops the controller can wait for an in-flight
+/// hotplug by awaiting this future. A `stop` that is already `true` returns before the first
+/// tick.
+///
+/// A failed sample resets the streaks like a skipped round. After every resize, failed or
+/// not, the cooldowns start (no hammering QEMU). Errors are counted in the report and logged
+/// with `tracing` under `name`; nothing panics. An invalid policy or bounds is logged and
+/// returns an empty report at once, without sampling.
+pub async fn run_controller(
+    name: &'static str,
+    policy: Policy,
+    bounds: Bounds,
+    sampler: &dyn Sampler,
+    actuator: &dyn Actuator,
+    mut stop: watch::Receiver<bool>,
+) -> ControllerReport {
+    let mut report = ControllerReport::default();
+    if let Err(error) = policy.validate().and_then(|()| bounds.validate()) {
+        tracing::error!(controller = name, %error, "hotplug: invalid policy, controller not started");
+        return report;
+    }
+    let Some(first) = Instant::now().checked_add(policy.interval) else {
+        tracing::error!(controller = name, interval = ?policy.interval, "hotplug: interval too large, controller not started");
+        return report;
+    };
+    let mut ticker = tokio::time::interval_at(first, policy.interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut decider = Decider::new(policy, bounds);
+    tracing::info!(
+        controller = name,
+        min = bounds.min,
+        max = bounds.max,
+        interval = ?decider.policy().interval,
+        "hotplug: controller started"
+    );
+
+    loop {
+        tokio::select! {
+            biased;
+            () = stopped(&mut stop) => break,
+            _ = ticker.tick() => {}
+        }
+        let reading = tokio::select! {
+            biased;
+            () = stopped(&mut stop) => break,
+            reading = sampler.sample() => reading,
+        };
+        let sample = match reading {
+            Ok(Some(sample)) => {
+                report.samples += 1;
+                sample
+            }
+            Ok(None) => {
+                report.skipped += 1;
+                decider.skip();
+                continue;
+            }
+            Err(error) => {
+                report.sample_errors += 1;
+                decider.skip();
+                tracing::warn!(controller = name, %error, "hotplug: sampling failed");
+                continue;
+            }
+        };
+        tracing::debug!(
+            controller = name,
+            current = sample.current,
+            utilisation = sample.utilisation,
+            "hotplug: sample"
+        );
+        let Some(target) = decider.observe(Instant::now(), sample) else {
+            continue;
+        };
+
+        tracing::info!(
+            controller = name,
+            from = sample.current,
+            to = target,
+            "hotplug: resizing"
+        );
+        // Not raced against `stop`: a resize in flight runs to completion.
+        match actuator.resize(target).await {
+            Ok(reached) => {
+                if reached != target {
+                    tracing::warn!(
+                        controller = name,
+                        target,
+                        reached,
+                        "hotplug: resize reached a different size"
+                    );
+                }
+                if reached != sample.current {
+                    report.changes.push((sample.current, reached));
+                }
+            }
+            Err(error) => {
+                report.resize_errors += 1;
+                tracing::warn!(controller = name, target, %error, "hotplug: resize failed");
+            }
+        }
+        decider.changed(Instant::now());
+    }
+
+    tracing::info!(controller = name, ?report, "hotplug: controller stopped");
+    report
+}
+
+/// Resolves once `stop` holds `true` or its sender is gone.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    // An error means the sender was dropped, which stops the controller as well.
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
 #[cfg(test)]
 mod tests {
+    use std::collections::VecDeque;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::{Arc, Mutex};
+
     use super::*;
 
     const S: Duration = Duration::from_secs(1);
@@ -707,5 +865,477 @@ mod tests {
         assert_eq!(d.observe(t, at(4, 99.0)), None);
         let mut d = Decider::new(Policy { step: 0, ..eager() }, WIDE);
         assert_eq!(d.observe(t, at(4, 99.0)), Some(5));
+    }
+
+    // ---- the loop, on tokio's paused clock ----
+
+    #[derive(Debug, Clone, Copy)]
+    enum Reading {
+        /// A reading at this utilisation, of the size the actuator last reached.
+        Load(f64),
+        Skip,
+        Fail,
+        /// Never answers.
+        Hang,
+    }
+
+    /// Scripted readings; once the script runs out, a middle reading (60 %).
+    struct FakeSampler {
+        script: Mutex<VecDeque<Reading>>,
+        size: Arc<AtomicU32>,
+        start: Instant,
+        taken: Mutex<Vec<Duration>>,
+    }
+
+    impl FakeSampler {
+        fn new(start: Instant, size: &Arc<AtomicU32>, script: &[Reading]) -> Self {
+            Self {
+                script: Mutex::new(script.iter().copied().collect()),
+                size: Arc::clone(size),
+                start,
+                taken: Mutex::new(Vec::new()),
+            }
+        }
+        fn repeat(start: Instant, size: &Arc<AtomicU32>, reading: Reading, n: usize) -> Self {
+            Self::new(start, size, &vec![reading; n])
+        }
+        fn taken(&self) -> Vec<Duration> {
+            self.taken.lock().unwrap().clone()
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Sampler for FakeSampler {
+        async fn sample(&self) -> Result<Option<Sample>, BoxError> {
+            self.taken.lock().unwrap().push(self.start.elapsed());
+            let next = self.script.lock().unwrap().pop_front();
+            match next.unwrap_or(Reading::Load(60.0)) {
+                Reading::Load(utilisation) => Ok(Some(Sample {
+                    current: self.size.load(Ordering::SeqCst),
+                    utilisation,
+                })),
+                Reading::Skip => Ok(None),
+                Reading::Fail => Err("stats unavailable".into()),
+                Reading::Hang => std::future::pending().await,
+            }
+        }
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    struct Call {
+        target: u32,
+        started: Duration,
+        finished: Option<Duration>,
+    }
+
+    /// Records calls; takes `delay` of (paused) time; fails the first `failures` calls;
+    /// never goes above `cap`.
+    struct FakeActuator {
+        size: Arc<AtomicU32>,
+        start: Instant,
+        delay: Duration,
+        failures: AtomicU32,
+        cap: u32,
+        calls: Mutex<Vec<Call>>,
+    }
+
+    impl FakeActuator {
+        fn new(start: Instant, size: &Arc<AtomicU32>) -> Self {
+            Self {
+                size: Arc::clone(size),
+                start,
+                delay: Duration::ZERO,
+                failures: AtomicU32::new(0),
+                cap: u32::MAX,
+                calls: Mutex::new(Vec::new()),
+            }
+        }
+        fn calls(&self) -> Vec<Call> {
+            self.calls.lock().unwrap().clone()
+        }
+        fn call_times(&self) -> Vec<Duration> {
+            self.calls().iter().map(|c| c.started).collect()
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Actuator for FakeActuator {
+        async fn resize(&self, target: u32) -> Result<u32, BoxError> {
+            let index = {
+                let mut calls = self.calls.lock().unwrap();
+                calls.push(Call {
+                    target,
+                    started: self.start.elapsed(),
+                    finished: None,
+                });
+                calls.len() - 1
+            };
+            tokio::time::sleep(self.delay).await;
+            self.calls.lock().unwrap()[index].finished = Some(self.start.elapsed());
+            let fail = self
+                .failures
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if fail {
+                return Err("device_add failed".into());
+            }
+            let reached = target.min(self.cap);
+            self.size.store(reached, Ordering::SeqCst);
+            Ok(reached)
+        }
+    }
+
+    /// Runs the controller, sends stop `after` the start, returns the report and when the
+    /// controller returned.
+    async fn run_for(
+        after: Duration,
+        policy: Policy,
+        bounds: Bounds,
+        sampler: &FakeSampler,
+        actuator: &FakeActuator,
+    ) -> (ControllerReport, Duration) {
+        let start = sampler.start;
+        let (tx, rx) = watch::channel(false);
+        let controller = async {
+            let report = run_controller("test", policy, bounds, sampler, actuator, rx).await;
+            (report, start.elapsed())
+        };
+        let stopper = async {
+            tokio::time::sleep(after).await;
+            tx.send(true).unwrap();
+        };
+        let (result, ()) = tokio::join!(controller, stopper);
+        result
+    }
+
+    fn size(n: u32) -> Arc<AtomicU32> {
+        Arc::new(AtomicU32::new(n))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn scales_up_after_the_stability_count_then_keeps_the_cooldown() {
+        let start = Instant::now();
+        let size = size(1);
+        let sampler = FakeSampler::repeat(start, &size, Reading::Load(95.0), 100);
+        let actuator = FakeActuator::new(start, &size);
+        let (report, stopped) = run_for(
+            secs(32),
+            Policy::cpu(),
+            Bounds { min: 1, max: 3 },
+            &sampler,
+            &actuator,
+        )
+        .await;
+        // Every 5 s, the first after 5 s.
+        assert_eq!(
+            sampler.taken(),
+            [secs(5), secs(10), secs(15), secs(20), secs(25), secs(30)]
+        );
+        // Two high readings (5 s, 10 s) → 2 vCPUs at 10 s; 15 s is within the 10 s cooldown,
+        // 20 s and 25 s count → 3 vCPUs at 25 s; then at the maximum.
+        assert_eq!(actuator.call_times(), [secs(10), secs(25)]);
+        assert_eq!(
+            report,
+            ControllerReport {
+                samples: 6,
+                changes: vec![(1, 2), (2, 3)],
+                ..ControllerReport::default()
+            }
+        );
+        assert_eq!(stopped, secs(32));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn scales_down_after_six_low_readings() {
+        let start = Instant::now();
+        let size = size(3);
+        let sampler = FakeSampler::repeat(start, &size, Reading::Load(10.0), 100);
+        let actuator = FakeActuator::new(start, &size);
+        let (report, _) = run_for(
+            secs(100),
+            Policy::cpu(),
+            Bounds { min: 1, max: 4 },
+            &sampler,
+            &actuator,
+        )
+        .await;
+        // 6 readings (5..30 s) → 2 at 30 s; 30 s cooldown: 35..55 s not counted, 60..85 s
+        // counted → 1 at 85 s; then at the minimum.
+        assert_eq!(actuator.call_times(), [secs(30), secs(85)]);
+        assert_eq!(report.changes, [(3, 2), (2, 1)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stop_while_waiting_for_the_tick_returns_promptly() {
+        let start = Instant::now();
+        let size = size(1);
+        let sampler = FakeSampler::repeat(start, &size, Reading::Load(95.0), 100);
+        let actuator = FakeActuator::new(start, &size);
+        let (report, stopped) = run_for(
+            secs(7),
+            Policy::cpu(),
+            Bounds { min: 1, max: 3 },
+            &sampler,
+            &actuator,
+        )
+        .await;
+        assert_eq!(stopped, secs(7));
+        assert_eq!(sampler.taken(), [secs(5)]);
+        assert_eq!(report.samples, 1);
+        assert!(actuator.calls().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stop_while_waiting_for_a_sample_returns_promptly() {
+        let start = Instant::now();
+        let size = size(1);
+        let sampler = FakeSampler::new(start, &size, &[Reading::Load(95.0), Reading::Hang]);
+        let actuator = FakeActuator::new(start, &size);
+        let (report, stopped) = run_for(
+            secs(12),
+            Policy::cpu(),
+            Bounds { min: 1, max: 3 },
+            &sampler,
+            &actuator,
+        )
+        .await;
+        assert_eq!(stopped, secs(12));
+        assert_eq!(sampler.taken(), [secs(5), secs(10)]);
+        assert_eq!(report.samples, 1);
+        assert!(actuator.calls().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stop_during_a_slow_resize_waits_for_it_to_finish() {
+        let start = Instant::now();
+        let size = size(1);
+        let sampler = FakeSampler::repeat(start, &size, Reading::Load(95.0), 100);
+        let mut actuator = FakeActuator::new(start, &size);
+        actuator.delay = secs(20);
+        // The resize starts at 10 s and takes 20 s; stop comes at 11 s.
+        let (report, stopped) = run_for(
+            secs(11),
+            Policy::cpu(),
+            Bounds { min: 1, max: 3 },
+            &sampler,
+            &actuator,
+        )
+        .await;
+        assert_eq!(
+            actuator.calls(),
+            [Call {
+                target: 2,
+                started: secs(10),
+                finished: Some(secs(30)),
+            }]
+        );
+        assert_eq!(stopped, secs(30));
+        assert_eq!(size.load(Ordering::SeqCst), 2);
+        assert_eq!(
+            report,
+            ControllerReport {
+                samples: 2,
+                changes: vec![(1, 2)],
+                ..ControllerReport::default()
+            }
+        );
+        // No reading after the resize: the stop was seen first.
+        assert_eq!(sampler.taken(), [secs(5), secs(10)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_resize_delays_the_next_tick() {
+        let start = Instant::now();
+        let size = size(1);
+        let sampler = FakeSampler::repeat(start, &size, Reading::Load(95.0), 2);
+        let mut actuator = FakeActuator::new(start, &size);
+        actuator.delay = secs(12);
+        let (report, _) = run_for(
+            secs(40),
+            Policy::cpu(),
+            Bounds { min: 1, max: 3 },
+            &sampler,
+            &actuator,
+        )
+        .await;
+        // Resize 10..22 s; the missed ticks collapse into one at 22 s, then every 5 s from it.
+        assert_eq!(
+            sampler.taken(),
+            [secs(5), secs(10), secs(22), secs(27), secs(32), secs(37)]
+        );
+        assert_eq!(report.changes, [(1, 2)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropping_the_sender_stops_the_loop() {
+        let start = Instant::now();
+        let size = size(1);
+        let sampler = FakeSampler::repeat(start, &size, Reading::Load(60.0), 0);
+        let actuator = FakeActuator::new(start, &size);
+        let (tx, rx) = watch::channel(false);
+        let controller = run_controller("test", Policy::cpu(), WIDE, &sampler, &actuator, rx);
+        let dropper = async {
+            tokio::time::sleep(secs(8)).await;
+            drop(tx);
+        };
+        let (report, ()) = tokio::join!(controller, dropper);
+        assert_eq!(start.elapsed(), secs(8));
+        assert_eq!(report.samples, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_already_stopped_controller_returns_before_the_first_tick() {
+        let start = Instant::now();
+        let size = size(1);
+        let sampler = FakeSampler::repeat(start, &size, Reading::Load(95.0), 10);
+        let actuator = FakeActuator::new(start, &size);
+        let (_tx, rx) = watch::channel(true);
+        let report = run_controller("test", Policy::cpu(), WIDE, &sampler, &actuator, rx).await;
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert_eq!(report, ControllerReport::default());
+        assert!(sampler.taken().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sample_errors_are_counted_reset_the_streak_and_the_loop_goes_on() {
+        let start = Instant::now();
+        let size = size(1);
+        let high = Reading::Load(95.0);
+        let sampler = FakeSampler::new(
+            start,
+            &size,
+            &[Reading::Fail, high, Reading::Fail, high, high],
+        );
+        let actuator = FakeActuator::new(start, &size);
+        let (report, _) = run_for(
+            secs(27),
+            Policy::cpu(),
+            Bounds { min: 1, max: 3 },
+            &sampler,
+            &actuator,
+        )
+        .await;
+        // The failure at 15 s broke the streak begun at 10 s: 20 s and 25 s make the pair.
+        assert_eq!(actuator.call_times(), [secs(25)]);
+        assert_eq!(
+            report,
+            ControllerReport {
+                samples: 3,
+                sample_errors: 2,
+                changes: vec![(1, 2)],
+                ..ControllerReport::default()
+            }
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn skipped_rounds_are_counted_and_reset_the_streak() {
+        let start = Instant::now();
+        let size = size(1);
+        let high = Reading::Load(95.0);
+        let sampler = FakeSampler::new(start, &size, &[high, Reading::Skip, high, high]);
+        let actuator = FakeActuator::new(start, &size);
+        let (report, _) = run_for(
+            secs(22),
+            Policy::cpu(),
+            Bounds { min: 1, max: 3 },
+            &sampler,
+            &actuator,
+        )
+        .await;
+        assert_eq!(actuator.call_times(), [secs(20)]);
+        assert_eq!(
+            report,
+            ControllerReport {
+                samples: 3,
+                skipped: 1,
+                changes: vec![(1, 2)],
+                ..ControllerReport::default()
+            }
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_resize_is_counted_and_still_starts_the_cooldown() {
+        let start = Instant::now();
+        let size = size(1);
+        let sampler = FakeSampler::repeat(start, &size, Reading::Load(95.0), 100);
+        let actuator = FakeActuator::new(start, &size);
+        actuator.failures.store(2, Ordering::SeqCst);
+        let (report, _) = run_for(
+            secs(57),
+            Policy::cpu(),
+            Bounds { min: 1, max: 3 },
+            &sampler,
+            &actuator,
+        )
+        .await;
+        // Fails at 10 s and 25 s (each followed by the 10 s cooldown and two counted
+        // readings), succeeds at 40 s, then 2 → 3 at 55 s.
+        assert_eq!(
+            actuator.call_times(),
+            [secs(10), secs(25), secs(40), secs(55)]
+        );
+        assert_eq!(
+            report,
+            ControllerReport {
+                samples: 11,
+                resize_errors: 2,
+                changes: vec![(1, 2), (2, 3)],
+                ..ControllerReport::default()
+            }
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_partial_resize_reports_the_size_reached() {
+        let start = Instant::now();
+        let size = size(1);
+        let sampler = FakeSampler::repeat(start, &size, Reading::Load(95.0), 100);
+        let mut actuator = FakeActuator::new(start, &size);
+        actuator.cap = 2;
+        let policy = Policy {
+            step: 3,
+            ..Policy::cpu()
+        };
+        let (report, _) = run_for(secs(27), policy, WIDE, &sampler, &actuator).await;
+        // Asked for 4, reached 2; asked again (2 + 3 = 5) after the cooldown, nothing gained.
+        let targets: Vec<u32> = actuator.calls().iter().map(|c| c.target).collect();
+        assert_eq!(targets, [4, 5]);
+        assert_eq!(actuator.call_times(), [secs(10), secs(25)]);
+        assert_eq!(report.changes, [(1, 2)]);
+        assert_eq!(report.resize_errors, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_invalid_policy_returns_at_once() {
+        let start = Instant::now();
+        let size = size(1);
+        let sampler = FakeSampler::repeat(start, &size, Reading::Load(95.0), 10);
+        let actuator = FakeActuator::new(start, &size);
+        let (_tx, rx) = watch::channel(false);
+        let policy = Policy {
+            interval: Duration::ZERO,
+            ..Policy::cpu()
+        };
+        let report = run_controller("test", policy, WIDE, &sampler, &actuator, rx.clone()).await;
+        assert_eq!(report, ControllerReport::default());
+        let inverted = Bounds { min: 3, max: 1 };
+        let report = run_controller("test", Policy::cpu(), inverted, &sampler, &actuator, rx).await;
+        assert_eq!(report, ControllerReport::default());
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert!(sampler.taken().is_empty());
+    }
+
+    #[test]
+    fn the_controller_future_is_send() {
+        fn assert_send<T: Send>(_: &T) {}
+        let start = Instant::now();
+        let size = size(1);
+        let sampler = FakeSampler::repeat(start, &size, Reading::Load(95.0), 0);
+        let actuator = FakeActuator::new(start, &size);
+        let (_tx, rx) = watch::channel(false);
+        let future = run_controller("test", Policy::cpu(), WIDE, &sampler, &actuator, rx);
+        assert_send(&future);
     }
 }
