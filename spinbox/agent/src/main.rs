@@ -26,6 +26,7 @@ mod init;
 mod listener;
 mod power_button;
 mod ready;
+mod resources;
 mod service;
 mod task;
 #[cfg(feature = "test-knobs")]
@@ -35,7 +36,7 @@ mod timeline;
 use std::sync::Arc;
 use std::time::Duration;
 
-use spinbox_protocol::agent_ttrpc::{create_system, create_task};
+use spinbox_protocol::agent_ttrpc::{create_resources, create_system, create_task};
 use spinbox_protocol::{AGENT_PORT, STDIO_PORT};
 use tokio::sync::mpsc;
 
@@ -142,7 +143,10 @@ async fn serve(pid1: bool) -> Result<PowerOff, AgentError> {
     let mut server = ttrpc::asynchronous::Server::new()
         .add_listener(listener)
         .register_service(create_system(Arc::new(service)))
-        .register_service(create_task(Arc::new(task::TaskService(tasks))));
+        .register_service(create_task(Arc::new(task::TaskService(tasks))))
+        .register_service(create_resources(Arc::new(
+            resources::ResourcesService::new("/"),
+        )));
     server.start().await.map_err(AgentError::Serve)?;
     timeline::mark(timeline::Step::Serving);
     tracing::info!(port = AGENT_PORT, "serving ttrpc on vsock");

@@ -4,7 +4,8 @@
 //! The messages ([`agent`]) and the async ttrpc service glue ([`agent_ttrpc`]: the
 //! [`System`](agent_ttrpc::System) trait a server implements,
 //! [`create_system`](agent_ttrpc::create_system) to register it, and the
-//! [`SystemClient`](agent_ttrpc::SystemClient), and the same for [`Task`](agent_ttrpc::Task)) are generated at build time by
+//! [`SystemClient`](agent_ttrpc::SystemClient), and the same for [`Task`](agent_ttrpc::Task) and
+//! [`Resources`](agent_ttrpc::Resources)) are generated at build time by
 //! `ttrpc-codegen` with rust-protobuf, with no `protoc` involved.
 
 /// The vsock port the agent serves ttrpc on.
@@ -101,7 +102,7 @@ pub mod agent {
     include!(concat!(env!("OUT_DIR"), "/agent.rs"));
 }
 
-/// The async ttrpc `System` and `Task` services: server trait, registration and client (generated).
+/// The async ttrpc `System`, `Task` and `Resources` services: server trait, registration and client (generated).
 #[allow(
     warnings,
     missing_docs,
