@@ -22,6 +22,7 @@
 //! | [`shim`] | the facade: create (with or without a container), start, wait, exec, kill, delete, shutdown, crash handling, bounded events; generic over the backend |
 //! | [`task`] | containers in the VM, host side: specs, the agent's `Task` client, the stdio streams |
 //! | [`vm`] | the backend seam ([`vm::VmBackend`], [`vm::Vm`], [`vm::ExitInfo`]), the generic parts (agent client, vsock transport, KVM check, assets) and the QEMU backend ([`vm::qemu`]) |
+//! | [`hotplug`] | vCPU and memory resizing of a running VM: the controllers' policy, the resizer, the controllers `hotplug_stop` stops |
 //! | [`rootfs`] | a container's rootfs made reachable by the guest: 9p export, EROFS image, virtiofs daemon |
 //! | [`check`] | what the host lacks for a real VM, as findings |
 //!
@@ -38,19 +39,25 @@
 //!   [`AgentError`](shim::AgentError), [`ContainerError`](shim::ContainerError), [`STDIO_DRAIN`](shim::STDIO_DRAIN),
 //!   [`Created`](shim::Created), [`BootTimings`](shim::BootTimings), [`ShimEvent`](shim::ShimEvent),
 //!   [`EventReceiver`](shim::EventReceiver), [`ExitCause`](shim::ExitCause), [`ShimReport`](shim::ShimReport),
-//!   [`EVENT_CAPACITY`](shim::EVENT_CAPACITY), [`CONSOLE_RESERVE`](shim::CONSOLE_RESERVE).
+//!   [`EVENT_CAPACITY`](shim::EVENT_CAPACITY), [`CONSOLE_RESERVE`](shim::CONSOLE_RESERVE),
+//!   [`Resources`](shim::Resources).
+//! - [`hotplug`]: [`Resizer`](hotplug::Resizer), [`ResizeError`](hotplug::ResizeError),
+//!   [`Controllers`](hotplug::Controllers), [`HotplugConfig`](hotplug::HotplugConfig),
+//!   [`HotplugReport`](hotplug::HotplugReport), and [`hotplug::policy`] ([`Policy`](hotplug::Policy),
+//!   the decision logic and the controller loop).
 //! - [`vm`]: the seam — [`VmBackend`](vm::VmBackend), [`Vm`](vm::Vm), [`VmSpec`](vm::VmSpec),
 //!   [`SpecError`](vm::SpecError), [`ExitInfo`](vm::ExitInfo), [`HelperExit`](vm::HelperExit), [`ExitWatch`](vm::ExitWatch),
 //!   [`BootError`](vm::BootError), [`BackendError`](vm::BackendError), [`StopRequest`](vm::StopRequest),
 //!   [`StopOutcome`](vm::StopOutcome), [`StopError`](vm::StopError), [`VmId`](vm::VmId),
 //!   [`IdError`](vm::IdError), the limits ([`MIN_CPUS`](vm::MIN_CPUS), [`MAX_CPUS`](vm::MAX_CPUS),
 //!   [`MIN_MEMORY_MIB`](vm::MIN_MEMORY_MIB), [`MAX_MEMORY_MIB`](vm::MAX_MEMORY_MIB),
-//!   [`MAX_ID_LEN`](vm::MAX_ID_LEN), [`MAX_SOCKET_PATH`](vm::MAX_SOCKET_PATH)),
+//!   [`MAX_ID_LEN`](vm::MAX_ID_LEN), [`MAX_SOCKET_PATH`](vm::MAX_SOCKET_PATH),
+//!   [`MEMORY_BLOCK_MIB`](vm::MEMORY_BLOCK_MIB), [`MAX_MEMORY_SLOTS`](vm::MAX_MEMORY_SLOTS)),
 //!   [`check_socket`](vm::check_socket), [`SocketPathError`](vm::SocketPathError),
 //!   [`state_root_from`](vm::state_root_from), [`SYSTEM_STATE_ROOT`](vm::SYSTEM_STATE_ROOT),
 //!   [`StateDirError`](vm::StateDirError);
 //!   [`vm::stop`] (escalation policy, steps, graceful hook and error); [`vm::agent`] (the agent
-//!   client); [`vm::vsock`] (agent addresses); [`vm::kvm`]; [`vm::assets`]; [`vm::qemu`]
+//!   client); [`vm::hotplug`] (vCPU positions, memory devices, growth room, errors); [`vm::vsock`] (agent addresses); [`vm::kvm`]; [`vm::assets`]; [`vm::qemu`]
 //!   ([`QemuBackend`](vm::qemu::QemuBackend), its config, [`QemuVm`](vm::qemu::QemuVm) and the
 //!   accelerator probe).
 //! - [`task`]: [`ContainerSpec`](task::ContainerSpec) (with [`HostMount`](task::HostMount)s), [`ProcessSpec`](task::ProcessSpec),

@@ -15,44 +15,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use shim_common::{serial, TestVm, HANG_GUARD};
+use shim_common::{serial, Collect, TestVm, HANG_GUARD};
 use spinbox::cleanup::CleanupPhase;
 use spinbox::shim::{CreateError, ShimEvent};
 use spinbox::state::ShimState;
 use spinbox::task::stdio::ProcessIo;
 use spinbox::task::{ContainerSpec, ExitStatus, ProcessSpec};
 use tokio::io::AsyncWrite;
-
-/// A sink collecting what it is given.
-#[derive(Clone, Default)]
-struct Collect(Arc<Mutex<Vec<u8>>>);
-
-impl Collect {
-    fn bytes(&self) -> Vec<u8> {
-        self.0.lock().unwrap().clone()
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.bytes()).into_owned()
-    }
-}
-
-impl AsyncWrite for Collect {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Poll::Ready(Ok(buf.len()))
-    }
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
 
 /// A hashing sink: 100 MiB are checked without being kept.
 #[derive(Clone, Default)]

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! spinbox run [--kernel PATH] [--initrd PATH] [--accel auto|kvm|tcg] [--cpus N]
-//!             [--memory MIB] [--config FILE] [--keep] [--console]
+//!             [--memory MIB] [--max-cpus N] [--max-memory MIB] [--config FILE]
+//!             [--keep] [--console]
 //!             [--rootfs DIR] [--env K=V]... [--cwd DIR] [--user UID[:GID]]
 //!             [--rootfs-transport 9p|erofs|virtiofs] [--verbose] [-- CMD ARGS...]
 //! spinbox check
@@ -85,6 +86,14 @@ struct RunArgs {
     /// Guest memory in MiB.
     #[arg(long)]
     memory: Option<u32>,
+    /// Most vCPUs the VM may grow to by hotplug (the CPU controller adds them when the
+    /// guest is busy); default: `--cpus`, no growth.
+    #[arg(long)]
+    max_cpus: Option<u16>,
+    /// Most memory in MiB the VM may grow to by hotplug (in 128 MiB steps above
+    /// `--memory`); default: `--memory`, no growth.
+    #[arg(long)]
+    max_memory: Option<u32>,
     /// JSON file of timeouts and settings (see `ShimConfig::from_file`).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -199,6 +208,12 @@ fn config_for(args: &RunArgs) -> Result<(ShimConfig, QemuBackendConfig), String>
     }
     if let Some(memory) = args.memory {
         config.memory_mib = memory;
+    }
+    if let Some(max) = args.max_cpus {
+        config.max_cpus = Some(max);
+    }
+    if let Some(max) = args.max_memory {
+        config.max_memory_mib = Some(max);
     }
     if config.state_root.is_relative() {
         let cwd = std::env::current_dir()

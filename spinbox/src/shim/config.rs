@@ -1,6 +1,7 @@
 //! [`ShimConfig`]: every timeout of the shim's lifecycle in one place, with defaults that work
 //! under software emulation (TCG), loadable from a JSON file.
 
+use crate::hotplug::{HotplugConfig, Policy};
 use crate::rootfs::{RootfsTransport, Tools};
 use crate::vm::agent::RetryPolicy;
 use crate::vm::state_dir::SYSTEM_STATE_ROOT;
@@ -30,6 +31,16 @@ pub struct ShimConfig {
     pub cpus: u16,
     /// Guest memory in MiB (default 256, at least [`MIN_MEMORY_MIB`](crate::vm::MIN_MEMORY_MIB)).
     pub memory_mib: u32,
+    /// Most vCPUs the VM may grow to by hotplug (default `None`: `cpus`, no growth room).
+    pub max_cpus: Option<u16>,
+    /// Most memory in MiB the VM may grow to by hotplug (default `None`: `memory_mib`, no
+    /// growth room); the room above `memory_mib` is a multiple of 128 MiB.
+    pub max_memory_mib: Option<u32>,
+    /// Memory hotplug slots (default 4; see `VmSpec::memory_slots`; the QEMU backend takes
+    /// at most 7).
+    pub memory_slots: u16,
+    /// The hotplug controllers' settings (see [`HotplugConfig`]).
+    pub hotplug: HotplugConfig,
     /// Extra kernel arguments (see `VmSpec::kernel_args`).
     pub kernel_args: Vec<String>,
     /// How a container's rootfs reaches the guest (default: the transport BENCHMARKS.md
@@ -52,6 +63,10 @@ impl Default for ShimConfig {
             state_root: PathBuf::from(SYSTEM_STATE_ROOT),
             cpus: 1,
             memory_mib: 256,
+            max_cpus: None,
+            max_memory_mib: None,
+            memory_slots: 4,
+            hotplug: HotplugConfig::default(),
             kernel_args: Vec::new(),
             rootfs_transport: RootfsTransport::default(),
             rootfs_tools: Tools::default(),
@@ -105,7 +120,106 @@ struct ConfigFile {
     state_root: Option<PathBuf>,
     cpus: Option<u16>,
     memory_mib: Option<u32>,
+    max_cpus: Option<u16>,
+    max_memory_mib: Option<u32>,
+    memory_slots: Option<u16>,
+    #[serde(flatten)]
+    hotplug: HotplugFile,
     rootfs_transport: Option<String>,
+}
+
+/// The hotplug keys of the file form.
+#[derive(Debug, Default, Deserialize)]
+struct HotplugFile {
+    hotplug_auto: Option<bool>,
+    hotplug_online_timeout_ms: Option<u64>,
+    cpu_policy: Option<PolicyFile>,
+    memory_policy: Option<PolicyFile>,
+}
+
+impl HotplugFile {
+    fn apply(self, config: &mut HotplugConfig) -> Result<(), ConfigError> {
+        if let Some(auto) = self.hotplug_auto {
+            config.auto = auto;
+        }
+        match self.hotplug_online_timeout_ms {
+            Some(0) => {
+                return Err(ConfigError::Invalid(
+                    "hotplug_online_timeout_ms must be greater than 0".to_owned(),
+                ))
+            }
+            Some(ms) => config.online_timeout = Duration::from_millis(ms),
+            None => {}
+        }
+        if let Some(p) = self.cpu_policy {
+            p.apply("cpu_policy", &mut config.cpu)?;
+        }
+        if let Some(p) = self.memory_policy {
+            p.apply("memory_policy", &mut config.memory)?;
+            if !config
+                .memory
+                .step
+                .is_multiple_of(crate::vm::MEMORY_BLOCK_MIB)
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "memory_policy: step must be a multiple of {} MiB",
+                    crate::vm::MEMORY_BLOCK_MIB
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A hotplug policy's file form: what it leaves out keeps its default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    interval_ms: Option<u64>,
+    scale_up_threshold: Option<f64>,
+    scale_down_threshold: Option<f64>,
+    scale_up_stability: Option<u32>,
+    scale_down_stability: Option<u32>,
+    scale_up_cooldown_ms: Option<u64>,
+    scale_down_cooldown_ms: Option<u64>,
+    scale_down: Option<bool>,
+    step: Option<u32>,
+}
+
+impl PolicyFile {
+    fn apply(self, name: &str, policy: &mut Policy) -> Result<(), ConfigError> {
+        let ms = Duration::from_millis;
+        if let Some(v) = self.interval_ms {
+            policy.interval = ms(v);
+        }
+        if let Some(v) = self.scale_up_threshold {
+            policy.scale_up_threshold = v;
+        }
+        if let Some(v) = self.scale_down_threshold {
+            policy.scale_down_threshold = v;
+        }
+        if let Some(v) = self.scale_up_stability {
+            policy.scale_up_stability = v;
+        }
+        if let Some(v) = self.scale_down_stability {
+            policy.scale_down_stability = v;
+        }
+        if let Some(v) = self.scale_up_cooldown_ms {
+            policy.scale_up_cooldown = ms(v);
+        }
+        if let Some(v) = self.scale_down_cooldown_ms {
+            policy.scale_down_cooldown = ms(v);
+        }
+        if let Some(v) = self.scale_down {
+            policy.scale_down = v;
+        }
+        if let Some(v) = self.step {
+            policy.step = v;
+        }
+        policy
+            .validate()
+            .map_err(|e| ConfigError::Invalid(format!("{name}: {e}")))
+    }
 }
 
 impl ShimConfig {
@@ -214,6 +328,16 @@ impl ShimConfig {
         if let Some(m) = file.memory_mib {
             config.memory_mib = m;
         }
+        if let Some(n) = file.max_cpus {
+            config.max_cpus = Some(n);
+        }
+        if let Some(m) = file.max_memory_mib {
+            config.max_memory_mib = Some(m);
+        }
+        if let Some(n) = file.memory_slots {
+            config.memory_slots = n;
+        }
+        file.hotplug.apply(&mut config.hotplug)?;
         if let Some(t) = file.rootfs_transport {
             config.rootfs_transport = t
                 .parse()
@@ -253,6 +377,9 @@ impl ShimConfig {
             id,
             cpus: self.cpus,
             memory_mib: self.memory_mib,
+            max_cpus: self.max_cpus.unwrap_or(self.cpus),
+            max_memory_mib: self.max_memory_mib.unwrap_or(self.memory_mib),
+            memory_slots: self.memory_slots,
             kernel_args: self.kernel_args.clone(),
             state_root: self.state_root.clone(),
             ready_timeout: self.start_timeout,
@@ -264,6 +391,60 @@ impl ShimConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hotplug_keys() {
+        let c = ShimConfig::from_json(
+            r#"{"cpus": 2, "max_cpus": 4, "memory_mib": 256, "max_memory_mib": 768,
+                "memory_slots": 3, "hotplug_auto": false, "hotplug_online_timeout_ms": 500,
+                "cpu_policy": {"interval_ms": 100, "scale_up_threshold": 90, "step": 2},
+                "memory_policy": {"scale_down": true, "step": 256}}"#,
+        )
+        .unwrap();
+        let spec = c.spec(VmId::new("h").unwrap());
+        assert_eq!(
+            (spec.max_cpus, spec.max_memory_mib, spec.memory_slots),
+            (4, 768, 3)
+        );
+        assert!(!c.hotplug.auto);
+        assert_eq!(c.hotplug.online_timeout, Duration::from_millis(500));
+        let defaults = Policy::cpu();
+        assert_eq!(
+            c.hotplug.cpu,
+            Policy {
+                interval: Duration::from_millis(100),
+                scale_up_threshold: 90.0,
+                step: 2,
+                ..defaults
+            }
+        );
+        assert!(c.hotplug.memory.scale_down);
+        // No maximum given: no growth room.
+        let spec = ShimConfig::from_json(r#"{"cpus": 2}"#)
+            .unwrap()
+            .spec(VmId::new("h").unwrap());
+        assert_eq!((spec.max_cpus, spec.max_memory_mib), (2, 256));
+        for (bad, says) in [
+            (r#"{"max_cpus": 0}"#, "maximum vCPU count"),
+            (r#"{"max_memory_mib": 300}"#, "multiple of 128"),
+            (
+                r#"{"cpu_policy": {"scale_up_threshold": 120}}"#,
+                "cpu_policy",
+            ),
+            (
+                r#"{"cpu_policy": {"scale_down_threshold": 90}}"#,
+                "cpu_policy",
+            ),
+            (r#"{"memory_policy": {"step": 100}}"#, "multiple of 128"),
+            (r#"{"hotplug_online_timeout_ms": 0}"#, "greater than 0"),
+            (r#"{"cpu_policy": {"intervall_ms": 5}}"#, "unknown field"),
+            (r#"{"hotplug_autoo": true}"#, "unknown field"),
+        ] {
+            let e = ShimConfig::from_json(bad).unwrap_err();
+            let text = crate::check::error_chain(&e);
+            assert!(text.contains(says), "{bad}: {text}");
+        }
+    }
 
     #[test]
     fn defaults_and_overrides() {

@@ -55,6 +55,7 @@ pub use events::{
 };
 
 use crate::cleanup::CleanupPhase;
+use crate::hotplug::ResizeError;
 use crate::rootfs::RootfsError;
 use crate::state::{ShimSnapshot, ShimState, ShimStateMachine};
 use crate::task::stdio::{Forwarders, ProcessIo, StdioError};
@@ -255,6 +256,17 @@ impl Drop for CancelGuard {
     }
 }
 
+/// A VM's sizes, as [`Shim::resize`] and [`Shim::resources`] report them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resources {
+    /// vCPUs plugged.
+    pub cpus: u16,
+    /// Memory in MiB (boot memory and hot-added devices).
+    pub memory_mib: u32,
+    /// The boot sizes and maximums.
+    pub room: crate::vm::hotplug::HotplugRoom,
+}
+
 impl Shim {
     /// A shim for the VM `id`, in [`ShimState::Idle`], whose VMs `backend` runs.
     pub fn new(id: VmId, config: ShimConfig, backend: Arc<dyn VmBackend>) -> Self {
@@ -345,6 +357,42 @@ impl Shim {
             return Err(AgentError::NotRunning(self.inner.shared.sm.state()));
         }
         Ok(client)
+    }
+
+    /// Resizes the created or running VM by hotplug (SPEC §12): each of `cpus` and
+    /// `memory_mib` that is given becomes the VM's new size — within the boot size and the
+    /// maximum ([`ShimConfig::max_cpus`], [`ShimConfig::max_memory_mib`]), memory rounded up
+    /// to 128 MiB — and is pinned there: its controller no longer changes it. Returns the
+    /// sizes reached. One change, serialized with the controllers' own: the teardown's
+    /// `hotplug_stop` waits for all of it, and refuses resizes after it.
+    pub async fn resize(
+        &self,
+        cpus: Option<u16>,
+        memory_mib: Option<u32>,
+    ) -> Result<Resources, ResizeError> {
+        let state = self.inner.shared.sm.state();
+        let controllers = self
+            .session()
+            .filter(|_| matches!(state, ShimState::Created | ShimState::Running))
+            .ok_or(ResizeError::NotRunning(state))?
+            .controllers()
+            .ok_or(ResizeError::Closed)?;
+        let resizer = controllers.resizer();
+        let (cpus, memory_mib) = if cpus.is_none() && memory_mib.is_none() {
+            (resizer.cpus().await?, resizer.memory_mib().await?)
+        } else {
+            resizer.resize(cpus, memory_mib).await?
+        };
+        Ok(Resources {
+            cpus,
+            memory_mib,
+            room: resizer.room(),
+        })
+    }
+
+    /// The created or running VM's sizes now and its growth room.
+    pub async fn resources(&self) -> Result<Resources, ResizeError> {
+        self.resize(None, None).await
     }
 
     /// Creates the VM: `Idle` → `Creating`, start, agent ready, `Info`, → `Created`.
@@ -513,6 +561,7 @@ impl Shim {
         if session.state.try_publish().is_err() {
             return Err(claimed());
         }
+        session.start_hotplug(Arc::clone(&vm), client.clone()).await;
         if shared.sm.try_mark_created().is_err() {
             // A shutdown (or the exit watcher) moved the shim to ShuttingDown.
             return Err(Failure::Crashed);

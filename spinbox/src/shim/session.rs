@@ -36,6 +36,7 @@ use super::events::{EventSender, ExitCause, ShimEvent};
 use super::CreateError;
 use super::{Shared, ShimReport};
 use crate::cleanup::{CleanupOrchestrator, CleanupPhase, CleanupPhases};
+use crate::hotplug::{Controllers, Resizer};
 use crate::task::ContainerSpec;
 use crate::vm::agent::{shutdown_hook, AgentClient};
 use crate::vm::shared_task::SharedTask;
@@ -112,6 +113,9 @@ pub(crate) struct Session {
     /// Host mounts made for the container's rootfs (`ContainerSpec::rootfs_mounts`), in
     /// the order made; `mount_cleanup` unmounts them in reverse.
     pub(crate) host_mounts: Mutex<Vec<std::path::PathBuf>>,
+    /// The hotplug controllers, once the VM is up; `hotplug_stop` stops them and closes
+    /// the slot, so controllers started after it are stopped at once.
+    hotplug: Mutex<HotplugSlot>,
     cleanup: CleanupOrchestrator,
     teardown: SharedTask<Option<ShimReport>>,
 }
@@ -123,6 +127,14 @@ impl std::fmt::Debug for Session {
             .field("reason", &self.reason.get())
             .finish_non_exhaustive()
     }
+}
+
+/// The hotplug controllers' place in a session.
+enum HotplugSlot {
+    /// Not started yet, or running.
+    Open(Option<Arc<Controllers>>),
+    /// `hotplug_stop` ran.
+    Closed,
 }
 
 /// The shim's agent connections of one session.
@@ -192,8 +204,7 @@ impl Session {
         Arc::new_cyclic(|weak: &Weak<Session>| {
             let final_weak = weak.clone();
             let phases = CleanupPhases {
-                // No CPU or memory hotplug controllers exist yet (SPEC §12).
-                hotplug_stop: Phase::noop(),
+                hotplug_stop: phase(weak, |s| Box::pin(async move { s.stop_hotplug().await })),
                 io_shutdown: phase(weak, |s| {
                     Box::pin(async move {
                         // Both run whatever the other's outcome.
@@ -252,6 +263,7 @@ impl Session {
                 rootfs: OnceLock::new(),
                 container: OnceLock::new(),
                 host_mounts: Mutex::new(Vec::new()),
+                hotplug: Mutex::new(HotplugSlot::Open(None)),
                 cleanup,
                 teardown: SharedTask::default(),
             }
@@ -265,6 +277,49 @@ impl Session {
         s.mark_final();
         let _ = s.claim(Reason::Shutdown);
         s
+    }
+
+    /// Starts the hotplug controllers of the VM that is up (resizing through `agent`).
+    /// After `hotplug_stop` ran they are stopped again at once, so none outlives the phase.
+    pub(crate) async fn start_hotplug(&self, vm: Arc<dyn Vm>, agent: AgentClient) {
+        let config = &self.shared.config.hotplug;
+        let resizer = Arc::new(Resizer::new(vm, agent, config.online_timeout));
+        let controllers = Arc::new(Controllers::start(resizer, config));
+        let late = {
+            let mut slot = lock(&self.hotplug);
+            match &mut *slot {
+                HotplugSlot::Open(place) => {
+                    *place = Some(Arc::clone(&controllers));
+                    false
+                }
+                HotplugSlot::Closed => true,
+            }
+        };
+        if late {
+            let _ = controllers.stop().await;
+        }
+    }
+
+    /// The running controllers (for explicit resizes), until `hotplug_stop`.
+    pub(crate) fn controllers(&self) -> Option<Arc<Controllers>> {
+        match &*lock(&self.hotplug) {
+            HotplugSlot::Open(c) => c.clone(),
+            HotplugSlot::Closed => None,
+        }
+    }
+
+    /// The `hotplug_stop` phase: stops the controllers, each after its resize in flight,
+    /// and waits for an explicit resize in flight; no device change follows.
+    async fn stop_hotplug(&self) -> Result<(), BoxError> {
+        let controllers = match std::mem::replace(&mut *lock(&self.hotplug), HotplugSlot::Closed) {
+            HotplugSlot::Open(c) => c,
+            HotplugSlot::Closed => None,
+        };
+        if let Some(c) = controllers {
+            let report = c.stop().await?;
+            tracing::debug!(id = %self.spec.id, ?report, "hotplug controllers stopped");
+        }
+        Ok(())
     }
 
     pub(crate) fn reason(&self) -> Option<Reason> {

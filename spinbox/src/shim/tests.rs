@@ -3,6 +3,7 @@
 //! runtime with the racers on separate tasks.
 
 use super::*;
+use crate::hotplug::ResizeError;
 use crate::vm::fake::{FakeBackend, FakeScript, FakeVm};
 use crate::vm::stop::EscalationPolicy;
 use lifecycle_core::{PhaseKind, PhaseOutcome};
@@ -201,11 +202,11 @@ async fn create_then_delete_runs_every_phase_once_and_ends_the_stream() {
         ]
     );
     assert_eq!(phases(&events), all_phases_ok());
-    // The no-op phases are reported as such, and the stream's last event is event_close's.
+    // The no-op phase is reported as such, and the stream's last event is event_close's.
     assert!(events.iter().any(|e| matches!(
         e,
         ShimEvent::PhaseStarted {
-            phase: CleanupPhase::HotplugStop,
+            phase: CleanupPhase::NetworkCleanup,
             kind: PhaseKind::Noop
         }
     )));
@@ -989,4 +990,113 @@ async fn start_racing_delete_and_shutdown_agree_on_one_order() {
     }
     // Not an assertion on the scheduler, only a record of what the runs covered.
     eprintln!("start won {started_first} of 40 races");
+}
+
+// ---------------------------------------------------------------------------------------
+// Hotplug (SPEC §12) on the fake backend.
+// ---------------------------------------------------------------------------------------
+
+fn with_room(cpus: u16, memory_mib: u32) -> impl FnOnce(&mut ShimConfig) {
+    move |c| {
+        c.max_cpus = Some(cpus);
+        c.max_memory_mib = Some(memory_mib);
+        c.hotplug.auto = false;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explicit_resizes_stay_in_the_room_and_pin_the_size() {
+    let mut r = rig_with(FakeScript::default(), with_room(4, 1024));
+    r.shim.create().await.unwrap();
+    let now = r.shim.resources().await.unwrap();
+    assert_eq!((now.cpus, now.memory_mib), (1, 256));
+    let grown = r.shim.resize(Some(3), Some(300)).await.unwrap();
+    // 44 MiB more rounds up to one 128 MiB block.
+    assert_eq!((grown.cpus, grown.memory_mib), (3, 384));
+    let shrunk = r.shim.resize(Some(2), Some(256)).await.unwrap();
+    assert_eq!((shrunk.cpus, shrunk.memory_mib), (2, 256));
+    for (cpus, memory) in [
+        (Some(5), None),
+        (Some(0), None),
+        (None, Some(2048)),
+        (None, Some(255)),
+    ] {
+        let e = r.shim.resize(cpus, memory).await.unwrap_err();
+        assert!(matches!(e, ResizeError::OutOfRange { .. }), "{e:?}");
+    }
+    assert!(r
+        .vm()
+        .hotplug_log()
+        .contains(&crate::vm::fake::FakeHotplugEvent::Ended("add_memory")));
+    let report = r.shim.delete().await.unwrap();
+    assert!(!report.has_errors(), "{report}");
+    r.drain().await;
+    let e = r.shim.resize(Some(2), None).await.unwrap_err();
+    assert!(matches!(e, ResizeError::NotRunning(_)), "{e:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_waits_in_hotplug_stop_for_a_resize_in_flight() {
+    use crate::vm::fake::FakeHotplugEvent::{Began, Ended, StopBegan};
+    let script = FakeScript {
+        hotplug_delay: Duration::from_millis(300),
+        ..FakeScript::default()
+    };
+    let mut r = rig_with(script, with_room(2, 256));
+    r.shim.create().await.unwrap();
+    r.shim.start().await.unwrap();
+    let shim = r.shim.clone();
+    let resize = tokio::spawn(async move { shim.resize(Some(2), None).await });
+    let vm = r.vm();
+    tokio::time::timeout(BOUND, async {
+        while !vm.hotplug_log().contains(&Began("add_cpu")) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("the resize began");
+    let report = r.shim.delete().await.unwrap();
+    assert!(!report.has_errors(), "{report}");
+    assert_eq!(resize.await.unwrap().unwrap().cpus, 2);
+    assert_eq!(
+        vm.hotplug_log(),
+        [Began("add_cpu"), Ended("add_cpu"), StopBegan]
+    );
+    assert_eq!(phases(&r.drain().await), all_phases_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cpu_controller_grows_a_busy_vm_to_its_maximum_and_stops_with_it() {
+    let mut r = rig_with(FakeScript::default(), |c| {
+        c.max_cpus = Some(3);
+        c.hotplug.cpu = crate::hotplug::Policy {
+            interval: Duration::from_millis(20),
+            scale_up_stability: 2,
+            scale_up_cooldown: Duration::ZERO,
+            scale_down: false,
+            ..crate::hotplug::Policy::cpu()
+        };
+    });
+    r.shim.create().await.unwrap();
+    r.vm().set_cpu_busy_percent(95);
+    tokio::time::timeout(BOUND, async {
+        while r.shim.resources().await.unwrap().cpus < 3 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the controller grew the VM to 3 vCPUs");
+    // A pinned size is left alone: an explicit resize down stays down while still busy.
+    r.shim.resize(Some(1), None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(r.shim.resources().await.unwrap().cpus, 1);
+    let report = r.shim.delete().await.unwrap();
+    assert!(!report.has_errors(), "{report}");
+    assert_eq!(phases(&r.drain().await), all_phases_ok());
+    let log = r.vm().hotplug_log();
+    assert_eq!(
+        log.last(),
+        Some(&crate::vm::fake::FakeHotplugEvent::StopBegan),
+        "{log:?}"
+    );
 }

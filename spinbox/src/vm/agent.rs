@@ -4,8 +4,11 @@
 
 use std::time::{Duration, Instant};
 
-use spinbox_protocol::agent::{InfoRequest, PingRequest, PrepareShutdownRequest, ShutdownRequest};
-use spinbox_protocol::agent_ttrpc::SystemClient;
+use spinbox_protocol::agent::{
+    InfoRequest, OnlineCpusRequest, PingRequest, PrepareShutdownRequest, ShutdownRequest,
+    UsageRequest, UsageResponse,
+};
+use spinbox_protocol::agent_ttrpc::{ResourcesClient, SystemClient};
 
 use super::vsock::{self, AgentAddress, ConnectError};
 
@@ -141,11 +144,42 @@ fn secs(s: f64) -> Option<Duration> {
         .flatten()
 }
 
+/// The guest's CPU and memory counters (`Resources.Usage`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GuestUsage {
+    /// vCPUs online.
+    pub online_cpus: u32,
+    /// vCPUs present, online or not.
+    pub present_cpus: u32,
+    /// Busy time of all vCPUs since boot, in `USER_HZ` ticks.
+    pub cpu_busy_ticks: u64,
+    /// Time of all vCPUs in every state since boot, in `USER_HZ` ticks.
+    pub cpu_total_ticks: u64,
+    /// `MemTotal`, in KiB.
+    pub mem_total_kib: u64,
+    /// `MemAvailable`, in KiB.
+    pub mem_available_kib: u64,
+}
+
+impl From<&UsageResponse> for GuestUsage {
+    fn from(r: &UsageResponse) -> Self {
+        Self {
+            online_cpus: r.online_cpus,
+            present_cpus: r.present_cpus,
+            cpu_busy_ticks: r.cpu_busy_ticks,
+            cpu_total_ticks: r.cpu_total_ticks,
+            mem_total_kib: r.mem_total_kib,
+            mem_available_kib: r.mem_available_kib,
+        }
+    }
+}
+
 /// A connection to the agent. Cheap to clone; clones share the connection, which closes
 /// when the last clone is dropped.
 #[derive(Clone)]
 pub struct AgentClient {
     client: SystemClient,
+    resources: ResourcesClient,
     /// The connection, for the other services on it.
     raw: ttrpc::asynchronous::Client,
     address: AgentAddress,
@@ -162,12 +196,16 @@ impl std::fmt::Debug for AgentClient {
 }
 
 macro_rules! call {
-    ($self:ident, $method:literal, $fn:ident, $req:expr) => {{
-        let ctx = ttrpc::context::with_duration($self.timeout);
-        match tokio::time::timeout($self.timeout, $self.client.$fn(ctx, &$req)).await {
+    ($self:ident, $method:literal, $fn:ident, $req:expr) => {
+        call!($self, client, $self.timeout, $method, $fn, $req)
+    };
+    ($self:ident, $service:ident, $timeout:expr, $method:literal, $fn:ident, $req:expr) => {{
+        let timeout = $timeout;
+        let ctx = ttrpc::context::with_duration(timeout);
+        match tokio::time::timeout(timeout, $self.$service.$fn(ctx, &$req)).await {
             Err(_) => Err(RpcError::Timeout {
                 method: $method,
-                after: $self.timeout,
+                after: timeout,
             }),
             Ok(Err(source)) => Err(RpcError::Failed {
                 method: $method,
@@ -185,6 +223,7 @@ impl AgentClient {
         let client = vsock::connect(address, timeout).await?;
         Ok(Self {
             client: SystemClient::new(client.clone()),
+            resources: ResourcesClient::new(client.clone()),
             raw: client,
             address: address.clone(),
             timeout,
@@ -228,6 +267,38 @@ impl AgentClient {
                     serving: secs(b.serving),
                 }),
         })
+    }
+
+    /// `Resources.Usage`: the guest's CPU and memory counters.
+    pub async fn usage(&self) -> Result<GuestUsage, RpcError> {
+        let r = call!(
+            self,
+            resources,
+            self.timeout,
+            "Usage",
+            usage,
+            UsageRequest::new()
+        )?;
+        Ok(GuestUsage::from(&r))
+    }
+
+    /// `Resources.OnlineCpus`: waits up to `wait` until `present` vCPUs are present, onlines
+    /// the offline ones, and returns the counters after it.
+    pub async fn online_cpus(&self, present: u16, wait: Duration) -> Result<GuestUsage, RpcError> {
+        let req = OnlineCpusRequest {
+            present_at_least: present.into(),
+            timeout_ms: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX),
+            ..OnlineCpusRequest::default()
+        };
+        let r = call!(
+            self,
+            resources,
+            self.timeout + wait,
+            "OnlineCpus",
+            online_cpus,
+            req
+        )?;
+        Ok(GuestUsage::from(&r))
     }
 
     /// `PrepareShutdown`: the guest syncs its filesystems.

@@ -22,10 +22,13 @@ use spinbox_protocol::agent::{
     InfoRequest, InfoResponse, PingRequest, PingResponse, PrepareShutdownRequest,
     PrepareShutdownResponse, ShutdownRequest, ShutdownResponse,
 };
-use spinbox_protocol::agent_ttrpc::{create_system, System};
+use spinbox_protocol::agent_ttrpc::{create_resources, create_system, System};
 use tokio::sync::{watch, Notify};
 use ttrpc::asynchronous::TtrpcContext;
 
+pub use super::fake_hotplug::FakeHotplugEvent;
+use super::fake_hotplug::{FakeHotplug, FakeResources};
+use super::hotplug::{CpuSlot, CpuState, HotplugError, HotplugRoom, MemoryDevice};
 use super::shared_task::SharedTask;
 use super::stop::ShutdownStep;
 use super::vsock::AgentAddress;
@@ -65,6 +68,8 @@ pub struct FakeScript {
     pub stop_delay: Duration,
     /// The stop fails with [`StopError::NotReaped`] (the VM stays "running").
     pub fail_stop: bool,
+    /// How long each hotplug change (add or remove a vCPU or memory) takes.
+    pub hotplug_delay: Duration,
 }
 
 /// The in-process backend; see the module docs.
@@ -127,6 +132,7 @@ pub struct FakeVm {
     stops: AtomicUsize,
     infos: AtomicUsize,
     ready_timeout: Duration,
+    pub(crate) hotplug: FakeHotplug,
     this: Weak<FakeVm>,
 }
 
@@ -170,6 +176,16 @@ impl FakeVm {
         self.infos.load(Ordering::SeqCst)
     }
 
+    /// Every hotplug change's beginning and end, and the stop's beginning, in order.
+    pub fn hotplug_log(&self) -> Vec<FakeHotplugEvent> {
+        self.hotplug.log()
+    }
+
+    /// Sets the vCPU utilisation (percent) the fake agent's `Usage` reports from now on.
+    pub fn set_cpu_busy_percent(&self, percent: u64) {
+        self.hotplug.set_busy_percent(percent);
+    }
+
     /// Whether the VM has exited.
     pub fn has_exited(&self) -> bool {
         self.exit.borrow().is_some()
@@ -188,6 +204,7 @@ impl FakeVm {
 
     async fn run_stop(self: Arc<Self>, request: StopRequest) -> Result<StopOutcome, StopError> {
         self.stops.fetch_add(1, Ordering::SeqCst);
+        self.hotplug.push(FakeHotplugEvent::StopBegan);
         let start = Instant::now();
         let mut steps = Vec::new();
         let mut graceful_error = None;
@@ -340,7 +357,7 @@ impl VmBackend for FakeBackend {
         let socket = dir.join("agent.sock");
         let vm = Arc::new_cyclic(|this| FakeVm {
             id: spec.id.clone(),
-            script,
+            script: script.clone(),
             dir: dir.clone(),
             socket: socket.clone(),
             started: Instant::now(),
@@ -351,6 +368,17 @@ impl VmBackend for FakeBackend {
             stops: AtomicUsize::new(0),
             infos: AtomicUsize::new(0),
             ready_timeout: spec.ready_timeout,
+            hotplug: FakeHotplug::new(
+                HotplugRoom {
+                    boot_cpus: spec.cpus,
+                    max_cpus: spec.max_cpus,
+                    boot_memory_mib: spec.memory_mib,
+                    max_memory_mib: spec.max_memory_mib,
+                    memory_slots: spec.memory_slots,
+                    cpus_removable: true,
+                },
+                script.hotplug_delay,
+            ),
             this: this.clone(),
         });
         let mut server = match serve(&socket, &vm) {
@@ -415,7 +443,10 @@ fn serve(socket: &Path, vm: &Arc<FakeVm>) -> std::io::Result<ttrpc::asynchronous
         .add_listener(ttrpc::asynchronous::transport::Listener::new(incoming))
         .register_service(create_system(Arc::new(FakeAgent {
             vm: Arc::downgrade(vm),
-        }))))
+        })))
+        .register_service(create_resources(Arc::new(FakeResources(Arc::downgrade(
+            vm,
+        ))))))
 }
 
 #[async_trait::async_trait]
@@ -488,6 +519,48 @@ impl Vm for FakeVm {
             vec![self.dir.clone()]
         } else {
             Vec::new()
+        }
+    }
+
+    fn hotplug_room(&self) -> HotplugRoom {
+        self.hotplug.room()
+    }
+
+    async fn cpu_slots(&self) -> Result<Vec<CpuState>, HotplugError> {
+        Ok(self.hotplug.cpus())
+    }
+
+    async fn add_cpu(&self, slot: CpuSlot) -> Result<(), HotplugError> {
+        self.check_running()?;
+        self.hotplug.add_cpu(slot).await
+    }
+
+    async fn remove_cpu(&self, slot: CpuSlot) -> Result<(), HotplugError> {
+        self.check_running()?;
+        self.hotplug.remove_cpu(slot).await
+    }
+
+    async fn memory_devices(&self) -> Result<Vec<MemoryDevice>, HotplugError> {
+        Ok(self.hotplug.memory())
+    }
+
+    async fn add_memory(&self, size_mib: u32) -> Result<MemoryDevice, HotplugError> {
+        self.check_running()?;
+        self.hotplug.add_memory(size_mib).await
+    }
+
+    async fn remove_memory(&self, id: &str) -> Result<(), HotplugError> {
+        self.check_running()?;
+        self.hotplug.remove_memory(id).await
+    }
+}
+
+impl FakeVm {
+    fn check_running(&self) -> Result<(), HotplugError> {
+        if self.has_exited() || self.stops() > 0 {
+            Err(HotplugError::Stopping)
+        } else {
+            Ok(())
         }
     }
 }

@@ -7,6 +7,7 @@
 //!   ┌──────────── backend trait (this module) ────────────┐
 //!   │ start · wait_ready · agent_address · exit_watch      │
 //!   │ stop (graceful hook → forced) · leftovers · pid      │
+//!   │ hotplug: cpu_slots · add/remove_cpu · add/remove_mem │
 //!   └──────────────────────────────────────────────────────┘
 //!        │                                  │
 //!        ▼                                  ▼
@@ -22,8 +23,8 @@
 //! [`Vm::leftovers`] it created. The agent protocol itself is generic: the facade talks to
 //! the agent with [`agent::AgentClient`] over whatever address the backend gives.
 //! Shared filesystems and disks are attached when the VM starts, listed in
-//! [`VmSpec::shares`] (see [`Share`]); devices that come and go while it runs (NICs,
-//! hotplug) will be added as methods of [`Vm`].
+//! [`VmSpec::shares`] (see [`Share`]); vCPUs and memory come and go while it runs through
+//! [`Vm`]'s hotplug methods, within the room [`VmSpec`] gave it.
 //!
 //! | file | what is inside |
 //! |---|---|
@@ -34,6 +35,7 @@
 //! | `process` (internal) | spawning a VMM or helper in its own process group, hardened (`harden`: dies with us, no inherited fds, no capabilities, seccomp); the reaper and exit watch |
 //! | `state_dir` (internal) | the private per-VM directory for sockets and logs |
 //! | `shared_task` (internal) | work that runs once on its own task, every caller gets the result |
+//! | [`hotplug`] | vCPU and memory hotplug's types: [`HotplugRoom`], [`CpuSlot`], [`MemoryDevice`], [`HotplugError`] |
 //! | [`kvm`] | `check_kvm()`: `/dev/kvm` and `KVM_GET_API_VERSION` |
 //! | [`assets`] | the provisioned QEMU, kernel, initramfs and vsock backend |
 //! | [`qemu`] | the QEMU backend: config → argv, instance, QMP, escalation, accelerator probe, vsock daemon |
@@ -57,7 +59,10 @@ pub mod agent;
 pub mod assets;
 #[cfg(any(test, feature = "test-util"))]
 pub mod fake;
+#[cfg(any(test, feature = "test-util"))]
+mod fake_hotplug;
 mod harden;
+pub mod hotplug;
 mod id;
 pub mod kvm;
 internal_mod!(process);
@@ -76,6 +81,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use hotplug::{CpuSlot, CpuState, HotplugError, HotplugRoom, MemoryDevice};
 pub use id::{IdError, VmId, MAX_ID_LEN};
 pub use state_dir::{state_root_from, StateDirError, SYSTEM_STATE_ROOT};
 use stop::{EscalationPolicy, GracefulError, GracefulHook, ShutdownStep, StepReport};
@@ -95,6 +101,11 @@ pub const MAX_CPUS: u16 = 255;
 pub const MIN_MEMORY_MIB: u32 = 128;
 /// Most guest memory in MiB (1 TiB).
 pub const MAX_MEMORY_MIB: u32 = 1 << 20;
+/// The guest's memory block size in MiB (x86-64 Linux with less than 64 GiB): memory is
+/// hot-added and removed in multiples of it.
+pub const MEMORY_BLOCK_MIB: u32 = 128;
+/// Most memory hotplug slots (QEMU's ACPI limit for DIMMs).
+pub const MAX_MEMORY_SLOTS: u16 = 256;
 
 /// A unix socket path that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -150,6 +161,15 @@ pub enum SpecError {
         max: u64,
         /// The value given.
         got: u64,
+    },
+    /// The memory growth room is not a multiple of the guest's memory block.
+    #[error(
+        "the memory growth room (maximum minus boot memory) must be a multiple of \
+         {MEMORY_BLOCK_MIB} MiB, the guest's memory block size, got {room} MiB"
+    )]
+    MemoryRoom {
+        /// The room in MiB.
+        room: u32,
     },
     /// An extra kernel argument is empty or holds whitespace or control characters.
     #[error("invalid kernel argument {0:?}: one argument, no whitespace or control characters")]
@@ -305,6 +325,16 @@ pub struct VmSpec {
     pub cpus: u16,
     /// Memory in MiB ([`MIN_MEMORY_MIB`]..=[`MAX_MEMORY_MIB`]).
     pub memory_mib: u32,
+    /// Most vCPUs the VM may grow to by hotplug (`cpus`..=[`MAX_CPUS`]); equal to `cpus`
+    /// for no growth room.
+    pub max_cpus: u16,
+    /// Most memory in MiB the VM may grow to by hotplug (`memory_mib`..=[`MAX_MEMORY_MIB`]);
+    /// equal to `memory_mib` for no growth room. The room (`max_memory_mib - memory_mib`)
+    /// is a multiple of [`MEMORY_BLOCK_MIB`].
+    pub max_memory_mib: u32,
+    /// How many memory devices may be hot-added (1..=[`MAX_MEMORY_SLOTS`]; used only when
+    /// there is memory growth room).
+    pub memory_slots: u16,
     /// Extra kernel arguments, appended to the backend's command line. Each must be one
     /// argument: no whitespace or control characters.
     pub kernel_args: Vec<String>,
@@ -331,6 +361,30 @@ impl VmSpec {
             MIN_MEMORY_MIB.into(),
             MAX_MEMORY_MIB.into(),
         )?;
+        range(
+            "maximum vCPU count",
+            self.max_cpus.into(),
+            self.cpus.into(),
+            MAX_CPUS.into(),
+        )?;
+        range(
+            "maximum memory (MiB)",
+            self.max_memory_mib.into(),
+            self.memory_mib.into(),
+            MAX_MEMORY_MIB.into(),
+        )?;
+        if self.max_memory_mib > self.memory_mib {
+            let room = self.max_memory_mib - self.memory_mib;
+            if !room.is_multiple_of(MEMORY_BLOCK_MIB) {
+                return Err(SpecError::MemoryRoom { room });
+            }
+            range(
+                "memory slots",
+                self.memory_slots.into(),
+                1,
+                MAX_MEMORY_SLOTS.into(),
+            )?;
+        }
         if let Some(bad) = self
             .kernel_args
             .iter()
@@ -585,6 +639,29 @@ pub trait Vm: Send + Sync + fmt::Debug + 'static {
     /// group); a stop in progress then finds it exited and finishes. For an impatient
     /// operator's second Ctrl-C.
     async fn kill(&self);
+
+    /// The VM's boot sizes and growth room (from its [`VmSpec`]).
+    fn hotplug_room(&self) -> HotplugRoom;
+
+    /// Every vCPU position and what holds it, in (socket, core, thread) order.
+    async fn cpu_slots(&self) -> Result<Vec<CpuState>, HotplugError>;
+
+    /// Plugs a vCPU at a free position. The guest still has to online it.
+    async fn add_cpu(&self, slot: CpuSlot) -> Result<(), HotplugError>;
+
+    /// Unplugs a hot-added vCPU and waits (bounded) until the guest released it.
+    async fn remove_cpu(&self, slot: CpuSlot) -> Result<(), HotplugError>;
+
+    /// The memory devices hot-added so far, oldest first.
+    async fn memory_devices(&self) -> Result<Vec<MemoryDevice>, HotplugError>;
+
+    /// Plugs `size_mib` of memory (a multiple of [`MEMORY_BLOCK_MIB`]) as one device, within
+    /// the maximum and the slots.
+    async fn add_memory(&self, size_mib: u32) -> Result<MemoryDevice, HotplugError>;
+
+    /// Unplugs a hot-added memory device and waits (bounded) until the guest released it;
+    /// the guest may refuse (memory it cannot migrate away), and then it stays.
+    async fn remove_memory(&self, id: &str) -> Result<(), HotplugError>;
 }
 
 #[cfg(test)]
@@ -596,6 +673,9 @@ mod tests {
             id: VmId::new("s").unwrap(),
             cpus: 1,
             memory_mib: 256,
+            max_cpus: 1,
+            max_memory_mib: 256,
+            memory_slots: 1,
             kernel_args: Vec::new(),
             state_root: "/run/spinbox".into(),
             ready_timeout: Duration::from_secs(1),
@@ -617,6 +697,48 @@ mod tests {
             path: path.into(),
             read_only: true,
         }
+    }
+
+    #[test]
+    fn growth_room_is_validated() {
+        let mut s = spec(Vec::new());
+        s.max_cpus = 4;
+        s.max_memory_mib = 256 + 384;
+        s.memory_slots = 2;
+        assert_eq!(s.validate(), Ok(()));
+        s.max_memory_mib = 256 + 100;
+        assert_eq!(s.validate(), Err(SpecError::MemoryRoom { room: 100 }));
+        s.max_memory_mib = 128;
+        assert!(matches!(
+            s.validate(),
+            Err(SpecError::OutOfRange {
+                what: "maximum memory (MiB)",
+                ..
+            })
+        ));
+        s.max_memory_mib = 512;
+        s.memory_slots = 0;
+        assert!(matches!(
+            s.validate(),
+            Err(SpecError::OutOfRange {
+                what: "memory slots",
+                ..
+            })
+        ));
+        s.memory_slots = 1;
+        s.max_cpus = 0;
+        assert!(matches!(
+            s.validate(),
+            Err(SpecError::OutOfRange {
+                what: "maximum vCPU count",
+                ..
+            })
+        ));
+        // No memory room: the slot count does not matter.
+        s.max_cpus = 1;
+        s.max_memory_mib = 256;
+        s.memory_slots = 0;
+        assert_eq!(s.validate(), Ok(()));
     }
 
     #[test]

@@ -36,12 +36,15 @@ use tokio::sync::watch;
 
 use super::accel::{resolve_accelerator, AccelChoice, Accelerator};
 use super::config::{
-    AgentChannel, Disk, DiskFormat, FsShare, Machine, OnReset, QemuConfig, SandboxMode,
+    AgentChannel, Disk, DiskFormat, FsShare, Machine, MemoryHotplug, OnReset, QemuConfig,
+    SandboxMode,
 };
+use super::hotplug::QemuHotplug;
 use super::instance::{QemuInstance, ShutdownError, StartOptions};
 use super::qmp::QmpEventKind;
 use super::vsock_daemon::VsockDaemon;
 use crate::vm::assets::Assets;
+use crate::vm::hotplug::{CpuSlot, CpuState, HotplugError, HotplugRoom, MemoryDevice};
 use crate::vm::state_dir::{prepare_root, StateDir, StateDirError};
 use crate::vm::vsock::AgentAddress;
 use crate::vm::{
@@ -55,6 +58,15 @@ const MAX_READY_LINE: u64 = 128;
 /// How long the exit publisher waits, after QEMU was reaped, for its QMP connection to
 /// end (it ends with the process; this only bounds a wedged socket).
 const QMP_DRAIN: Duration = Duration::from_millis(500);
+
+/// Most memory devices a VM may hot-add: `vhost-device-vsock` (0.3) maps at most 8 memory
+/// regions (it has no `CONFIGURE_MEM_SLOTS`), and the boot memory takes one. QEMU refuses
+/// the eighth DIMM with "a used vhost backend has no free memory slots left".
+pub const MAX_VHOST_USER_MEMORY_SLOTS: u16 = 7;
+
+/// The kernel argument that makes the guest online hot-added memory itself, in the
+/// movable zone so it can be offlined and removed again.
+pub const MEMORY_ONLINE_ARG: &str = "memhp_default_state=online_movable";
 
 /// Which kernel image to boot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -140,6 +152,8 @@ pub struct QemuBackendConfig {
     pub qmp_timeout: Duration,
     /// Bound on reading the readiness line once connected (default 10 s).
     pub ready_line_timeout: Duration,
+    /// Bound on the guest releasing a vCPU or memory device being removed (default 10 s).
+    pub removal_timeout: Duration,
 }
 
 impl QemuBackendConfig {
@@ -158,6 +172,7 @@ impl QemuBackendConfig {
             connect_timeout: Duration::from_secs(10),
             qmp_timeout: Duration::from_secs(5),
             ready_line_timeout: Duration::from_secs(10),
+            removal_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -201,6 +216,16 @@ impl QemuBackend {
     /// Starts a VM and returns it as its concrete type (for QEMU-specific tests and tools).
     pub async fn start_qemu(&self, spec: &VmSpec) -> Result<Arc<QemuVm>, BootError> {
         spec.validate().map_err(BootError::Spec)?;
+        if spec.max_memory_mib > spec.memory_mib {
+            crate::vm::range(
+                "memory slots (vhost-device-vsock maps at most 8 memory regions, the boot \
+                 memory's included)",
+                spec.memory_slots.into(),
+                1,
+                MAX_VHOST_USER_MEMORY_SLOTS.into(),
+            )
+            .map_err(BootError::Spec)?;
+        }
         check_shares(&spec.shares)?;
         let assets = &self.config.assets;
         let kernel = match self.config.kernel {
@@ -308,12 +333,19 @@ impl QemuBackend {
         };
         config.cpus = spec.cpus;
         config.memory_mib = spec.memory_mib;
+        config.max_cpus = Some(spec.max_cpus);
+        let memory_room = spec.max_memory_mib > spec.memory_mib;
+        config.memory_hotplug = memory_room.then_some(MemoryHotplug {
+            max_mib: spec.max_memory_mib,
+            slots: spec.memory_slots,
+        });
         config.kernel = Some(kernel.to_owned());
         config.initrd = Some(c.assets.initramfs.clone());
         let base = c.kernel_args.for_accelerator(accelerator);
         let cmdline = base
             .iter()
             .copied()
+            .chain(memory_room.then_some(MEMORY_ONLINE_ARG))
             .chain(spec.kernel_args.iter().map(String::as_str));
         config.cmdline = Some(cmdline.collect::<Vec<_>>().join(" "));
         config.agent = Some(AgentChannel::VhostUserVsock {
@@ -341,6 +373,11 @@ impl QemuBackend {
             port: AGENT_PORT,
         };
         Ok(Arc::new(QemuVm {
+            hotplug: QemuHotplug::new(
+                growth_room(spec, accelerator),
+                config.needs_shared_memory(),
+                c.removal_timeout,
+            ),
             id: spec.id.clone(),
             state_dir,
             instance,
@@ -354,6 +391,20 @@ impl QemuBackend {
             stopping: watch::Sender::new(false),
             exit,
         }))
+    }
+}
+
+/// The VM's growth room, as its spec gives it and its accelerator allows.
+fn growth_room(spec: &VmSpec, accelerator: Accelerator) -> HotplugRoom {
+    HotplugRoom {
+        boot_cpus: spec.cpus,
+        max_cpus: spec.max_cpus,
+        boot_memory_mib: spec.memory_mib,
+        max_memory_mib: spec.max_memory_mib,
+        memory_slots: spec.memory_slots,
+        // QEMU 7.2 under TCG segfaults on a vCPU `device_add` after any vCPU `device_del`
+        // (measured: add, remove, add → SIGSEGV).
+        cpus_removable: accelerator != Accelerator::Tcg,
     }
 }
 
@@ -586,6 +637,7 @@ pub struct QemuVm {
     /// Set by `stop`: a readiness wait in progress ends (and closes its listener) at once.
     stopping: watch::Sender<bool>,
     exit: ExitWatch,
+    hotplug: QemuHotplug,
 }
 
 impl std::fmt::Debug for QemuVm {
@@ -626,6 +678,15 @@ impl QemuVm {
     /// The hybrid vsock socket (for other guest ports than the agent's).
     pub fn vsock_uds(&self) -> &Path {
         self.daemon.uds()
+    }
+
+    /// Device changes are refused once a stop began or the VM exited.
+    fn check_running(&self) -> Result<(), HotplugError> {
+        if *self.stopping.borrow() || self.exit.borrow().is_some() {
+            Err(HotplugError::Stopping)
+        } else {
+            Ok(())
+        }
     }
 
     async fn wait_ready_inner(
@@ -797,6 +858,38 @@ impl Vm for QemuVm {
             .process()
             .signal(nix::sys::signal::Signal::SIGKILL)
             .await;
+    }
+
+    fn hotplug_room(&self) -> HotplugRoom {
+        self.hotplug.room()
+    }
+
+    async fn cpu_slots(&self) -> Result<Vec<CpuState>, HotplugError> {
+        self.hotplug.cpu_slots(self.instance.qmp()).await
+    }
+
+    async fn add_cpu(&self, slot: CpuSlot) -> Result<(), HotplugError> {
+        self.check_running()?;
+        self.hotplug.add_cpu(self.instance.qmp(), slot).await
+    }
+
+    async fn remove_cpu(&self, slot: CpuSlot) -> Result<(), HotplugError> {
+        self.check_running()?;
+        self.hotplug.remove_cpu(self.instance.qmp(), slot).await
+    }
+
+    async fn memory_devices(&self) -> Result<Vec<MemoryDevice>, HotplugError> {
+        Ok(self.hotplug.memory_devices().await)
+    }
+
+    async fn add_memory(&self, size_mib: u32) -> Result<MemoryDevice, HotplugError> {
+        self.check_running()?;
+        self.hotplug.add_memory(self.instance.qmp(), size_mib).await
+    }
+
+    async fn remove_memory(&self, id: &str) -> Result<(), HotplugError> {
+        self.check_running()?;
+        self.hotplug.remove_memory(self.instance.qmp(), id).await
     }
 
     fn leftovers(&self) -> Vec<PathBuf> {

@@ -52,6 +52,12 @@ pub enum ConfigError {
         /// The rejected value.
         value: String,
     },
+    /// Hotplug growth room on a machine type without ACPI hotplug.
+    #[error("{machine} has no CPU or memory hotplug: use q35 for growth room")]
+    NoHotplug {
+        /// The machine type.
+        machine: &'static str,
+    },
     /// An initrd or kernel command line was given without a kernel.
     #[error("{what} given without a kernel")]
     NeedsKernel {
@@ -199,6 +205,15 @@ pub enum SandboxMode {
     Off,
 }
 
+/// Room for hot-added memory devices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryHotplug {
+    /// Most memory in MiB, boot memory included (`maxmem`), above `memory_mib`.
+    pub max_mib: u32,
+    /// How many memory devices may be plugged (`slots`, 1–256).
+    pub slots: u16,
+}
+
 /// A QEMU virtual machine's configuration.
 #[derive(Debug, Clone)]
 pub struct QemuConfig {
@@ -214,6 +229,10 @@ pub struct QemuConfig {
     pub cpus: u16,
     /// Guest memory in MiB (16–1048576). Not passed for [`Machine::None`].
     pub memory_mib: u32,
+    /// Most vCPUs, for hot-added ones (`-smp maxcpus=`); `None` or `cpus` for no room.
+    pub max_cpus: Option<u16>,
+    /// Room for hot-added memory (`-m slots=,maxmem=`); `None` for no room.
+    pub memory_hotplug: Option<MemoryHotplug>,
     /// Kernel image for direct boot.
     pub kernel: Option<PathBuf>,
     /// Initial ramdisk.
@@ -247,6 +266,8 @@ impl QemuConfig {
             accel: AccelChoice::Auto,
             cpus: 1,
             memory_mib: 256,
+            max_cpus: None,
+            memory_hotplug: None,
             kernel: None,
             initrd: None,
             cmdline: None,
@@ -275,6 +296,33 @@ impl QemuConfig {
                 16,
                 crate::vm::MAX_MEMORY_MIB.into(),
             )?;
+            if let Some(max) = self.max_cpus {
+                range(
+                    "maximum vCPU count",
+                    max.into(),
+                    self.cpus.into(),
+                    crate::vm::MAX_CPUS.into(),
+                )?;
+            }
+            if let Some(m) = self.memory_hotplug {
+                range(
+                    "maximum memory (MiB)",
+                    m.max_mib.into(),
+                    u64::from(self.memory_mib) + 1,
+                    crate::vm::MAX_MEMORY_MIB.into(),
+                )?;
+                range(
+                    "memory slots",
+                    m.slots.into(),
+                    1,
+                    crate::vm::MAX_MEMORY_SLOTS.into(),
+                )?;
+            }
+            if self.has_hotplug_room() && self.machine != Machine::Q35 {
+                return Err(ConfigError::NoHotplug {
+                    machine: self.machine.name(),
+                });
+            }
         }
         no_nul("QEMU binary", self.binary.as_os_str())?;
         if let Some(f) = &self.firmware {
@@ -334,6 +382,11 @@ impl QemuConfig {
         Ok(())
     }
 
+    /// Whether vCPUs or memory may be hot-added.
+    pub fn has_hotplug_room(&self) -> bool {
+        self.max_cpus.is_some_and(|m| m > self.cpus) || self.memory_hotplug.is_some()
+    }
+
     /// Builds QEMU's argument vector (without the binary itself).
     ///
     /// `paths` says where the state directory's files are; `host` carries the resolved
@@ -370,16 +423,18 @@ impl QemuConfig {
         );
         if self.machine != Machine::None {
             a.opt("-cpu", host.accelerator.cpu_model());
-            a.opt(
-                "-smp",
-                KeyVal::new().kv("cpus", &self.cpus.to_string()).build(),
-            );
-            a.opt(
-                "-m",
-                KeyVal::new()
-                    .kv("size", &format!("{}M", self.memory_mib))
-                    .build(),
-            );
+            let mut smp = KeyVal::new().kv("cpus", &self.cpus.to_string());
+            if let Some(max) = self.max_cpus.filter(|&m| m > self.cpus) {
+                smp = smp.kv("maxcpus", &max.to_string());
+            }
+            a.opt("-smp", smp.build());
+            let mut m = KeyVal::new().kv("size", &format!("{}M", self.memory_mib));
+            if let Some(h) = self.memory_hotplug {
+                m = m
+                    .kv("slots", &h.slots.to_string())
+                    .kv("maxmem", &format!("{}M", h.max_mib));
+            }
+            a.opt("-m", m.build());
         }
         if shared_memory {
             a.opt(
@@ -861,6 +916,43 @@ mod tests {
     }
 
     #[test]
+    fn growth_room_becomes_maxcpus_slots_and_maxmem() {
+        let mut c = config_with(Path::new("/img/root.raw"), "console=ttyS0".into(), "vm1");
+        let opt = |c: &QemuConfig, name: &str| -> String {
+            let argv = c.to_argv(&paths(), host()).unwrap();
+            let i = argv.iter().position(|a| a == name).unwrap();
+            argv[i + 1].to_string_lossy().into_owned()
+        };
+        assert_eq!(opt(&c, "-smp"), "cpus=1");
+        assert_eq!(opt(&c, "-m"), "size=256M");
+        // A maximum equal to the boot count is no room.
+        c.max_cpus = Some(1);
+        assert_eq!(opt(&c, "-smp"), "cpus=1");
+        c.max_cpus = Some(4);
+        c.memory_hotplug = Some(MemoryHotplug {
+            max_mib: 1024,
+            slots: 3,
+        });
+        assert_eq!(opt(&c, "-smp"), "cpus=1,maxcpus=4");
+        assert_eq!(opt(&c, "-m"), "size=256M,slots=3,maxmem=1024M");
+        assert!(c.has_hotplug_room());
+
+        c.max_cpus = Some(0);
+        assert!(matches!(c.validate(), Err(ConfigError::Range(_))));
+        c.max_cpus = Some(2);
+        for (max_mib, slots) in [(256, 1), (1024, 0), (1024, 257)] {
+            c.memory_hotplug = Some(MemoryHotplug { max_mib, slots });
+            assert!(matches!(c.validate(), Err(ConfigError::Range(_))), "{max_mib} {slots}");
+        }
+        c.memory_hotplug = None;
+        c.machine = Machine::Microvm;
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::NoHotplug { machine: "microvm" })
+        );
+    }
+
+    #[test]
     fn long_socket_paths_are_a_clear_error() {
         let c = QemuConfig::new(VmId::new("a").unwrap());
         let dir = PathBuf::from(format!("/{}", "d".repeat(120)));
@@ -1019,8 +1111,8 @@ mod tests {
             "-name" => &["guest"],
             "-machine" => &["type", "memory-backend"],
             "-accel" => &["accel"],
-            "-smp" => &["cpus"],
-            "-m" => &["size"],
+            "-smp" => &["cpus", "maxcpus"],
+            "-m" => &["size", "slots", "maxmem"],
             "-mon" => &["chardev", "mode"],
             "-blockdev" => &["driver", "node-name", "filename", "file", "read-only"],
             "-device" => &[
