@@ -8,7 +8,8 @@
 //!
 //! Keys: `assets` (the provisioned assets directory, default [`DEFAULT_ASSETS`]) and every key
 //! of spinbox's `ShimConfig` file form (`state_root`, default [`DEFAULT_STATE_ROOT`];
-//! `start_timeout_ms`, `rpc_timeout_ms`, `cpus`, `memory_mib`, `rootfs_transport`, the
+//! `start_timeout_ms`, `rpc_timeout_ms`, `cpus`, `memory_mib`, `max_cpus`, `max_memory_mib`,
+//! `hotplug_auto`, `cpu_policy`, `memory_policy`, `rootfs_transport`, the
 //! `shutdown_*_ms` escalation steps, …). Unknown keys are errors.
 
 use std::path::{Path, PathBuf};

@@ -19,6 +19,7 @@ mod options;
 mod record;
 mod service;
 mod spec;
+mod update;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -36,6 +36,7 @@ use containerd_shim_protos::shim_async::Task;
 use containerd_shim_protos::topics;
 use containerd_shim_protos::ttrpc::r#async::TtrpcContext;
 use containerd_shim_protos::ttrpc::{self, Code};
+use spinbox::hotplug::ResizeError;
 use spinbox::shim::Shim;
 use spinbox::task::{ContainerSpec, HostMount, ProcessSpec};
 use spinbox::vm::qemu::QemuBackend;
@@ -852,9 +853,33 @@ impl Task for Service {
     async fn update(
         &self,
         _ctx: &TtrpcContext,
-        _req: api::UpdateTaskRequest,
+        req: api::UpdateTaskRequest,
     ) -> ttrpc::Result<api::Empty> {
-        Err(unimplemented("updating a task's resources"))
+        let _in_flight = self.enter().await?;
+        let task = self.entry(&req.id).await?;
+        let Some(resources) = req.resources.as_ref() else {
+            return Ok(api::Empty::new());
+        };
+        let target = crate::update::target(&resources.type_url, &resources.value)
+            .map_err(|e| status(Code::INVALID_ARGUMENT, e))?;
+        let sizes = task
+            .shim
+            .resize(target.cpus, target.memory_mib)
+            .await
+            .map_err(|e| {
+                let code = match e {
+                    ResizeError::OutOfRange { .. } => Code::OUT_OF_RANGE,
+                    ResizeError::NotRunning(_) | ResizeError::Closed => Code::FAILED_PRECONDITION,
+                    _ => Code::INTERNAL,
+                };
+                status(code, format!("update failed: {}", chain(&e)))
+            })?;
+        tracing::info!(
+            cpus = sizes.cpus,
+            memory_mib = sizes.memory_mib,
+            "task resized"
+        );
+        Ok(api::Empty::new())
     }
 
     async fn resize_pty(

@@ -614,3 +614,120 @@ fn runtime_config_path_overrides_the_environment() {
         .collect();
     c.check(left.is_empty(), || format!("left in {alt_text}: {left:?}"));
 }
+
+/// containerd's `Update` with OCI `LinuxResources`, sent to the shim's socket as containerd
+/// sends it (`Task.Update`; ctr 1.6 has no `task update`, and CRI is not in this test).
+fn update(socket: &std::path::Path, id: &str, resources: &serde_json::Value) -> Result<(), String> {
+    use containerd_shim_protos::api::UpdateTaskRequest;
+    use containerd_shim_protos::protobuf::well_known_types::any::Any;
+    use containerd_shim_protos::shim_async::TaskClient;
+    use containerd_shim_protos::ttrpc;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let client = ttrpc::asynchronous::Client::connect(&format!("unix://{}", socket.display()))
+            .await
+            .map_err(|e| format!("connect to the shim: {e}"))?;
+        let mut req = UpdateTaskRequest::new();
+        req.id = id.into();
+        let mut any = Any::new();
+        any.type_url = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into();
+        any.value = resources.to_string().into_bytes();
+        req.resources = Some(any).into();
+        let ctx = ttrpc::context::with_duration(common::VM_TIMEOUT);
+        TaskClient::new(client)
+            .update(ctx, &req)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    })
+}
+
+/// containerd's `Update` resizes the task's VM (SPEC §12): a CPU quota of two CPUs hot-adds
+/// a vCPU the container sees (`nproc`), a memory limit of 512 MiB hot-adds memory it sees
+/// (`MemTotal`), and a quota beyond the VM's maximum is refused by its range.
+#[test]
+fn task_update_resizes_the_vm() {
+    let _slot = common::VmSlots::acquire(1);
+    let c = Containerd::start();
+    let config = c.dir().join("hotplug-shim.json");
+    let text = serde_json::json!({
+        "assets": common::assets_dir().canonicalize().expect("assets").display().to_string(),
+        "state_root": c.state_root.display().to_string(),
+        "max_cpus": 2,
+        "max_memory_mib": 512,
+        "hotplug_auto": false,
+    });
+    std::fs::write(&config, text.to_string()).expect("write the config");
+    let config_text = config.display().to_string();
+    let id = "resized";
+    let args = run_args(
+        &c,
+        &["-d", "--runtime-config-path", &config_text],
+        id,
+        &["sleep", "1000"],
+    );
+    c.ctr_ok_in(&strs(&args), common::VM_TIMEOUT);
+    c.wait_task_status(id, "RUNNING", common::VM_TIMEOUT);
+    let alive = c.observe_task(id);
+    let in_task = |exec_id: &str, script: &str| -> String {
+        let out = c.ctr_in(
+            &[
+                "task",
+                "exec",
+                "--exec-id",
+                exec_id,
+                id,
+                "/bin/sh",
+                "-c",
+                script,
+            ],
+            None,
+            common::VM_TIMEOUT,
+        );
+        c.check(out.code() == Some(0), || {
+            format!("exec {script:?}: {out:?}")
+        });
+        out.stdout.trim().to_owned()
+    };
+    let mem_kib = |line: String| -> u64 {
+        line.split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| c.fail(&format!("not a MemTotal line: {line:?}")))
+    };
+    c.check(in_task("n1", "nproc") == "1", || {
+        "the VM boots with 1 vCPU".into()
+    });
+    let mem0 = mem_kib(in_task("m1", "grep MemTotal /proc/meminfo"));
+
+    let grow = serde_json::json!({
+        "cpu": {"quota": 200_000, "period": 100_000},
+        "memory": {"limit": 536_870_912},
+    });
+    update(&alive.socket, id, &grow).unwrap_or_else(|e| c.fail(&format!("update: {e}")));
+    let n = in_task("n2", "nproc");
+    c.check(n == "2", || format!("nproc after the update: {n}"));
+    let mem1 = mem_kib(in_task("m2", "grep MemTotal /proc/meminfo"));
+    c.check(mem1 - mem0 == 256 * 1024, || {
+        format!("MemTotal grew from {mem0} to {mem1} KiB, not by 256 MiB")
+    });
+
+    let too_many = serde_json::json!({"cpu": {"quota": 400_000, "period": 100_000}});
+    let refused = update(&alive.socket, id, &too_many);
+    c.check(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.contains("between 1 and 2")),
+        || format!("a quota of 4 CPUs should be refused by its range: {refused:?}"),
+    );
+
+    c.ctr_ok(&["task", "kill", "--signal", "SIGKILL", id]);
+    c.wait_task_status(id, "STOPPED", common::VM_TIMEOUT);
+    c.ctr_in(&["task", "delete", id], None, common::VM_TIMEOUT);
+    c.ctr_ok(&["container", "rm", id]);
+    check_no_task_or_container(&c);
+    c.check_nothing_left(&[&alive], None);
+}
