@@ -183,11 +183,13 @@ impl Controllers {
         &self.resizer
     }
 
-    /// Stops both controllers — each finishes a resize in flight first — then waits for an
-    /// explicit resize in flight and refuses later ones. Idempotent: a second call returns
-    /// an empty report.
+    /// Stops both controllers — each finishes a resize in flight first — and the resizer:
+    /// waits for the change in flight (a controller's or an explicit one) and refuses later
+    /// ones. Idempotent: a second call returns an empty report. An error says a controller
+    /// task panicked; the resizer is closed all the same.
     pub async fn stop(&self) -> Result<HotplugReport, BoxError> {
         self.stop.send_replace(true);
+        self.resizer.close().await;
         let cpu = self
             .cpu
             .lock()
@@ -211,7 +213,6 @@ impl Controllers {
                     .map_err(|e| format!("the memory controller failed: {e}"))?,
             );
         }
-        self.resizer.close().await;
         Ok(report)
     }
 }

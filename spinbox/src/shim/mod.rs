@@ -33,12 +33,13 @@
 //! admitted; the session's says who tears down. Events come from the framework's observers:
 //! every transition of the shim's machine and every phase, whatever its outcome.
 //!
-//! The phases do real work: `io_shutdown` stops the console forwarding, `conn_close`
-//! closes the shim's agent connections, `vm_shutdown` stops the VM through the backend with
+//! The phases do real work: `hotplug_stop` stops the CPU and memory hotplug controllers
+//! and waits for a resize in flight ([`Shim::resize`] is refused after it), `io_shutdown`
+//! stops the console forwarding, `conn_close` closes the shim's agent connections, `vm_shutdown` stops the VM through the backend with
 //! the agent's `PrepareShutdown` + `Shutdown` as its graceful step, `mount_cleanup` removes
 //! what the VM created on disk (and nothing else), and `event_close` ends the event stream
-//! when the teardown is the shim's last. `hotplug_stop` and `network_cleanup` are explicit
-//! no-ops: spinbox has no hotplug controllers and no networking yet.
+//! when the teardown is the shim's last. `network_cleanup` is an explicit no-op: spinbox
+//! has no networking yet.
 
 mod config;
 mod console;
