@@ -28,32 +28,6 @@ use spinbox::vm::{StopRequest, Vm};
 
 const RPC: Duration = Duration::from_secs(30);
 
-fn runs_from_args() -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    let default = if args.iter().any(|a| a == "--bench") {
-        5
-    } else {
-        1
-    };
-    args.iter()
-        .position(|a| a == "--runs")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(default)
-}
-
-fn median_ms(samples: &[Duration]) -> (f64, f64, f64) {
-    let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
-    ms.sort_by(f64::total_cmp);
-    let n = ms.len();
-    let median = if n % 2 == 1 {
-        ms[n / 2]
-    } else {
-        f64::midpoint(ms[n / 2 - 1], ms[n / 2])
-    };
-    (median, ms[0], ms[n - 1])
-}
-
 fn config(root: &std::path::Path, cpus: u16, memory_mib: u32, grow: bool) -> ShimConfig {
     ShimConfig {
         state_root: root.to_owned(),
@@ -89,7 +63,7 @@ async fn stop(vm: &QemuVm, client: &AgentClient) {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let runs = runs_from_args();
+    let runs = tests::bench::runs_from_args(5);
     let assets = tests::assets::assets();
     let accel = probe_accelerator(&assets.qemu).await;
     println!("accelerator: {:?} ({})", accel.accelerator, accel.reason);
@@ -134,8 +108,11 @@ async fn main() {
         stop(&new, &new_client).await;
     }
 
-    let (base, base_min, base_max) = median_ms(&restart);
-    println!("| operation (TCG) | median | min–max | ratio to restart |");
+    let (base, base_min, base_max) = tests::bench::stats(&restart);
+    println!(
+        "| operation ({:?}) | median | min–max | ratio to restart |",
+        accel.accelerator
+    );
     println!("|---|---:|---:|---:|");
     for (name, samples) in [
         ("vCPU hot-add (device_add → onlined in the guest)", &cpu_add),
@@ -148,7 +125,7 @@ async fn main() {
             &mem_remove,
         ),
     ] {
-        let (m, lo, hi) = median_ms(samples);
+        let (m, lo, hi) = tests::bench::stats(samples);
         println!(
             "| {name} | {m:.1} ms | {lo:.1}–{hi:.1} ms | {:.3} |",
             m / base

@@ -31,36 +31,7 @@ use spinbox::vm::stop::EscalationPolicy;
 use spinbox::vm::{StopRequest, Vm};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Runs per scenario: `--runs N`, 10 by default under `cargo bench`; one (a smoke run that
-/// keeps the benchmark from rotting) under `cargo test --all-targets`, which runs bench
-/// targets without `--bench`.
-fn runs_from_args() -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    let default = if args.iter().any(|a| a == "--bench") {
-        10
-    } else {
-        1
-    };
-    args.iter()
-        .position(|a| a == "--runs")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(default)
-}
-
-/// Median, min and max, in milliseconds.
-fn stats(samples: &[Duration]) -> (f64, f64, f64) {
-    let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
-    ms.sort_by(f64::total_cmp);
-    let n = ms.len();
-    let median = if n % 2 == 1 {
-        ms[n / 2]
-    } else {
-        f64::midpoint(ms[n / 2 - 1], ms[n / 2])
-    };
-    (median, ms[0], ms[n - 1])
-}
+use tests::bench::stats;
 
 fn row(name: &str, samples: &[Duration]) -> f64 {
     let (median, min, max) = stats(samples);
@@ -329,7 +300,7 @@ async fn main() {
     if std::env::args().any(|a| a == "--bench") && std::env::args().any(|a| a == "--list") {
         return; // `cargo bench -- --list`
     }
-    let runs = runs_from_args();
+    let runs = tests::bench::runs_from_args(10);
     let root = tempfile::tempdir().expect("tempdir");
     let assets = tests::assets::assets();
     let tuned = backend_with(assets.clone(), |_| {});

@@ -8,4 +8,5 @@
 #![doc = include_str!("../../README.md")]
 
 pub mod assets;
+pub mod bench;
 pub mod firecracker;

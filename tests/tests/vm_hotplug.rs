@@ -141,10 +141,11 @@ fn delete_during_a_resize_waits_for_it_in_hotplug_stop() {
             drop(agent);
             let report = vm.shim.delete().await.expect("delete");
             assert!(!report.has_errors(), "{report}");
-            // The resize was in flight when the delete began (the vCPU was there, the
-            // memory not yet) and completed: the resizer reads the sizes it returns under
-            // the lock `hotplug_stop` takes, so its success means every QMP command of it
-            // was answered before the phase finished, and before the VM's shutdown began.
+            // The delete began once the resize had plugged its vCPU, usually while its memory
+            // was still being added (the fake-backend test `delete_waits_in_hotplug_stop_for_
+            // a_resize_in_flight` makes that certain). Either way the resize completed: the
+            // resizer reads the sizes it returns under the lock `hotplug_stop` takes, so no
+            // QMP command of it raced the VM's shutdown, and nothing is left.
             let resized = resize
                 .await
                 .unwrap()

@@ -15,8 +15,8 @@ use ttrpc::Code;
 /// How often `OnlineCpus` looks for the vCPUs it waits for.
 const POLL: Duration = Duration::from_millis(10);
 
-/// Longest wait `OnlineCpus` accepts (a minute).
-const MAX_WAIT_MS: u32 = 60_000;
+/// Longest wait `OnlineCpus` accepts.
+const MAX_WAIT_MS: u32 = spinbox_protocol::MAX_ONLINE_CPUS_WAIT_MS;
 
 /// The service, over the files under `root`.
 pub struct ResourcesService {

@@ -14,6 +14,9 @@ pub const AGENT_PORT: u32 = 1024;
 /// The host vsock port the agent connects to once it serves, to announce readiness.
 pub const READY_PORT: u32 = 1025;
 
+/// Longest wait `Resources.OnlineCpus` accepts, in milliseconds (a minute).
+pub const MAX_ONLINE_CPUS_WAIT_MS: u32 = 60_000;
+
 /// The vsock port the agent takes stdio streams on (see `Task` in `proto/agent.proto`).
 pub const STDIO_PORT: u32 = 1026;
 

@@ -23,7 +23,8 @@ pub struct HotplugConfig {
     pub cpu: Policy,
     /// The memory controller's policy (units: MiB).
     pub memory: Policy,
-    /// Bound on the guest taking a hot-added vCPU or memory device (default 10 s).
+    /// Bound on the guest taking a hot-added vCPU or memory device (default 10 s; the
+    /// agent waits for a vCPU at most a minute).
     pub online_timeout: Duration,
 }
 
@@ -60,6 +61,9 @@ impl Sampler for CpuSampler {
             return Ok(None);
         }
         let usage = self.resizer.agent().usage().await?;
+        // The size the actuator works on: vCPUs plugged (one not onlined yet is onlined by
+        // the next change).
+        let current = u32::from(self.resizer.cpus().await?);
         let now = (usage.cpu_busy_ticks, usage.cpu_total_ticks);
         let last = self
             .last
@@ -76,7 +80,7 @@ impl Sampler for CpuSampler {
         #[allow(clippy::cast_precision_loss)] // tick counts far below 2^52
         let utilisation = now.0.saturating_sub(busy0) as f64 * 100.0 / total as f64;
         Ok(Some(Sample {
-            current: usage.online_cpus,
+            current,
             utilisation,
         }))
     }
@@ -159,9 +163,13 @@ impl Controllers {
             })
         });
         let memory = (config.auto && room.memory()).then(|| {
+            // Each change is one memory device of `step`: the slots bound the growth too.
+            let by_slots = u32::from(room.memory_slots)
+                .saturating_mul(config.memory.step)
+                .saturating_add(room.boot_memory_mib);
             let bounds = Bounds {
                 min: room.boot_memory_mib,
-                max: room.max_memory_mib,
+                max: room.max_memory_mib.min(by_slots),
             };
             let sampler = MemorySampler(Arc::clone(&resizer));
             let actuator = MemoryActuator(Arc::clone(&resizer));
@@ -200,19 +208,22 @@ impl Controllers {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        let mut report = HotplugReport::default();
-        if let Some(task) = cpu {
-            report.cpu = Some(
-                task.await
-                    .map_err(|e| format!("the CPU controller failed: {e}"))?,
-            );
-        }
-        if let Some(task) = memory {
-            report.memory = Some(
-                task.await
-                    .map_err(|e| format!("the memory controller failed: {e}"))?,
-            );
-        }
-        Ok(report)
+        // Both joined before either's failure is reported.
+        let cpu = match cpu {
+            Some(task) => Some(task.await),
+            None => None,
+        };
+        let memory = match memory {
+            Some(task) => Some(task.await),
+            None => None,
+        };
+        Ok(HotplugReport {
+            cpu: cpu
+                .transpose()
+                .map_err(|e| format!("the CPU controller failed: {e}"))?,
+            memory: memory
+                .transpose()
+                .map_err(|e| format!("the memory controller failed: {e}"))?,
+        })
     }
 }

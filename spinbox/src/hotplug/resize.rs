@@ -117,13 +117,43 @@ impl Resizer {
     }
 
     /// An explicit resize: sets each size that is given — the vCPU count, the memory in
-    /// MiB (rounded up to whole memory blocks, see [`Resizer::set_memory`]) — and pins it,
-    /// so its controller stops changing it. Both are one change: [`Resizer::close`] waits
-    /// for all of it. Returns the sizes reached.
+    /// MiB (rounded up to whole memory blocks, see [`Resizer::set_memory`]) — and, once it
+    /// is set, pins it, so its controller stops changing it (a resize that fails pins
+    /// nothing). Both are one change: [`Resizer::close`] waits for all of it. Returns the
+    /// sizes reached.
     pub async fn resize(
         &self,
         cpus: Option<u16>,
         memory_mib: Option<u32>,
+    ) -> Result<(u16, u32), ResizeError> {
+        self.change(cpus, memory_mib, true).await
+    }
+
+    /// Sets the vCPU count: adds vCPUs at the lowest free positions and has the guest online
+    /// them (and any plugged one still offline), or removes the highest hot-added ones (the
+    /// guest offlines them first). A pinned count is left as it is: this is the controllers'
+    /// path, and an explicit resize may have pinned it while this call waited.
+    pub async fn set_cpus(&self, target: u16) -> Result<u16, ResizeError> {
+        Ok(self.change(Some(target), None, false).await?.0)
+    }
+
+    /// Sets the memory size in MiB. Growing adds one device of the difference rounded up
+    /// to the memory block (128 MiB), at most up to the maximum, and waits until the guest
+    /// onlined it; shrinking removes the newest devices while the size stays at or above
+    /// the target (the guest may refuse to give memory back). A pinned size is left as it is,
+    /// as with [`Resizer::set_cpus`].
+    pub async fn set_memory(&self, target_mib: u32) -> Result<u32, ResizeError> {
+        Ok(self.change(None, Some(target_mib), false).await?.1)
+    }
+
+    /// One change: the targets checked against the room, then applied under the operation
+    /// lock (pinned if asked), and the sizes read before the lock is released, so that
+    /// `close` returning means no device operation or query of it is left.
+    async fn change(
+        &self,
+        cpus: Option<u16>,
+        memory_mib: Option<u32>,
+        pin: bool,
     ) -> Result<(u16, u32), ResizeError> {
         let room = self.room();
         if let Some(n) = cpus {
@@ -146,38 +176,23 @@ impl Resizer {
         if *closed {
             return Err(ResizeError::Closed);
         }
-        if let Some(n) = cpus {
-            self.cpus_pinned.store(true, Ordering::Release);
+        // A controller's change leaves a size alone that an explicit resize pinned while
+        // it waited for the lock.
+        if let Some(n) = cpus.filter(|_| pin || !self.cpus_pinned()) {
             self.apply_cpus(n).await?;
+            if pin {
+                self.cpus_pinned.store(true, Ordering::Release);
+            }
         }
-        if let Some(m) = memory_mib {
-            self.memory_pinned.store(true, Ordering::Release);
+        if let Some(m) = memory_mib.filter(|_| pin || !self.memory_pinned()) {
             self.apply_memory(m).await?;
+            if pin {
+                self.memory_pinned.store(true, Ordering::Release);
+            }
         }
-        // Read under the lock too: `close` returning means no device query is left either.
         let sizes = (self.cpus().await?, self.memory_mib().await?);
         drop(closed);
         Ok(sizes)
-    }
-
-    /// Sets the vCPU count: adds vCPUs at the lowest free positions and has the guest online
-    /// them, or removes the highest hot-added ones (the guest offlines them first).
-    pub async fn set_cpus(&self, target: u16) -> Result<u16, ResizeError> {
-        let room = self.room();
-        check(
-            "vCPU count",
-            target.into(),
-            room.boot_cpus.into(),
-            room.max_cpus.into(),
-        )?;
-        let closed = self.op.lock().await;
-        if *closed {
-            return Err(ResizeError::Closed);
-        }
-        self.apply_cpus(target).await?;
-        let cpus = self.cpus().await;
-        drop(closed);
-        cpus
     }
 
     /// [`Resizer::set_cpus`]'s change, with the operation lock held.
@@ -185,10 +200,11 @@ impl Resizer {
         let slots = self.vm.cpu_slots().await?;
         let plugged = slots.iter().filter(|s| s.plugged).count();
         let target_n = usize::from(target);
-        if target_n > plugged {
+        if target_n >= plugged {
             for s in slots.iter().filter(|s| !s.plugged).take(target_n - plugged) {
                 self.vm.add_cpu(s.slot).await?;
             }
+            // Also onlines a vCPU an earlier change plugged but the guest did not take.
             self.agent.online_cpus(target, self.online_timeout).await?;
         } else {
             for s in slots
@@ -201,28 +217,6 @@ impl Resizer {
             }
         }
         Ok(())
-    }
-
-    /// Sets the memory size in MiB. Growing adds one device of the difference rounded up
-    /// to the memory block (128 MiB), at most up to the maximum, and waits until the guest
-    /// onlined it; shrinking removes the newest devices while the size stays at or above
-    /// the target (the guest may refuse to give memory back).
-    pub async fn set_memory(&self, target_mib: u32) -> Result<u32, ResizeError> {
-        let room = self.room();
-        check(
-            "memory (MiB)",
-            target_mib.into(),
-            room.boot_memory_mib.into(),
-            room.max_memory_mib.into(),
-        )?;
-        let closed = self.op.lock().await;
-        if *closed {
-            return Err(ResizeError::Closed);
-        }
-        self.apply_memory(target_mib).await?;
-        let memory = self.memory_mib().await;
-        drop(closed);
-        memory
     }
 
     /// [`Resizer::set_memory`]'s change, with the operation lock held.
@@ -285,5 +279,83 @@ fn check(what: &'static str, got: u64, min: u64, max: u64) -> Result<(), ResizeE
             max,
             got,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vm::agent::{dial_with_retry, RetryPolicy};
+    use crate::vm::fake::{FakeBackend, FakeScript};
+    use crate::vm::{VmBackend, VmId, VmSpec};
+
+    async fn fake_resizer(root: &std::path::Path) -> Resizer {
+        let spec = VmSpec {
+            id: VmId::new("r").unwrap(),
+            cpus: 1,
+            memory_mib: 256,
+            max_cpus: 4,
+            max_memory_mib: 1024,
+            memory_slots: 2,
+            kernel_args: Vec::new(),
+            state_root: root.to_owned(),
+            ready_timeout: Duration::from_secs(5),
+            shares: Vec::new(),
+        };
+        let vm = FakeBackend::new(FakeScript::default())
+            .start(&spec)
+            .await
+            .unwrap();
+        let agent = dial_with_retry(
+            &vm.agent_address(),
+            Duration::from_secs(2),
+            RetryPolicy::default(),
+        )
+        .await
+        .unwrap();
+        Resizer::new(vm, agent, Duration::from_secs(2))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pinned_size_is_left_to_explicit_resizes() {
+        let root = tempfile::tempdir().unwrap();
+        let r = fake_resizer(root.path()).await;
+        assert_eq!(r.set_cpus(2).await.unwrap(), 2);
+        assert!(!r.cpus_pinned());
+        assert_eq!(r.resize(Some(3), None).await.unwrap(), (3, 256));
+        assert!(r.cpus_pinned() && !r.memory_pinned());
+        // The controllers' path leaves the pinned count alone, not the memory.
+        assert_eq!(r.set_cpus(4).await.unwrap(), 3);
+        assert_eq!(r.set_memory(512).await.unwrap(), 512);
+        // A failed explicit resize pins nothing: out of the slots (2 devices).
+        assert_eq!(r.set_memory(640).await.unwrap(), 640);
+        let e = r.resize(None, Some(1024)).await.unwrap_err();
+        assert!(
+            matches!(e, ResizeError::Hotplug(HotplugError::NoRoom { .. })),
+            "{e:?}"
+        );
+        assert!(!r.memory_pinned());
+        r.close().await;
+        assert!(matches!(r.set_cpus(1).await, Err(ResizeError::Closed)));
+        assert!(matches!(
+            r.resize(Some(1), None).await,
+            Err(ResizeError::Closed)
+        ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn memory_rounds_up_to_blocks_and_shrinks_by_whole_devices() {
+        let root = tempfile::tempdir().unwrap();
+        let r = fake_resizer(root.path()).await;
+        assert_eq!(r.set_memory(257).await.unwrap(), 384);
+        assert_eq!(r.set_memory(1000).await.unwrap(), 1024);
+        // 1024 - 640 (the second device) would fall below 800: nothing is removed.
+        assert_eq!(r.set_memory(800).await.unwrap(), 1024);
+        assert_eq!(r.set_memory(256).await.unwrap(), 256);
+        let e = r.set_memory(1025).await.unwrap_err();
+        assert!(
+            matches!(e, ResizeError::OutOfRange { max: 1024, .. }),
+            "{e:?}"
+        );
     }
 }

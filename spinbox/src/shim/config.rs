@@ -143,10 +143,11 @@ impl HotplugFile {
             config.auto = auto;
         }
         match self.hotplug_online_timeout_ms {
-            Some(0) => {
-                return Err(ConfigError::Invalid(
-                    "hotplug_online_timeout_ms must be greater than 0".to_owned(),
-                ))
+            Some(ms) if ms == 0 || ms > u64::from(spinbox_protocol::MAX_ONLINE_CPUS_WAIT_MS) => {
+                return Err(ConfigError::Invalid(format!(
+                    "hotplug_online_timeout_ms must be between 1 and {}, got {ms}",
+                    spinbox_protocol::MAX_ONLINE_CPUS_WAIT_MS
+                )))
             }
             Some(ms) => config.online_timeout = Duration::from_millis(ms),
             None => {}
@@ -436,7 +437,11 @@ mod tests {
                 "cpu_policy",
             ),
             (r#"{"memory_policy": {"step": 100}}"#, "multiple of 128"),
-            (r#"{"hotplug_online_timeout_ms": 0}"#, "greater than 0"),
+            (r#"{"hotplug_online_timeout_ms": 0}"#, "between 1 and 60000"),
+            (
+                r#"{"hotplug_online_timeout_ms": 60001}"#,
+                "between 1 and 60000",
+            ),
             (r#"{"cpu_policy": {"intervall_ms": 5}}"#, "unknown field"),
             (r#"{"hotplug_autoo": true}"#, "unknown field"),
         ] {

@@ -562,7 +562,7 @@ impl Shim {
         if session.state.try_publish().is_err() {
             return Err(claimed());
         }
-        session.start_hotplug(Arc::clone(&vm), client.clone()).await;
+        session.start_hotplug(Arc::clone(&vm), client.clone());
         if shared.sm.try_mark_created().is_err() {
             // A shutdown (or the exit watcher) moved the shim to ShuttingDown.
             return Err(Failure::Crashed);

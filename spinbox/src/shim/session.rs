@@ -279,24 +279,15 @@ impl Session {
         s
     }
 
-    /// Starts the hotplug controllers of the VM that is up (resizing through `agent`).
-    /// After `hotplug_stop` ran they are stopped again at once, so none outlives the phase.
-    pub(crate) async fn start_hotplug(&self, vm: Arc<dyn Vm>, agent: AgentClient) {
+    /// Starts the hotplug controllers of the VM that is up (resizing through `agent`),
+    /// unless `hotplug_stop` already ran: the check and the start are one step under the
+    /// slot's lock, so no controller outlives the phase.
+    pub(crate) fn start_hotplug(&self, vm: Arc<dyn Vm>, agent: AgentClient) {
         let config = &self.shared.config.hotplug;
-        let resizer = Arc::new(Resizer::new(vm, agent, config.online_timeout));
-        let controllers = Arc::new(Controllers::start(resizer, config));
-        let late = {
-            let mut slot = lock(&self.hotplug);
-            match &mut *slot {
-                HotplugSlot::Open(place) => {
-                    *place = Some(Arc::clone(&controllers));
-                    false
-                }
-                HotplugSlot::Closed => true,
-            }
-        };
-        if late {
-            let _ = controllers.stop().await;
+        let mut slot = lock(&self.hotplug);
+        if let HotplugSlot::Open(place) = &mut *slot {
+            let resizer = Arc::new(Resizer::new(vm, agent, config.online_timeout));
+            *place = Some(Arc::new(Controllers::start(resizer, config)));
         }
     }
 

@@ -282,9 +282,13 @@ impl AgentClient {
         Ok(GuestUsage::from(&r))
     }
 
-    /// `Resources.OnlineCpus`: waits up to `wait` until `present` vCPUs are present, onlines
-    /// the offline ones, and returns the counters after it.
+    /// `Resources.OnlineCpus`: waits up to `wait` (at most
+    /// [`MAX_ONLINE_CPUS_WAIT_MS`](spinbox_protocol::MAX_ONLINE_CPUS_WAIT_MS)) until `present`
+    /// vCPUs are present, onlines the offline ones, and returns the counters after it.
     pub async fn online_cpus(&self, present: u16, wait: Duration) -> Result<GuestUsage, RpcError> {
+        let wait = wait.min(Duration::from_millis(
+            spinbox_protocol::MAX_ONLINE_CPUS_WAIT_MS.into(),
+        ));
         let req = OnlineCpusRequest {
             present_at_least: present.into(),
             timeout_ms: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX),

@@ -368,17 +368,7 @@ impl VmBackend for FakeBackend {
             stops: AtomicUsize::new(0),
             infos: AtomicUsize::new(0),
             ready_timeout: spec.ready_timeout,
-            hotplug: FakeHotplug::new(
-                HotplugRoom {
-                    boot_cpus: spec.cpus,
-                    max_cpus: spec.max_cpus,
-                    boot_memory_mib: spec.memory_mib,
-                    max_memory_mib: spec.max_memory_mib,
-                    memory_slots: spec.memory_slots,
-                    cpus_removable: true,
-                },
-                script.hotplug_delay,
-            ),
+            hotplug: FakeHotplug::new(spec.hotplug_room(true), script.hotplug_delay),
             this: this.clone(),
         });
         let mut server = match serve(&socket, &vm) {

@@ -151,8 +151,9 @@ impl FakeHotplug {
         }
         let room = self.room;
         self.change("add_memory", |s| {
-            let plugged: u32 = s.memory.iter().map(|d| d.size_mib).sum();
-            if room.boot_memory_mib + plugged + size_mib > room.max_memory_mib
+            let plugged: u64 = s.memory.iter().map(|d| u64::from(d.size_mib)).sum();
+            if u64::from(room.boot_memory_mib) + plugged + u64::from(size_mib)
+                > u64::from(room.max_memory_mib)
                 || s.memory.len() >= usize::from(room.memory_slots)
             {
                 return Err(HotplugError::NoRoom {

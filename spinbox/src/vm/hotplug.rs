@@ -86,7 +86,8 @@ impl HotplugRoom {
     }
 }
 
-/// Why a hotplug operation failed. Whatever it had started was undone.
+/// Why a hotplug operation failed. What it had added is undone; a removal the guest did not
+/// complete in time ([`HotplugError::Timeout`]) stays pending in the guest.
 #[derive(Debug, thiserror::Error)]
 pub enum HotplugError {
     /// The backend cannot hot-plug.

@@ -410,6 +410,21 @@ impl VmSpec {
     }
 }
 
+impl VmSpec {
+    /// The growth room this spec gives, for a backend that can also take hot-added vCPUs
+    /// back (`cpus_removable`) or not.
+    pub fn hotplug_room(&self, cpus_removable: bool) -> HotplugRoom {
+        HotplugRoom {
+            boot_cpus: self.cpus,
+            max_cpus: self.max_cpus,
+            boot_memory_mib: self.memory_mib,
+            max_memory_mib: self.max_memory_mib,
+            memory_slots: self.memory_slots,
+            cpus_removable,
+        }
+    }
+}
+
 /// Checks `got` against `min..=max`.
 pub(crate) fn range(what: &'static str, got: u64, min: u64, max: u64) -> Result<(), SpecError> {
     if (min..=max).contains(&got) {

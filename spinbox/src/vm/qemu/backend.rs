@@ -64,6 +64,10 @@ const QMP_DRAIN: Duration = Duration::from_millis(500);
 /// the eighth DIMM with "a used vhost backend has no free memory slots left".
 pub const MAX_VHOST_USER_MEMORY_SLOTS: u16 = 7;
 
+/// Boot memory from which q35 puts part of it above 4 GiB (two memory regions instead of
+/// one; QEMU's `pc_q35_init`, not measured here).
+const Q35_SPLIT_MIB: u32 = 2816;
+
 /// The kernel argument that makes the guest online hot-added memory itself, in the
 /// movable zone so it can be offlined and removed again.
 pub const MEMORY_ONLINE_ARG: &str = "memhp_default_state=online_movable";
@@ -217,12 +221,18 @@ impl QemuBackend {
     pub async fn start_qemu(&self, spec: &VmSpec) -> Result<Arc<QemuVm>, BootError> {
         spec.validate().map_err(BootError::Spec)?;
         if spec.max_memory_mib > spec.memory_mib {
+            // q35 splits boot memory of 2816 MiB or more below and above 4 GiB: two regions.
+            let boot_regions = if spec.memory_mib >= Q35_SPLIT_MIB {
+                2
+            } else {
+                1
+            };
             crate::vm::range(
                 "memory slots (vhost-device-vsock maps at most 8 memory regions, the boot \
                  memory's included)",
                 spec.memory_slots.into(),
                 1,
-                MAX_VHOST_USER_MEMORY_SLOTS.into(),
+                (MAX_VHOST_USER_MEMORY_SLOTS + 1 - boot_regions).into(),
             )
             .map_err(BootError::Spec)?;
         }
@@ -374,7 +384,9 @@ impl QemuBackend {
         };
         Ok(Arc::new(QemuVm {
             hotplug: QemuHotplug::new(
-                growth_room(spec, accelerator),
+                // QEMU 7.2 under TCG segfaults on a vCPU `device_add` after any vCPU
+                // `device_del` (measured: add, remove, add → SIGSEGV).
+                spec.hotplug_room(accelerator != Accelerator::Tcg),
                 config.needs_shared_memory(),
                 c.removal_timeout,
             ),
@@ -391,20 +403,6 @@ impl QemuBackend {
             stopping: watch::Sender::new(false),
             exit,
         }))
-    }
-}
-
-/// The VM's growth room, as its spec gives it and its accelerator allows.
-fn growth_room(spec: &VmSpec, accelerator: Accelerator) -> HotplugRoom {
-    HotplugRoom {
-        boot_cpus: spec.cpus,
-        max_cpus: spec.max_cpus,
-        boot_memory_mib: spec.memory_mib,
-        max_memory_mib: spec.max_memory_mib,
-        memory_slots: spec.memory_slots,
-        // QEMU 7.2 under TCG segfaults on a vCPU `device_add` after any vCPU `device_del`
-        // (measured: add, remove, add → SIGSEGV).
-        cpus_removable: accelerator != Accelerator::Tcg,
     }
 }
 
@@ -879,7 +877,7 @@ impl Vm for QemuVm {
     }
 
     async fn memory_devices(&self) -> Result<Vec<MemoryDevice>, HotplugError> {
-        Ok(self.hotplug.memory_devices().await)
+        self.hotplug.memory_devices(self.instance.qmp()).await
     }
 
     async fn add_memory(&self, size_mib: u32) -> Result<MemoryDevice, HotplugError> {

@@ -9,8 +9,12 @@
 //!   `pc-dimm` on it. Removal is `device_del` of the DIMM — the guest offlines the memory
 //!   and ejects it, or refuses (`ACPI_DEVICE_OST` with a failure status) — then `object-del`.
 //!
-//! One operation at a time per VM (a mutex), so device ids and the room check never race;
-//! a removal the guest does not complete within the bound is reported and the device stays.
+//! One vCPU operation and one memory operation at a time per VM (a mutex each), so device
+//! ids and the room checks never race (the shim's `Resizer` serializes all of them); a
+//! listing waits for a memory operation in flight. A removal the guest does not complete
+//! within the bound is reported and the device stays listed; when the guest completes it
+//! later, the next memory operation or listing finds the DIMM gone from QEMU and deletes
+//! its backend. A backend whose `object-del` failed is retried the same way.
 
 use std::time::Duration;
 
@@ -40,6 +44,13 @@ const OST_EJECT: u64 = 3;
 struct Memory {
     next: u64,
     devices: Vec<MemoryDevice>,
+    /// Memory backends whose DIMM is gone but whose `object-del` has not succeeded yet.
+    stale: Vec<String>,
+}
+
+/// The memory backend object of the DIMM `id` (`hpdimmN` → `hpmemN`).
+fn backend_of(id: &str) -> String {
+    format!("hpmem{}", id.trim_start_matches("hpdimm"))
 }
 
 /// A QEMU VM's hotplug state.
@@ -213,8 +224,56 @@ impl QemuHotplug {
         Ok(())
     }
 
-    pub(crate) async fn memory_devices(&self) -> Vec<MemoryDevice> {
-        self.memory.lock().await.devices.clone()
+    pub(crate) async fn memory_devices(
+        &self,
+        qmp: &QmpClient,
+    ) -> Result<Vec<MemoryDevice>, HotplugError> {
+        let mut memory = self.memory.lock().await;
+        Self::reconcile(qmp, &mut memory).await?;
+        Ok(memory.devices.clone())
+    }
+
+    /// Drops the devices QEMU no longer has (a removal the guest completed after its bound)
+    /// and deletes their backends, retrying those whose deletion failed before.
+    async fn reconcile(qmp: &QmpClient, memory: &mut Memory) -> Result<(), HotplugError> {
+        if memory.devices.is_empty() && memory.stale.is_empty() {
+            return Ok(());
+        }
+        let listed = Self::dimm_ids(qmp).await?;
+        let (kept, gone): (Vec<_>, Vec<_>) = std::mem::take(&mut memory.devices)
+            .into_iter()
+            .partition(|d| listed.contains(&d.id));
+        memory.devices = kept;
+        for d in gone {
+            tracing::info!(id = %d.id, "the guest released a memory device after its bound");
+            memory.stale.push(backend_of(&d.id));
+        }
+        for object in std::mem::take(&mut memory.stale) {
+            if let Err(e) = qmp
+                .execute("object-del", Some(json!({ "id": object })))
+                .await
+            {
+                tracing::warn!(%object, error = %e, "cannot delete a memory backend; will retry");
+                memory.stale.push(object);
+            }
+        }
+        Ok(())
+    }
+
+    /// The ids of the memory devices QEMU has.
+    async fn dimm_ids(qmp: &QmpClient) -> Result<Vec<String>, HotplugError> {
+        let v = qmp
+            .execute("query-memory-devices", None)
+            .await
+            .map_err(|e| vmm("list memory devices", e))?;
+        Ok(v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|d| d.pointer("/data/id").and_then(Value::as_str))
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 
     pub(crate) async fn add_memory(
@@ -226,15 +285,16 @@ impl QemuHotplug {
             return Err(HotplugError::MemorySize(size_mib));
         }
         let mut memory = self.memory.lock().await;
-        let plugged: u32 = memory.devices.iter().map(|d| d.size_mib).sum();
-        let room = self.room.max_memory_mib - self.room.boot_memory_mib;
-        if plugged + size_mib > room {
+        Self::reconcile(qmp, &mut memory).await?;
+        let plugged: u64 = memory.devices.iter().map(|d| u64::from(d.size_mib)).sum();
+        let room = u64::from(self.room.max_memory_mib - self.room.boot_memory_mib);
+        if plugged + u64::from(size_mib) > room {
             return Err(HotplugError::NoRoom {
                 what: "memory",
                 detail: format!(
                     "{size_mib} MiB more would exceed the maximum of {} MiB ({} MiB in use)",
                     self.room.max_memory_mib,
-                    self.room.boot_memory_mib + plugged
+                    u64::from(self.room.boot_memory_mib) + plugged
                 ),
             });
         }
@@ -268,7 +328,8 @@ impl QemuHotplug {
                 .execute("object-del", Some(json!({ "id": object })))
                 .await
             {
-                tracing::warn!(%object, error = %undo, "cannot delete the memory backend of a failed add");
+                tracing::warn!(%object, error = %undo, "cannot delete the memory backend of a failed add; will retry");
+                memory.stale.push(object);
             }
             return Err(vmm("add a memory device", e));
         }
@@ -287,32 +348,25 @@ impl QemuHotplug {
         id: &str,
     ) -> Result<(), HotplugError> {
         let mut memory = self.memory.lock().await;
+        Self::reconcile(qmp, &mut memory).await?;
         let Some(index) = memory.devices.iter().position(|d| d.id == id) else {
             return Err(HotplugError::NotRemovable {
                 what: "memory",
                 detail: format!("no hot-added memory device {id:?}"),
             });
         };
-        let object = format!("hpmem{}", id.trim_start_matches("hpdimm"));
         let mut events = qmp.events();
         qmp.execute("device_del", Some(json!({ "id": id })))
             .await
             .map_err(|e| vmm("remove a memory device", e))?;
         self.wait_gone(&mut events, id, || async {
-            let v = qmp
-                .execute("query-memory-devices", None)
-                .await
-                .map_err(|e| vmm("list memory devices", e))?;
-            Ok(!v.as_array().is_some_and(|a| {
-                a.iter()
-                    .any(|d| d.pointer("/data/id").and_then(Value::as_str) == Some(id))
-            }))
+            Ok(!Self::dimm_ids(qmp).await?.iter().any(|d| d == id))
         })
         .await?;
         memory.devices.remove(index);
-        qmp.execute("object-del", Some(json!({ "id": object })))
-            .await
-            .map_err(|e| vmm("delete a memory backend", e))?;
+        // The DIMM is gone; its backend goes now, or with the next memory operation.
+        memory.stale.push(backend_of(id));
+        Self::reconcile(qmp, &mut memory).await?;
         tracing::info!(%id, "memory removed");
         Ok(())
     }
