@@ -110,6 +110,47 @@ fn run_boots_deletes_and_reports() {
     );
 }
 
+/// The CPU controller end to end (SPEC §12): a VM with room for a second vCPU, a container
+/// that keeps its one vCPU busy, and a fast CPU policy from a config file; the controller
+/// hot-adds the vCPU, the guest onlines it, the container sees it. The container's own loop
+/// ends as soon as `nproc` says 2 (bounded at 120 s, which only a broken controller reaches).
+#[test]
+fn the_cpu_controller_gives_a_busy_container_a_second_vcpu() {
+    let root = tempfile::tempdir().unwrap();
+    let config = root.path().join("fast-policy.json");
+    let text = serde_json::json!({
+        "cpu_policy": {"interval_ms": 500, "scale_up_stability": 2, "scale_up_cooldown_ms": 500},
+        // Other VMs of the suite may share the 2 cores: a slow guest is not a failure.
+        "hotplug_online_timeout_ms": 60_000,
+    });
+    std::fs::write(&config, text.to_string()).unwrap();
+    let script = "while :; do :; done & \
+                  i=0; while [ $(nproc) -lt 2 ] && [ $i -lt 600 ]; do sleep 0.2; i=$((i+1)); done; \
+                  nproc";
+    let (code, out, err) = spinbox(
+        &[
+            "run",
+            "--id",
+            "cli-grow",
+            "--max-cpus",
+            "2",
+            "--config",
+            config.to_str().unwrap(),
+            "--",
+            "/bin/sh",
+            "-c",
+            script,
+        ],
+        root.path(),
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(
+        out.trim(),
+        "2",
+        "the container never saw a second vCPU:\n{err}"
+    );
+}
+
 #[test]
 fn bad_input_is_a_one_line_error() {
     let root = tempfile::tempdir().unwrap();
@@ -138,6 +179,19 @@ fn bad_input_is_a_one_line_error() {
         "spinbox: invalid VM settings: memory (MiB) must be between 128 and 1048576, got 999999999"
     );
     assert!(out.is_empty(), "refused before anything ran: {out}");
+    let (code, _, err) = spinbox(&["run", "--max-cpus", "0"], root.path());
+    assert_eq!(code, 1);
+    assert_eq!(
+        err.trim(),
+        "spinbox: invalid VM settings: maximum vCPU count must be between 1 and 255, got 0"
+    );
+    let (code, _, err) = spinbox(&["run", "--max-memory", "300"], root.path());
+    assert_eq!(code, 1);
+    assert_eq!(
+        err.trim(),
+        "spinbox: invalid VM settings: the memory growth room (maximum minus boot memory) must \
+         be a multiple of 128 MiB, the guest's memory block size, got 44 MiB"
+    );
     let (code, _, err) = spinbox(&["run", "--kernel", "/tmp"], root.path());
     assert_eq!(code, 1);
     assert_eq!(

@@ -61,9 +61,10 @@ impl Sampler for CpuSampler {
             return Ok(None);
         }
         let usage = self.resizer.agent().usage().await?;
-        // The size the actuator works on: vCPUs plugged (one not onlined yet is onlined by
-        // the next change).
-        let current = u32::from(self.resizer.cpus().await?);
+        // The vCPUs the guest can use: plugged and online. A vCPU plugged by a change whose
+        // onlining failed counts as missing, so a busy guest asks for it again and the next
+        // change onlines it.
+        let current = u32::from(self.resizer.cpus().await?).min(usage.online_cpus);
         let now = (usage.cpu_busy_ticks, usage.cpu_total_ticks);
         let last = self
             .last

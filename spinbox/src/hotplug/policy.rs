@@ -459,6 +459,7 @@ pub async fn run_controller(
             Err(error) => {
                 report.sample_errors += 1;
                 decider.skip();
+                let error = crate::check::error_chain(&*error);
                 tracing::warn!(controller = name, %error, "hotplug: sampling failed");
                 continue;
             }
@@ -496,6 +497,7 @@ pub async fn run_controller(
             }
             Err(error) => {
                 report.resize_errors += 1;
+                let error = crate::check::error_chain(&*error);
                 tracing::warn!(controller = name, target, %error, "hotplug: resize failed");
             }
         }
