@@ -34,9 +34,10 @@
 //! every transition of the shim's machine and every phase, whatever its outcome.
 //!
 //! The phases do real work: `hotplug_stop` stops the CPU and memory hotplug controllers
-//! and waits for a resize in flight ([`Shim::resize`] is refused after it), `io_shutdown`
-//! stops the console forwarding, `conn_close` closes the shim's agent connections, `vm_shutdown` stops the VM through the backend with
-//! the agent's `PrepareShutdown` + `Shutdown` as its graceful step, `mount_cleanup` removes
+//! and waits for a resize in flight ([`Shim::resize`] is refused after it),
+//! `io_shutdown` stops the console forwarding, `conn_close` closes the shim's agent
+//! connections, `vm_shutdown` stops the VM through the backend with the agent's
+//! `PrepareShutdown` + `Shutdown` as its graceful step, `mount_cleanup` removes
 //! what the VM created on disk (and nothing else), and `event_close` ends the event stream
 //! when the teardown is the shim's last. `network_cleanup` is an explicit no-op: spinbox
 //! has no networking yet.
@@ -363,8 +364,8 @@ impl Shim {
     /// Resizes the created or running VM by hotplug (SPEC §12): each of `cpus` and
     /// `memory_mib` that is given becomes the VM's new size — within the boot size and the
     /// maximum ([`ShimConfig::max_cpus`], [`ShimConfig::max_memory_mib`]), memory rounded up
-    /// to 128 MiB — and is pinned there: its controller no longer changes it. Returns the
-    /// sizes reached. One change, serialized with the controllers' own: the teardown's
+    /// to 128 MiB — and, once set, is pinned there: its controller no longer changes it (a
+    /// resize that fails pins nothing). Returns the sizes reached. One change, serialized with the controllers' own: the teardown's
     /// `hotplug_stop` waits for all of it, and refuses resizes after it.
     pub async fn resize(
         &self,

@@ -114,7 +114,7 @@ pub(crate) struct Session {
     /// the order made; `mount_cleanup` unmounts them in reverse.
     pub(crate) host_mounts: Mutex<Vec<std::path::PathBuf>>,
     /// The hotplug controllers, once the VM is up; `hotplug_stop` stops them and closes
-    /// the slot, so controllers started after it are stopped at once.
+    /// the slot, after which none is started.
     hotplug: Mutex<HotplugSlot>,
     cleanup: CleanupOrchestrator,
     teardown: SharedTask<Option<ShimReport>>,
