@@ -379,24 +379,42 @@ enum Timeline {
 
 /// Resolves on the first SIGINT, SIGTERM or SIGHUP.
 async fn interrupted() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).ok();
-    let mut hup = signal(SignalKind::hangup()).ok();
-    let wait = |s: &mut Option<tokio::signal::unix::Signal>| {
-        let s = s.take();
-        async move {
+    Interrupts::new().next().await
+}
+
+/// Listeners of SIGINT, SIGTERM and SIGHUP. Each keeps a signal delivered after it was made
+/// until [`Interrupts::next`] takes it, so one made before a teardown starts loses none.
+struct Interrupts {
+    int: Option<tokio::signal::unix::Signal>,
+    term: Option<tokio::signal::unix::Signal>,
+    hup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Interrupts {
+    fn new() -> Self {
+        use tokio::signal::unix::{signal, SignalKind};
+        Self {
+            int: signal(SignalKind::interrupt()).ok(),
+            term: signal(SignalKind::terminate()).ok(),
+            hup: signal(SignalKind::hangup()).ok(),
+        }
+    }
+
+    /// The next signal's name.
+    async fn next(&mut self) -> &'static str {
+        async fn wait(s: Option<&mut tokio::signal::unix::Signal>) {
             match s {
-                Some(mut s) => {
+                Some(s) => {
                     s.recv().await;
                 }
                 None => std::future::pending().await,
             }
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => "SIGINT",
-        () = wait(&mut term) => "SIGTERM",
-        () = wait(&mut hup) => "SIGHUP",
+        tokio::select! {
+            () = wait(self.int.as_mut()) => "SIGINT",
+            () = wait(self.term.as_mut()) => "SIGTERM",
+            () = wait(self.hup.as_mut()) => "SIGHUP",
+        }
     }
 }
 
@@ -555,11 +573,14 @@ async fn watching_signals_to<T>(
     work: impl std::future::Future<Output = T>,
     to_stderr: bool,
 ) -> T {
+    // Listening before `work` is first polled (nothing of it has run yet): a signal sent
+    // once the teardown began is never lost.
+    let mut interrupts = Interrupts::new();
     tokio::pin!(work);
     loop {
         tokio::select! {
             out = &mut work => return out,
-            signal = interrupted() => {
+            signal = interrupts.next() => {
                 let line = format!("{} {signal}: killing the VM", stamp(start));
                 if to_stderr {
                     eprintln!("{line}");
