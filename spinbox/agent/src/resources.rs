@@ -57,6 +57,43 @@ impl ResourcesService {
         }
         Ok(onlined)
     }
+    /// `OnlineCpus`: waits (bounded) for the vCPUs asked for to be present, onlines every
+    /// present one that is offline, and answers with the counters.
+    async fn online_wait(&self, req: OnlineCpusRequest) -> ttrpc::Result<UsageResponse> {
+        if req.timeout_ms > MAX_WAIT_MS {
+            return Err(status(
+                Code::INVALID_ARGUMENT,
+                format!("timeout_ms {} is above {MAX_WAIT_MS}", req.timeout_ms),
+            ));
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(req.timeout_ms.into());
+        let present = self.cpu_dir().join("present");
+        loop {
+            let now = read(&present)
+                .and_then(|t| count_cpus(&t))
+                .map_err(|e| status(Code::INTERNAL, e))?;
+            if now >= req.present_at_least {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(status(
+                    Code::DEADLINE_EXCEEDED,
+                    format!(
+                        "{now} vCPUs present after {} ms, {} expected",
+                        req.timeout_ms, req.present_at_least
+                    ),
+                ));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        let onlined = self
+            .online_present()
+            .map_err(|e| status(Code::INTERNAL, e))?;
+        if onlined > 0 {
+            tracing::info!(onlined, "onlined hot-added vCPUs");
+        }
+        ResourcesService::usage(self).map_err(|e| status(Code::INTERNAL, e))
+    }
 }
 
 fn status(code: Code, message: impl ToString) -> ttrpc::Error {
@@ -135,46 +172,6 @@ impl Resources for ResourcesService {
         req: OnlineCpusRequest,
     ) -> ttrpc::Result<UsageResponse> {
         self.online_wait(req).await
-    }
-}
-
-impl ResourcesService {
-    /// `OnlineCpus`: waits (bounded) for the vCPUs asked for to be present, onlines every
-    /// present one that is offline, and answers with the counters.
-    async fn online_wait(&self, req: OnlineCpusRequest) -> ttrpc::Result<UsageResponse> {
-        if req.timeout_ms > MAX_WAIT_MS {
-            return Err(status(
-                Code::INVALID_ARGUMENT,
-                format!("timeout_ms {} is above {MAX_WAIT_MS}", req.timeout_ms),
-            ));
-        }
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(req.timeout_ms.into());
-        let present = self.cpu_dir().join("present");
-        loop {
-            let now = read(&present)
-                .and_then(|t| count_cpus(&t))
-                .map_err(|e| status(Code::INTERNAL, e))?;
-            if now >= req.present_at_least {
-                break;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(status(
-                    Code::DEADLINE_EXCEEDED,
-                    format!(
-                        "{now} vCPUs present after {} ms, {} expected",
-                        req.timeout_ms, req.present_at_least
-                    ),
-                ));
-            }
-            tokio::time::sleep(POLL).await;
-        }
-        let onlined = self
-            .online_present()
-            .map_err(|e| status(Code::INTERNAL, e))?;
-        if onlined > 0 {
-            tracing::info!(onlined, "onlined hot-added vCPUs");
-        }
-        ResourcesService::usage(self).map_err(|e| status(Code::INTERNAL, e))
     }
 }
 

@@ -408,9 +408,6 @@ impl VmSpec {
         }
         Ok(())
     }
-}
-
-impl VmSpec {
     /// The growth room this spec gives, for a backend that can also take hot-added vCPUs
     /// back (`cpus_removable`) or not.
     pub fn hotplug_room(&self, cpus_removable: bool) -> HotplugRoom {

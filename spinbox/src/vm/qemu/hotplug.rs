@@ -249,15 +249,21 @@ impl QemuHotplug {
             memory.stale.push(backend_of(&d.id));
         }
         for object in std::mem::take(&mut memory.stale) {
-            if let Err(e) = qmp
-                .execute("object-del", Some(json!({ "id": object })))
-                .await
-            {
-                tracing::warn!(%object, error = %e, "cannot delete a memory backend; will retry");
-                memory.stale.push(object);
-            }
+            Self::delete_backend(qmp, object, &mut memory.stale).await;
         }
         Ok(())
+    }
+
+    /// `object-del` of a memory backend whose DIMM is gone; kept in `stale` for a retry
+    /// when it fails.
+    async fn delete_backend(qmp: &QmpClient, object: String, stale: &mut Vec<String>) {
+        if let Err(e) = qmp
+            .execute("object-del", Some(json!({ "id": object })))
+            .await
+        {
+            tracing::warn!(%object, error = %e, "cannot delete a memory backend; will retry");
+            stale.push(object);
+        }
     }
 
     /// The ids of the memory devices QEMU has.
@@ -365,8 +371,7 @@ impl QemuHotplug {
         .await?;
         memory.devices.remove(index);
         // The DIMM is gone; its backend goes now, or with the next memory operation.
-        memory.stale.push(backend_of(id));
-        Self::reconcile(qmp, &mut memory).await?;
+        Self::delete_backend(qmp, backend_of(id), &mut memory.stale).await;
         tracing::info!(%id, "memory removed");
         Ok(())
     }
