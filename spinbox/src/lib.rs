@@ -80,6 +80,8 @@ pub mod cleanup;
 #[cfg(not(loom))]
 pub mod hotplug;
 #[cfg(not(loom))]
+pub mod net;
+#[cfg(not(loom))]
 pub mod rootfs;
 #[cfg(not(loom))]
 pub mod shim;

@@ -1,0 +1,1 @@
+//! Running CNI plugins: configuration lists, `ADD` and `DEL`, results and errors.

@@ -1,0 +1,1 @@
+//! Network namespaces: created and bound to a file, entered on a thread, removed.
