@@ -43,6 +43,9 @@ const ON_DEMAND: &[(&str, &[(&str, bool)])] = &[
         ],
     ),
     ("virtiofs", &[("virtiofs", false)]),
+    // The virtio-net NIC of a VM with a network (`spinbox.net.*` kernel arguments); its
+    // dependencies (net_failover, failover) come from modinfo.
+    ("net", &[("virtio_net", false)]),
 ];
 
 /// The xz stream magic (`FD 37 7A 58 5A 00`) that starts the bzImage's payload.

@@ -8,6 +8,8 @@
 //! [`Resources`](agent_ttrpc::Resources)) are generated at build time by
 //! `ttrpc-codegen` with rust-protobuf, with no `protoc` involved.
 
+pub mod net;
+
 /// The vsock port the agent serves ttrpc on.
 pub const AGENT_PORT: u32 = 1024;
 
