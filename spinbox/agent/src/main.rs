@@ -4,6 +4,9 @@
 //! 2. loads the kernel modules listed in `/lib/modules/load-order`, in that order, with
 //!    `finit_module` (virtio, virtio-pci, vsock, the virtio vsock transport, the ACPI
 //!    button and evdev);
+//!    When the kernel command line has `spinbox.net.*` arguments, configures the guest's NIC
+//!    from them (loading the `net` module group first) and writes `/etc/resolv.conf` — see
+//!    [`net`]; a failure there is fatal, like any other initialisation error;
 //! 3. opens the ACPI power button's input device (so a QMP `system_powerdown` that comes
 //!    any time after readiness is seen) — see [`power_button`];
 //! 4. starts the child reaper (as PID 1 it inherits every orphan) — see
@@ -24,6 +27,7 @@
 mod container;
 mod init;
 mod listener;
+mod net;
 mod power_button;
 mod ready;
 mod resources;
@@ -53,6 +57,9 @@ enum AgentError {
     /// Early initialisation (mounts, modules) failed.
     #[error("initialisation failed")]
     Init(#[source] init::InitError),
+    /// The network the kernel command line describes could not be configured.
+    #[error("network configuration failed")]
+    Network(#[source] net::NetError),
     /// The tokio runtime could not be built.
     #[error("cannot build the async runtime")]
     Runtime(#[source] std::io::Error),
@@ -107,6 +114,11 @@ fn run(pid1: bool) -> Result<PowerOff, AgentError> {
         init::load_modules(std::path::Path::new(init::MODULE_DIR)).map_err(AgentError::Init)?;
     }
     timeline::mark(timeline::Step::ModulesLoaded);
+    if pid1 {
+        // Before readiness: the host must never see a ready guest without its network.
+        net::configure_from_cmdline(Some(std::path::Path::new(init::MODULE_DIR)))
+            .map_err(AgentError::Network)?;
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

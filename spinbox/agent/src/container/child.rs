@@ -82,10 +82,12 @@ pub enum Stage {
     WaitStart,
     /// `execve` (after searching `PATH`).
     Exec,
+    /// Bind-mounting the guest's `/etc/resolv.conf` read-only onto the rootfs's.
+    ResolvConf,
 }
 
 impl Stage {
-    const ALL: [Stage; 24] = [
+    const ALL: [Stage; 25] = [
         Stage::Ready,
         Stage::Setns,
         Stage::Fds,
@@ -110,6 +112,7 @@ impl Stage {
         Stage::Chdir,
         Stage::WaitStart,
         Stage::Exec,
+        Stage::ResolvConf,
     ];
 
     /// The stage a report names, if it names one.

@@ -3,8 +3,10 @@
 //! In order: every mount made recursively private (nothing propagates back to the agent);
 //! the root staged (an overlay on a tmpfs at the state directory, or the owned rootfs bound
 //! onto itself, as `pivot_root` needs a mount point); `/proc`, a minimal `/dev`, `/sys`
-//! read-only; `pivot_root`; the hostname. The plan is built in the agent, where allocating
-//! is allowed, and walked by the child (see [`super::child`]).
+//! read-only; the guest's `/etc/resolv.conf` bound read-only onto the rootfs's when the
+//! agent configured the guest's network (see [`crate::net`]); `pivot_root`; the hostname.
+//! The plan is built in the agent, where allocating is allowed, and walked by the child
+//! (see [`super::child`]).
 
 use std::ffi::{c_ulong, CString};
 use std::os::unix::ffi::OsStrExt;
@@ -46,6 +48,9 @@ pub fn plan(spec: &ContainerSpec, state_dir: &Path) -> Result<Vec<Step>, Contain
         plan.overlay(&spec.rootfs, state_dir)?
     };
     plan.filesystems(&root)?;
+    if let Some(resolv_conf) = crate::net::guest_resolv_conf() {
+        plan.resolv_conf(resolv_conf, &spec.rootfs, &root)?;
+    }
     plan.0.push(Step::PivotRoot {
         new_root: path(&root)?,
     });
@@ -155,6 +160,47 @@ impl Plan {
             Stage::Overlay,
         )?;
         Ok(merged)
+    }
+
+    /// Binds the guest's `source` (`/etc/resolv.conf`) read-only onto `root`'s, as Docker
+    /// does, when the rootfs (`rootfs`, the overlay's lower layer or `root` itself) has
+    /// `/etc/resolv.conf` as a regular file, or has an `/etc` directory without one (the
+    /// file is then created, in the overlay's upper layer or the owned rootfs). A symbolic
+    /// link or anything else there is left alone.
+    fn resolv_conf(
+        &mut self,
+        source: &Path,
+        rootfs: &Path,
+        root: &Path,
+    ) -> Result<(), ContainerError> {
+        let existing = std::fs::symlink_metadata(rootfs.join("etc/resolv.conf"));
+        let create = match existing {
+            Ok(m) if m.file_type().is_file() => false,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if !std::fs::symlink_metadata(rootfs.join("etc")).is_ok_and(|m| m.is_dir()) {
+                    return Ok(());
+                }
+                true
+            }
+            _ => {
+                tracing::debug!(rootfs = %rootfs.display(), "not binding resolv.conf over a non-file");
+                return Ok(());
+            }
+        };
+        let target = root.join("etc/resolv.conf");
+        if create {
+            self.0.push(Step::Touch {
+                path: path(&target)?,
+            });
+        }
+        self.bind(source, &target, 0, Stage::ResolvConf)?;
+        // A bind mount takes MS_RDONLY only on a remount.
+        self.bind(
+            source,
+            &target,
+            libc::MS_REMOUNT | libc::MS_RDONLY | NOSUID_NOEXEC_NODEV,
+            Stage::ResolvConf,
+        )
     }
 
     /// `/proc`, `/dev` (with `/dev/shm`) and a read-only `/sys` under `root`.
