@@ -261,3 +261,64 @@ impl Plan {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The steps binding `src` over `<root>/etc/resolv.conf` for a rootfs made by `make`.
+    fn resolv_steps(make: impl FnOnce(&Path)) -> Vec<Step> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rootfs = dir.path().join("rootfs");
+        std::fs::create_dir(&rootfs).expect("mkdir");
+        make(&rootfs);
+        let mut plan = Plan(Vec::new());
+        plan.resolv_conf(Path::new("/etc/resolv.conf"), &rootfs, Path::new("/merged"))
+            .expect("plan");
+        plan.0
+    }
+
+    fn is_bind(step: &Step, read_only: bool) -> bool {
+        matches!(step, Step::Mount { source: Some(s), target, flags, stage: Stage::ResolvConf, .. }
+            if s.as_bytes() == b"/etc/resolv.conf"
+                && target.as_bytes() == b"/merged/etc/resolv.conf"
+                && flags & libc::MS_BIND != 0
+                && (flags & libc::MS_RDONLY != 0) == read_only
+                && (flags & libc::MS_REMOUNT != 0) == read_only)
+    }
+
+    #[test]
+    fn resolv_conf_is_bound_read_only_where_the_rootfs_has_one() {
+        // A regular file: bound, then remounted read-only.
+        let steps = resolv_steps(|r| {
+            std::fs::create_dir(r.join("etc")).expect("etc");
+            std::fs::write(r.join("etc/resolv.conf"), "").expect("file");
+        });
+        assert_eq!(steps.len(), 2, "{steps:?}");
+        assert!(
+            is_bind(&steps[0], false) && is_bind(&steps[1], true),
+            "{steps:?}"
+        );
+
+        // An /etc without the file: the file is created first.
+        let steps = resolv_steps(|r| std::fs::create_dir(r.join("etc")).expect("etc"));
+        assert_eq!(steps.len(), 3, "{steps:?}");
+        assert!(
+            matches!(&steps[0], Step::Touch { path } if path.as_bytes() == b"/merged/etc/resolv.conf"),
+            "{steps:?}"
+        );
+        assert!(
+            is_bind(&steps[1], false) && is_bind(&steps[2], true),
+            "{steps:?}"
+        );
+
+        // No /etc, or a symbolic link where the file would be: left alone.
+        assert!(resolv_steps(|_| {}).is_empty());
+        let steps = resolv_steps(|r| {
+            std::fs::create_dir(r.join("etc")).expect("etc");
+            std::os::unix::fs::symlink("../run/resolv.conf", r.join("etc/resolv.conf"))
+                .expect("symlink");
+        });
+        assert!(steps.is_empty(), "{steps:?}");
+    }
+}
