@@ -3,10 +3,10 @@
 //! 1. mounts `/proc`, `/sys` and `/dev` (devtmpfs) — see [`init`];
 //! 2. loads the kernel modules listed in `/lib/modules/load-order`, in that order, with
 //!    `finit_module` (virtio, virtio-pci, vsock, the virtio vsock transport, the ACPI
-//!    button and evdev);
-//!    When the kernel command line has `spinbox.net.*` arguments, configures the guest's NIC
-//!    from them (loading the `net` module group first) and writes `/etc/resolv.conf` — see
-//!    [`net`]; a failure there is fatal, like any other initialisation error;
+//!    button and evdev); then, when the kernel command line has `spinbox.net.*` arguments,
+//!    configures the guest's NIC from them (loading the `net` module group first) and
+//!    writes `/etc/resolv.conf` — see [`net`]; a failure there is fatal, like any other
+//!    initialisation error;
 //! 3. opens the ACPI power button's input device (so a QMP `system_powerdown` that comes
 //!    any time after readiness is seen) — see [`power_button`];
 //! 4. starts the child reaper (as PID 1 it inherits every orphan) — see
