@@ -640,14 +640,58 @@ mod tests {
         .expect("the namespace thread panicked")
     }
 
-    /// `ip <args>` run from the calling thread (its network namespace).
-    fn ip_cmd(args: &[&str]) -> String {
-        let out = std::process::Command::new("ip")
-            .args(args)
-            .output()
-            .expect("run ip");
-        assert!(out.status.success(), "ip {args:?}: {out:?}");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+    /// An `ifreq` answer for `name` (the calling thread's network namespace): the name,
+    /// then the 24-byte union the kernel filled.
+    fn ifreq(name: &str, request: impl Copy + Into<IoctlRequest>) -> [u8; 40] {
+        let sock = socket::socket(
+            socket::AddressFamily::Inet,
+            socket::SockType::Datagram,
+            socket::SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .expect("inet socket");
+        let mut buf = [0u8; 40];
+        buf[..name.len()].copy_from_slice(name.as_bytes());
+        // SAFETY: `buf` is as large as a `struct ifreq`, which is what these requests read
+        // and write.
+        let ret = unsafe { nix::libc::ioctl(sock.as_raw_fd(), request.into().0, buf.as_mut_ptr()) };
+        assert!(ret >= 0, "ioctl on {name}: {}", io::Error::last_os_error());
+        buf
+    }
+
+    /// An ioctl request number, whatever type the C library gives it.
+    struct IoctlRequest(IoctlType);
+    #[cfg(target_env = "musl")]
+    type IoctlType = nix::libc::c_int;
+    #[cfg(not(target_env = "musl"))]
+    type IoctlType = nix::libc::c_ulong;
+    impl From<IoctlType> for IoctlRequest {
+        fn from(r: IoctlType) -> Self {
+            IoctlRequest(r)
+        }
+    }
+
+    /// What a link looks like from the calling thread: flags, MTU, MAC, primary IPv4
+    /// address and netmask.
+    fn observe_link(name: &str) -> (u16, u32, Vec<u8>, Vec<u8>, Vec<u8>) {
+        use nix::libc::{SIOCGIFADDR, SIOCGIFFLAGS, SIOCGIFHWADDR, SIOCGIFMTU, SIOCGIFNETMASK};
+        let flags = ifreq(name, SIOCGIFFLAGS);
+        let mtu = ifreq(name, SIOCGIFMTU);
+        let hw = ifreq(name, SIOCGIFHWADDR);
+        let addr = ifreq(name, SIOCGIFADDR);
+        let mask = ifreq(name, SIOCGIFNETMASK);
+        (
+            u16::from_ne_bytes([flags[16], flags[17]]),
+            u32::from_ne_bytes([mtu[16], mtu[17], mtu[18], mtu[19]]),
+            hw[18..24].to_vec(),
+            addr[20..24].to_vec(),
+            mask[20..24].to_vec(),
+        )
+    }
+
+    /// A `/proc/thread-self/net` file (the calling thread's network namespace).
+    fn proc_net(file: &str) -> String {
+        std::fs::read_to_string(Path::new("/proc/thread-self/net").join(file)).expect("proc net")
     }
 
     #[test]
@@ -679,35 +723,65 @@ mod tests {
             // A second run replaces rather than fails.
             configure_link(&net, index).expect("configure again");
             Ok::<_, io::Error>((
-                ip_cmd(&["-o", "link", "show"]),
-                ip_cmd(&["-o", "addr", "show", "dev", "spbx0"]),
-                ip_cmd(&["-4", "route", "show"]),
-                ip_cmd(&["-6", "route", "show"]),
+                observe_link("lo").0,
+                observe_link("spbx0"),
+                proc_net("if_inet6"),
+                proc_net("route"),
+                proc_net("ipv6_route"),
             ))
         });
-        let Some(Ok((links, addrs, routes4, routes6))) = result else {
+        let Some(Ok((lo_flags, link, inet6, routes4, routes6))) = result else {
             eprintln!("skipped: cannot create a network namespace with a dummy link: {result:?}");
             return;
         };
-        let lo = links.lines().find(|l| l.contains(" lo:")).expect("lo");
-        assert!(lo.contains("UP"), "{links}");
-        let link = links.lines().find(|l| l.contains("spbx0")).expect("spbx0");
-        assert!(link.contains("mtu 1400"), "{links}");
-        assert!(link.contains(",UP"), "{links}");
-        assert!(link.contains("52:54:00:12:34:56"), "{links}");
-        assert!(addrs.contains("inet 10.22.0.5/24"), "{addrs}");
-        assert!(addrs.contains("inet6 fd00:22::5/64"), "{addrs}");
+        let up = u16::try_from(abi::IFF_UP).expect("small");
+        assert_ne!(lo_flags & up, 0, "lo is up");
+        let (flags, mtu, hw, addr, mask) = link;
+        assert_ne!(flags & up, 0, "the link is up");
+        assert_eq!(mtu, 1400);
+        assert_eq!(hw, mac);
+        assert_eq!((addr, mask), (vec![10, 22, 0, 5], vec![255, 255, 255, 0]));
+        // address, index, prefix length (hex), scope, flags, name.
         assert!(
-            routes4.contains("default via 10.9.0.1 dev spbx0"),
-            "{routes4}"
+            inet6.lines().any(|l| {
+                let f: Vec<_> = l.split_whitespace().collect();
+                // 0x82: permanent, and no duplicate address detection.
+                f.len() == 6
+                    && f[0] == "fd000022000000000000000000000005"
+                    && f[2] == "40"
+                    && f[4] == "82"
+                    && f[5] == "spbx0"
+            }),
+            "{inet6}"
+        );
+        // Iface, Destination, Gateway, ..., Mask (u32 in host order, printed in hex).
+        let bytes = |hex: &str| u32::from_str_radix(hex, 16).expect("hex").to_ne_bytes();
+        let routes: Vec<_> = routes4
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .filter(|f| f.len() > 7 && f[0] == "spbx0")
+            .map(|f| (bytes(f[1]), bytes(f[2]), bytes(f[7])))
+            .collect();
+        assert!(
+            routes.contains(&([0, 0, 0, 0], [10, 9, 0, 1], [0, 0, 0, 0])),
+            "default via 10.9.0.1: {routes4}"
         );
         assert!(
-            routes4.contains("10.9.0.0/16 dev spbx0 scope link"),
-            "{routes4}"
+            routes.contains(&([10, 9, 0, 0], [0, 0, 0, 0], [255, 255, 0, 0])),
+            "10.9.0.0/16 on-link: {routes4}"
         );
+        // Destination, its length, source, its length, next hop, ..., device.
         assert!(
-            routes6.contains("default via fd00:22::1 dev spbx0"),
-            "{routes6}"
+            routes6.lines().any(|l| {
+                let f: Vec<_> = l.split_whitespace().collect();
+                f.len() == 10
+                    && f[0] == "0".repeat(32)
+                    && f[1] == "00"
+                    && f[4] == "fd000022000000000000000000000001"
+                    && f[9] == "spbx0"
+            }),
+            "default via fd00:22::1: {routes6}"
         );
     }
 
