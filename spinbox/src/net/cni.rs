@@ -1196,3 +1196,237 @@ mod tests {
         }
     }
 }
+
+/// The real plugins (`/usr/lib/cni`, Debian's `containernetworking-plugins`), run as root
+/// inside network namespaces the tests create: namespace "host" (where the bridge is made)
+/// and namespace "ctr" (the container side). Skipped when the plugins are not installed.
+#[cfg(test)]
+mod real_tests {
+    use super::*;
+    use crate::net::netns::{self, tests::NsGuard};
+    use crate::net::tap;
+    use std::future::Future;
+    use std::io::{Read, Write};
+    use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+    use std::sync::mpsc;
+
+    const PLUGINS: &str = "/usr/lib/cni";
+
+    fn have_plugins() -> bool {
+        let ok = ["bridge", "host-local"]
+            .iter()
+            .all(|p| Path::new(PLUGINS).join(p).exists());
+        if !ok {
+            eprintln!("skipped: no CNI plugins in {PLUGINS}");
+        }
+        ok
+    }
+
+    /// Runs an async operation on a thread inside the namespace at `ns`.
+    fn in_ns<T, Fut>(ns: &Path, op: impl FnOnce() -> Fut + Send + 'static) -> T
+    where
+        T: Send + 'static,
+        Fut: Future<Output = T>,
+    {
+        netns::run_in(ns, move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(op())
+        })
+        .unwrap()
+    }
+
+    fn conflist(name: &str, bridge: &str, data: &Path, range: &Value) -> NetworkConfigList {
+        NetworkConfigList::from_json(
+            &serde_json::json!({
+                "cniVersion": "1.0.0",
+                "name": name,
+                "plugins": [{
+                    "type": "bridge",
+                    "bridge": bridge,
+                    "isGateway": true,
+                    "ipMasq": false,
+                    "ipam": {
+                        "type": "host-local",
+                        "dataDir": data,
+                        "ranges": [[range]],
+                    },
+                }],
+            })
+            .to_string(),
+        )
+        .unwrap()
+    }
+
+    fn invocation(ctr: &Path) -> Invocation {
+        Invocation {
+            container_id: "sbtest-ctr".into(),
+            netns: ctr.to_path_buf(),
+            ifname: "eth0".into(),
+            bin_dirs: vec![PathBuf::from(PLUGINS)],
+            timeout: Duration::from_secs(30),
+            args: Vec::new(),
+        }
+    }
+
+    /// A TCP exchange from `host` to a listener in `ctr` at `ip`: a few bytes each way,
+    /// all bounded by timeouts.
+    fn tcp_exchange(host: &Path, ctr: &Path, ip: Ipv4Addr) {
+        let addr = SocketAddr::from((ip, 7777));
+        let (bound_tx, bound_rx) = mpsc::channel();
+        let ctr = ctr.to_path_buf();
+        let server = std::thread::spawn(move || {
+            netns::run_in(&ctr, move || -> io::Result<Vec<u8>> {
+                let listener = TcpListener::bind(addr)?;
+                listener.set_nonblocking(true)?;
+                let _ = bound_tx.send(());
+                let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                let (mut conn, _) = loop {
+                    match listener.accept() {
+                        Ok(c) => break c,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            if std::time::Instant::now() > deadline {
+                                return Err(io::Error::new(io::ErrorKind::TimedOut, "accept"));
+                            }
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                        Err(e) => return Err(e),
+                    }
+                };
+                conn.set_nonblocking(false)?;
+                conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+                let mut buf = [0u8; 4];
+                conn.read_exact(&mut buf)?;
+                conn.write_all(b"pong")?;
+                Ok(buf.to_vec())
+            })
+        });
+        bound_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("listener bound");
+        let got = netns::run_in(host, move || -> io::Result<Vec<u8>> {
+            let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+            conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+            conn.write_all(b"ping")?;
+            let mut buf = [0u8; 4];
+            conn.read_exact(&mut buf)?;
+            Ok(buf.to_vec())
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(got, b"pong");
+        assert_eq!(server.join().unwrap().unwrap().unwrap(), b"ping");
+    }
+
+    #[test]
+    fn bridge_add_tap_del() {
+        if !have_plugins() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let host = NsGuard::new(dir.path().join("host"));
+        let ctr = NsGuard::new(dir.path().join("ctr"));
+        let data = dir.path().join("ipam");
+        let list = conflist(
+            "sbtest",
+            "sbtest0",
+            &data,
+            &serde_json::json!({"subnet": "10.231.0.0/24"}),
+        );
+        let inv = invocation(&ctr.0);
+
+        let (l, i) = (list.clone(), inv.clone());
+        let result = in_ns(&host.0, move || async move { add(&l, &i).await }).unwrap();
+        // An address in the subnet on the container's eth0, leased in the data dir.
+        let ips = result.container_ips("eth0");
+        assert_eq!(ips.len(), 1, "{result:?}");
+        let IpAddr::V4(ip) = ips[0].address else {
+            panic!("not IPv4: {result:?}")
+        };
+        assert_eq!(ip.octets()[..3], [10, 231, 0]);
+        assert_eq!(ips[0].prefix, 24);
+        let lease = data.join("sbtest").join(ip.to_string());
+        assert!(lease.exists(), "{} missing", lease.display());
+        assert!(tap::link_exists(&ctr.0, "eth0").unwrap());
+        // The bridge is in the test's "host" namespace, not the machine's.
+        assert!(tap::link_exists(&host.0, "sbtest0").unwrap());
+        assert!(!Path::new("/sys/class/net/sbtest0").exists());
+        // The cached result survives a round trip.
+        let cached = CniResult::from_json(&result.to_json()).unwrap();
+        assert_eq!(cached, result);
+
+        // Traffic across the bridge, before the TAP takes the veth's frames.
+        tcp_exchange(&host.0, &ctr.0, ip);
+
+        // The TAP: the veth's MAC, filters both ways, gone with its descriptor.
+        let dev = tap::attach(&ctr.0, "eth0", "tap0").unwrap();
+        let eth0 = result
+            .interfaces
+            .iter()
+            .find(|i| i.name == "eth0" && i.sandbox.is_some())
+            .unwrap();
+        assert_eq!(
+            Some(tap::format_mac(&dev.mac)),
+            eth0.mac.as_ref().map(|m| m.to_lowercase())
+        );
+        let (tap_index, to_veth) = tap::redirect_targets(&ctr.0, "tap0").unwrap();
+        let (veth_index, to_tap) = tap::redirect_targets(&ctr.0, "eth0").unwrap();
+        assert_eq!(to_veth, [veth_index]);
+        assert_eq!(to_tap, [tap_index]);
+        drop(dev);
+        assert!(!tap::link_exists(&ctr.0, "tap0").unwrap());
+        tap::remove(&ctr.0, "tap0").unwrap();
+
+        // DEL releases the lease and the veth; it is idempotent.
+        let (l, i, r) = (list.clone(), inv.clone(), cached.clone());
+        in_ns(&host.0, move || async move { del(&l, &i, Some(&r)).await }).unwrap();
+        assert!(!lease.exists());
+        assert!(!tap::link_exists(&ctr.0, "eth0").unwrap());
+        let (l, i, r) = (list.clone(), inv.clone(), cached.clone());
+        in_ns(&host.0, move || async move { del(&l, &i, Some(&r)).await }).unwrap();
+        // And with the namespace gone.
+        netns::remove(&ctr.0).unwrap();
+        let (l, i) = (list.clone(), inv.clone());
+        in_ns(
+            &host.0,
+            move || async move { del(&l, &i, Some(&cached)).await },
+        )
+        .unwrap();
+        let (l, i) = (list, inv);
+        in_ns(&host.0, move || async move { del(&l, &i, None).await }).unwrap();
+    }
+
+    #[test]
+    fn failing_real_config_is_a_plugin_error() {
+        if !have_plugins() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let host = NsGuard::new(dir.path().join("host"));
+        let ctr = NsGuard::new(dir.path().join("ctr"));
+        let data = dir.path().join("ipam");
+        let list = conflist(
+            "sbtestbad",
+            "sbtest1",
+            &data,
+            &serde_json::json!({"subnet": "10.231.1.0/24", "rangeStart": "10.232.0.5"}),
+        );
+        let inv = invocation(&ctr.0);
+        let (l, i) = (list.clone(), inv.clone());
+        let err = in_ns(&host.0, move || async move { add(&l, &i).await }).unwrap_err();
+        assert!(
+            matches!(&err, CniError::Plugin { plugin, command: "ADD", msg, .. }
+                if plugin == "bridge" && msg.contains("10.232.0.5")),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string()
+                .starts_with("CNI plugin \"bridge\" failed ADD (code "),
+            "{err}"
+        );
+        // The caller's cleanup after a failed ADD.
+        let _ = in_ns(&host.0, move || async move { del(&list, &inv, None).await });
+    }
+}
