@@ -435,6 +435,33 @@ pub fn remove(netns: &Path, tap_name: &str) -> Result<(), TapError> {
     })
 }
 
+/// Runs a blocking TAP operation off the async executor.
+async fn blocking<T: Send + 'static>(
+    op: impl FnOnce() -> Result<T, TapError> + Send + 'static,
+) -> Result<T, TapError> {
+    match tokio::task::spawn_blocking(op).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(TapError::Setup {
+            source: io::Error::other(e),
+        }),
+    }
+}
+
+/// [`attach`] for async callers (on tokio's blocking pool).
+pub async fn attach_async(
+    netns: PathBuf,
+    ifname: String,
+    tap_name: String,
+) -> Result<TapDevice, TapError> {
+    blocking(move || attach(&netns, &ifname, &tap_name)).await
+}
+
+/// [`remove`] for async callers (on tokio's blocking pool).
+pub async fn remove_async(netns: PathBuf, tap_name: String) -> Result<(), TapError> {
+    blocking(move || remove(&netns, &tap_name)).await
+}
+
 /// Whether a link named `name` exists in the namespace at `netns`.
 pub fn link_exists(netns: &Path, name: &str) -> Result<bool, TapError> {
     check_name(name)?;
@@ -515,6 +542,22 @@ pub(crate) mod tests {
                 .map_err(nl("add veth", &a))
         })
         .unwrap();
+    }
+
+    #[tokio::test]
+    async fn async_variants() {
+        let dir = tempfile::tempdir().unwrap();
+        let ns = NsGuard::new(dir.path().join("ns"));
+        make_veth(&ns.0, "eth0", "peer0");
+        let tap = attach_async(ns.0.clone(), "eth0".into(), "tap0".into())
+            .await
+            .unwrap();
+        assert!(link_exists(&ns.0, "tap0").unwrap());
+        // Removing the link while the descriptor is open.
+        remove_async(ns.0.clone(), "tap0".into()).await.unwrap();
+        assert!(!link_exists(&ns.0, "tap0").unwrap());
+        drop(tap);
+        remove_async(ns.0.clone(), "tap0".into()).await.unwrap();
     }
 
     #[test]
