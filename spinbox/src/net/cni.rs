@@ -1320,6 +1320,117 @@ mod real_tests {
         assert_eq!(server.join().unwrap().unwrap().unwrap(), b"ping");
     }
 
+    /// The IPv4 header checksum.
+    fn ip_checksum(header: &[u8]) -> u16 {
+        let mut sum: u32 = header
+            .chunks(2)
+            .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+            .sum();
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        !u16::try_from(sum).unwrap()
+    }
+
+    /// An Ethernet frame holding an IPv4 UDP datagram (no UDP checksum).
+    fn udp_frame(
+        (src_mac, dst_mac): ([u8; 6], [u8; 6]),
+        (src, dst): (Ipv4Addr, Ipv4Addr),
+        (sport, dport): (u16, u16),
+        payload: &[u8],
+    ) -> Vec<u8> {
+        let udp_len = u16::try_from(8 + payload.len()).unwrap();
+        let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0];
+        ip[2..4].copy_from_slice(&(udp_len + 20).to_be_bytes());
+        ip.extend_from_slice(&src.octets());
+        ip.extend_from_slice(&dst.octets());
+        let sum = ip_checksum(&ip);
+        ip[10..12].copy_from_slice(&sum.to_be_bytes());
+        let mut frame = Vec::new();
+        frame.extend_from_slice(&dst_mac);
+        frame.extend_from_slice(&src_mac);
+        frame.extend_from_slice(&[0x08, 0x00]);
+        frame.extend_from_slice(&ip);
+        frame.extend_from_slice(&sport.to_be_bytes());
+        frame.extend_from_slice(&dport.to_be_bytes());
+        frame.extend_from_slice(&udp_len.to_be_bytes());
+        frame.extend_from_slice(&[0, 0]);
+        frame.extend_from_slice(payload);
+        frame
+    }
+
+    /// Frames both ways through the TAP, as the guest would see them: a UDP datagram sent
+    /// in `host` to `ip` comes out of the TAP descriptor (an ARP request for `ip` on the
+    /// way is answered through the TAP), and a datagram written to the TAP reaches a
+    /// socket in `host`. Bounded: a few frames, 5 s deadlines.
+    fn tap_traffic(host: &Path, dev: &tap::TapDevice, ip: Ipv4Addr) {
+        use std::net::UdpSocket;
+        use std::os::fd::AsFd;
+        let gateway = Ipv4Addr::new(10, 231, 0, 1);
+        // A socket made in `host` stays there.
+        let sock = netns::run_in(host, move || UdpSocket::bind((gateway, 0)))
+            .unwrap()
+            .unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let port = sock.local_addr().unwrap().port();
+        let mut tapf = std::fs::File::from(dev.fd.try_clone().unwrap());
+        let flags = nix::fcntl::fcntl(dev.fd.as_fd(), nix::fcntl::FcntlArg::F_GETFL).unwrap();
+        let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+        nix::fcntl::fcntl(dev.fd.as_fd(), nix::fcntl::FcntlArg::F_SETFL(flags)).unwrap();
+
+        sock.send_to(b"sbtest-down", (ip, 9999)).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut buf = [0u8; 2048];
+        let gateway_mac = loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no frame from the host side"
+            );
+            let n = match tapf.read(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+                Err(e) => panic!("reading the TAP: {e}"),
+            };
+            let frame = &buf[..n];
+            if n < 14 {
+                continue;
+            }
+            let src: [u8; 6] = frame[6..12].try_into().unwrap();
+            // ARP request for `ip`: answer as the guest would.
+            if frame[12..14] == [0x08, 0x06] && n >= 42 && frame[20..22] == [0, 1] {
+                if frame[38..42] == ip.octets() {
+                    let mut reply = Vec::new();
+                    reply.extend_from_slice(&src);
+                    reply.extend_from_slice(&dev.mac);
+                    reply.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 2]);
+                    reply.extend_from_slice(&dev.mac);
+                    reply.extend_from_slice(&ip.octets());
+                    reply.extend_from_slice(&frame[22..32]);
+                    tapf.write_all(&reply).unwrap();
+                }
+                continue;
+            }
+            if frame.windows(11).any(|w| w == b"sbtest-down") {
+                assert_eq!(frame[0..6], dev.mac, "sent to the veth's MAC");
+                break src;
+            }
+        };
+
+        let up = udp_frame(
+            (dev.mac, gateway_mac),
+            (ip, gateway),
+            (9999, port),
+            b"sbtest-up",
+        );
+        tapf.write_all(&up).unwrap();
+        let (n, from) = sock.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"sbtest-up");
+        assert_eq!(from, SocketAddr::from((ip, 9999)));
+    }
+
     #[test]
     fn bridge_add_tap_del() {
         if !have_plugins() {
@@ -1375,6 +1486,7 @@ mod real_tests {
         let (veth_index, to_tap) = tap::redirect_targets(&ctr.0, "eth0").unwrap();
         assert_eq!(to_veth, [veth_index]);
         assert_eq!(to_tap, [tap_index]);
+        tap_traffic(&host.0, &dev, ip);
         drop(dev);
         assert!(!tap::link_exists(&ctr.0, "tap0").unwrap());
         tap::remove(&ctr.0, "tap0").unwrap();
