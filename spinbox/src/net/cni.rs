@@ -245,8 +245,20 @@ impl Invocation {
     /// Checks the parameters the plugins would otherwise reject less clearly.
     fn validate(&self) -> Result<(), CniError> {
         let bad = |why: String| Err(CniError::Invocation { why });
-        if self.container_id.is_empty() {
-            return bad("empty container ID".into());
+        // The specification's container ID: alphanumerics, `_`, `.` and `-`, not empty.
+        if self.container_id.is_empty()
+            || !self
+                .container_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        {
+            return bad(format!("invalid container ID {:?}", self.container_id));
+        }
+        if !self.netns.is_absolute() {
+            return bad(format!(
+                "the namespace path {} is not absolute",
+                self.netns.display()
+            ));
         }
         if self.ifname.is_empty()
             || self.ifname.len() > 15
@@ -1035,6 +1047,8 @@ mod tests {
         // Bad invocations.
         for change in [
             (|i: &mut Invocation| i.container_id.clear()) as fn(&mut Invocation),
+            |i| i.container_id = "a/b".into(),
+            |i| i.netns = "relative/ns".into(),
             |i| i.ifname = "a/b".into(),
             |i| i.ifname = "x".repeat(16),
             |i| i.bin_dirs.clear(),
@@ -1213,6 +1227,9 @@ mod real_tests {
     const PLUGINS: &str = "/usr/lib/cni";
 
     fn have_plugins() -> bool {
+        if !netns::tests::privileged() {
+            return false;
+        }
         let ok = ["bridge", "host-local"]
             .iter()
             .all(|p| Path::new(PLUGINS).join(p).exists());

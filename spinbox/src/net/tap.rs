@@ -528,7 +528,7 @@ pub fn redirect_targets(netns: &Path, name: &str) -> Result<(u32, Vec<u32>), Tap
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::net::netns::tests::NsGuard;
+    use crate::net::netns::tests::{privileged, NsGuard};
 
     /// Creates a veth pair `a`/`b` in the namespace at `path`, both up.
     pub(crate) fn make_veth(path: &Path, a: &str, b: &str) {
@@ -546,6 +546,9 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn async_variants() {
+        if !privileged() {
+            return;
+        }
         let dir = tempfile::tempdir().unwrap();
         let ns = NsGuard::new(dir.path().join("ns"));
         make_veth(&ns.0, "eth0", "peer0");
@@ -574,6 +577,9 @@ pub(crate) mod tests {
 
     #[test]
     fn attach_wires_and_cleans_up() {
+        if !privileged() {
+            return;
+        }
         let dir = tempfile::tempdir().unwrap();
         let ns = NsGuard::new(dir.path().join("ns"));
         make_veth(&ns.0, "eth0", "peer0");
@@ -609,6 +615,9 @@ pub(crate) mod tests {
 
     #[test]
     fn attach_failures_leave_nothing() {
+        if !privileged() {
+            return;
+        }
         let dir = tempfile::tempdir().unwrap();
         let ns = NsGuard::new(dir.path().join("ns"));
         assert!(matches!(
