@@ -70,13 +70,36 @@ pub fn create(path: &Path) -> io::Result<()> {
 /// Removes the network namespace bound at `path`: detaches the mount and unlinks the file.
 ///
 /// A path that is not mounted (any more) is just unlinked, and a missing path is `Ok`: the
-/// call is idempotent. The namespace itself goes away once nothing else (a process in it,
+/// call is idempotent. Anything but a namespace mount or an empty regular file (a
+/// directory, a file with data) is refused with [`io::ErrorKind::InvalidInput`] and left
+/// alone. The namespace itself goes away once nothing else (a process in it,
 /// an open file descriptor, another bind mount) holds it.
 pub fn remove(path: &Path) -> io::Result<()> {
-    match umount2(path, MntFlags::MNT_DETACH) {
-        // EINVAL: not a mount point; ENOENT: no such path.
-        Ok(()) | Err(Errno::EINVAL | Errno::ENOENT) => {}
-        Err(e) => return Err(with_path(&e.into(), "unmounting the namespace", path)),
+    // Only namespace mounts are detached (never, say, a file system mounted at a wrong
+    // path); a namespace bound twice over the same file takes two rounds.
+    while is_netns(path) {
+        match umount2(path, MntFlags::MNT_DETACH) {
+            Ok(()) => {}
+            // EINVAL: not a mount point (a namespace file itself, e.g. /proc/N/ns/net).
+            Err(Errno::EINVAL | Errno::ENOENT) => break,
+            Err(e) => return Err(with_path(&e.into(), "unmounting the namespace", path)),
+        }
+    }
+    // Unlink only what `create` leaves once unmounted: an empty regular file (a wrong
+    // path must not cost someone's data).
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_file() && meta.len() == 0 => {}
+        Ok(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{} is not a namespace file (nor the empty file under one)",
+                    path.display()
+                ),
+            ))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(with_path(&e, "inspecting the namespace file", path)),
     }
     match fs::remove_file(path) {
         Ok(()) => Ok(()),
@@ -235,9 +258,21 @@ pub(crate) mod tests {
         assert!(!is_netns(&plain));
         assert!(run_in(&plain, || ()).is_err());
         assert!(run_in(&dir.path().join("nope"), || ()).is_err());
-        // Removing a plain file or a missing path is fine.
+        // Removing an empty plain file or a missing path is fine.
         remove(&plain).unwrap();
         remove(&plain).unwrap();
+        // Anything else is refused and kept.
+        let data = dir.path().join("data");
+        fs::write(&data, b"precious").unwrap();
+        assert_eq!(
+            remove(&data).unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
+        assert_eq!(fs::read(&data).unwrap(), b"precious");
+        assert_eq!(
+            remove(dir.path()).unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
     }
 
     #[tokio::test]
