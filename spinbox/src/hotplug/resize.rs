@@ -301,6 +301,7 @@ mod tests {
             state_root: root.to_owned(),
             ready_timeout: Duration::from_secs(5),
             shares: Vec::new(),
+            nics: Vec::new(),
         };
         let vm = FakeBackend::new(FakeScript::default())
             .start(&spec)

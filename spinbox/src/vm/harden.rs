@@ -113,8 +113,11 @@ fn seccomp_program() -> Vec<libc::sock_filter> {
     p
 }
 
-/// Arranges for `command`'s child to be hardened as the module docs say.
-pub(crate) fn harden(command: &mut tokio::process::Command) {
+/// Arranges for `command`'s child to be hardened as the module docs say. The descriptors
+/// in `keep` (open in the parent, e.g. TAP devices) stay open across the exec under the
+/// same numbers: the only exception to point 2.
+pub(crate) fn harden_keeping(command: &mut tokio::process::Command, keep: &[libc::c_int]) {
+    let keep = keep.to_vec();
     let parent = std::process::id();
     // SAFETY: geteuid has no preconditions.
     let as_root = unsafe { libc::geteuid() } == 0;
@@ -125,6 +128,11 @@ pub(crate) fn harden(command: &mut tokio::process::Command) {
     unsafe {
         command.pre_exec(move || {
             in_child(parent, as_root, &program);
+            for &fd in &keep {
+                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             Ok(())
         });
     }
@@ -212,7 +220,7 @@ mod tests {
         );
         let mut cmd = tokio::process::Command::new("/bin/sh");
         cmd.arg("-c").arg(script);
-        harden(&mut cmd);
+        harden_keeping(&mut cmd, &[]);
         let out = cmd.output().await.unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(text.contains("closed"), "{text}");

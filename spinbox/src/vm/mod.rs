@@ -344,7 +344,46 @@ pub struct VmSpec {
     pub ready_timeout: Duration,
     /// Directories and images attached to the VM at start (none by default).
     pub shares: Vec<Share>,
+    /// Network interfaces: each a TAP device the host opened, handed to the VMM by file
+    /// descriptor (none by default).
+    pub nics: Vec<NetworkDevice>,
 }
+
+/// A guest network interface backed by a TAP device the host opened (SPEC §11).
+///
+/// The VMM inherits the descriptor at its start; the caller keeps its own copy open until
+/// the VM has started (the spec holds it), and closes it when the VM is gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkDevice {
+    /// The TAP device's file descriptor.
+    pub tap: TapFd,
+    /// The guest NIC's MAC address.
+    pub mac: [u8; 6],
+}
+
+/// A shared TAP file descriptor; two are equal when they are the same descriptor.
+#[derive(Debug, Clone)]
+pub struct TapFd(std::sync::Arc<std::os::fd::OwnedFd>);
+
+impl TapFd {
+    /// Takes ownership of `fd`.
+    pub fn new(fd: std::os::fd::OwnedFd) -> Self {
+        Self(std::sync::Arc::new(fd))
+    }
+
+    /// The descriptor's number in this process.
+    pub fn raw(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&*self.0)
+    }
+}
+
+impl PartialEq for TapFd {
+    fn eq(&self, other: &Self) -> bool {
+        self.raw() == other.raw()
+    }
+}
+
+impl Eq for TapFd {}
 
 impl VmSpec {
     /// Checks every value; backends call this before they start anything.
@@ -692,6 +731,7 @@ mod tests {
             state_root: "/run/spinbox".into(),
             ready_timeout: Duration::from_secs(1),
             shares,
+            nics: Vec::new(),
         }
     }
 

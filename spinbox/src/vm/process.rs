@@ -91,6 +91,17 @@ impl QemuProcess {
     /// Spawns `binary argv…` in a new process group with stdin closed and stdout and
     /// stderr appended to `log`.
     pub fn spawn(binary: &Path, argv: &[OsString], log: &Path) -> Result<Self, ProcessError> {
+        Self::spawn_keeping(binary, argv, log, &[])
+    }
+
+    /// [`QemuProcess::spawn`], with the descriptors `keep` inherited under the same numbers
+    /// (they must stay open until this returns).
+    pub fn spawn_keeping(
+        binary: &Path,
+        argv: &[OsString],
+        log: &Path,
+        keep: &[std::os::fd::RawFd],
+    ) -> Result<Self, ProcessError> {
         let log_err = |source| ProcessError::Log {
             path: log.to_owned(),
             source,
@@ -102,7 +113,7 @@ impl QemuProcess {
             .map_err(log_err)?;
         let stdout = stderr.try_clone().map_err(log_err)?;
         let mut command = Command::new(binary);
-        super::harden::harden(&mut command);
+        super::harden::harden_keeping(&mut command, keep);
         let mut child = command
             .args(argv)
             .stdin(Stdio::null())

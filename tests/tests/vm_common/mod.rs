@@ -148,6 +148,7 @@ pub fn guest_with(
         state_root: fx.root(),
         ready_timeout: Duration::from_mins(1),
         shares: Vec::new(),
+        nics: Vec::new(),
     };
     (QemuBackend::new(config), spec)
 }

@@ -362,6 +362,7 @@ impl QemuBackend {
             backend_socket: daemon.vhost_socket().to_owned(),
         });
         attach_shares(&mut config, &spec.shares);
+        config.nics.clone_from(&spec.nics);
         let options = StartOptions {
             state_root: spec.state_root.clone(),
             connect_timeout: c.connect_timeout,

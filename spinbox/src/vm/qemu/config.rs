@@ -243,6 +243,10 @@ pub struct QemuConfig {
     pub disks: Vec<Disk>,
     /// Shared filesystems.
     pub fs_shares: Vec<FsShare>,
+    /// Network interfaces: `-netdev tap,fd=N` with a virtio-net device each, named
+    /// `net<i>`; the descriptors must stay open until QEMU has started, which inherits
+    /// them.
+    pub nics: Vec<crate::vm::NetworkDevice>,
     /// Agent channel.
     pub agent: Option<AgentChannel>,
     /// Seccomp sandbox.
@@ -273,6 +277,7 @@ impl QemuConfig {
             cmdline: None,
             disks: Vec::new(),
             fs_shares: Vec::new(),
+            nics: Vec::new(),
             agent: None,
             sandbox: SandboxMode::Auto,
             on_reset: OnReset::Exit,
@@ -492,8 +497,39 @@ impl QemuConfig {
 
         self.push_disks(&mut a);
         self.push_fs_shares(&mut a, paths)?;
+        self.push_nics(&mut a);
         self.push_agent(&mut a, paths)?;
         Ok(a.0)
+    }
+
+    /// The descriptors QEMU must inherit (the NICs' TAP devices).
+    pub fn inherited_fds(&self) -> Vec<std::os::fd::RawFd> {
+        self.nics.iter().map(|n| n.tap.raw()).collect()
+    }
+
+    fn push_nics(&self, a: &mut Argv) {
+        let suffix = self.machine.virtio_suffix();
+        for (i, nic) in self.nics.iter().enumerate() {
+            let id = format!("net{i}");
+            a.opt(
+                "-netdev",
+                KeyVal::with_head("tap")
+                    .kv("id", &id)
+                    .kv("fd", &nic.tap.raw().to_string())
+                    .build(),
+            );
+            let mut device = KeyVal::new()
+                .kv("driver", &format!("virtio-net-{suffix}"))
+                .kv("id", &format!("{id}-dev"))
+                .kv("netdev", &id)
+                .kv("mac", &spinbox_protocol::net::format_mac(nic.mac));
+            if suffix == "pci" {
+                // No PXE option ROM: nothing boots from the network, and the ROM file is
+                // one more thing the host would need.
+                device = device.kv("romfile", "");
+            }
+            a.opt("-device", device.build());
+        }
     }
 
     /// Whether a vhost-user device is attached: its daemon maps guest memory, which must
@@ -950,6 +986,39 @@ mod tests {
             c.validate(),
             Err(ConfigError::NoHotplug { machine: "microvm" })
         );
+    }
+
+    #[test]
+    fn a_nic_is_a_tap_netdev_by_fd_with_a_virtio_net_device() {
+        let mut c = config_with(Path::new("/img/root.raw"), "console=ttyS0".into(), "vm1");
+        let tap = crate::vm::TapFd::new(std::fs::File::open("/dev/null").unwrap().into());
+        let fd = tap.raw();
+        c.nics.push(crate::vm::NetworkDevice {
+            tap,
+            mac: [0x52, 0x54, 0, 0xab, 0xcd, 0x0e],
+        });
+        let argv: Vec<String> = c
+            .to_argv(&paths(), host())
+            .unwrap()
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let after = |name: &str, prefix: &str| {
+            argv.windows(2)
+                .find(|w| w[0] == name && w[1].starts_with(prefix))
+                .map_or_else(|| panic!("no {name} {prefix}…: {argv:?}"), |w| w[1].clone())
+        };
+        assert_eq!(after("-netdev", "tap"), format!("tap,id=net0,fd={fd}"));
+        assert_eq!(
+            after("-device", "driver=virtio-net"),
+            "driver=virtio-net-pci,id=net0-dev,netdev=net0,mac=52:54:00:ab:cd:0e,romfile="
+        );
+        assert_eq!(c.inherited_fds(), vec![fd]);
+        c.machine = Machine::Microvm;
+        let argv = c.to_argv(&paths(), host()).unwrap();
+        assert!(argv
+            .iter()
+            .any(|a| a.to_string_lossy().starts_with("driver=virtio-net-device,")));
     }
 
     #[test]

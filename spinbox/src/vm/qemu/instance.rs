@@ -269,7 +269,8 @@ impl QemuInstance {
                 source,
             })?;
         let log = state_dir.stderr_log();
-        let process = QemuProcess::spawn(&config.binary, &argv, &log).map_err(StartError::Exec)?;
+        let process = QemuProcess::spawn_keeping(&config.binary, &argv, &log, &config.inherited_fds())
+            .map_err(StartError::Exec)?;
         tracing::info!(id = %config.id, pid = process.pid(), accel = accelerator_name(host), "QEMU started");
 
         // From here on, a failure must not leave QEMU running.
