@@ -21,7 +21,8 @@ pub struct CleanupPhases {
     pub conn_close: Phase,
     /// Stop the VM: the shutdown escalation, ending with QEMU reaped.
     pub vm_shutdown: Phase,
-    /// Release network allocations.
+    /// Release network allocations: CNI `DEL` (the IPAM lease), the TAP device, a network
+    /// namespace the shim made.
     pub network_cleanup: Phase,
     /// Unmount host-side resources and remove the VM's state directory.
     pub mount_cleanup: Phase,

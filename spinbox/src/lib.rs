@@ -23,6 +23,7 @@
 //! | [`task`] | containers in the VM, host side: specs, the agent's `Task` client, the stdio streams |
 //! | [`vm`] | the backend seam ([`vm::VmBackend`], [`vm::Vm`], [`vm::ExitInfo`]), the generic parts (agent client, vsock transport, KVM check, assets) and the QEMU backend ([`vm::qemu`]) |
 //! | [`hotplug`] | vCPU and memory resizing of a running VM: the controllers' policy, the resizer, the controllers `hotplug_stop` stops |
+//! | [`net`] | networking through CNI: the task's network namespace, the plugins' `ADD`/`DEL`, the TAP device QEMU gets, the record `network_cleanup` releases |
 //! | [`rootfs`] | a container's rootfs made reachable by the guest: 9p export, EROFS image, virtiofs daemon |
 //! | [`check`] | what the host lacks for a real VM, as findings |
 //!
@@ -49,6 +50,7 @@
 //!   [`SpecError`](vm::SpecError), [`ExitInfo`](vm::ExitInfo), [`HelperExit`](vm::HelperExit), [`ExitWatch`](vm::ExitWatch),
 //!   [`BootError`](vm::BootError), [`BackendError`](vm::BackendError), [`StopRequest`](vm::StopRequest),
 //!   [`StopOutcome`](vm::StopOutcome), [`StopError`](vm::StopError), [`VmId`](vm::VmId),
+//!   [`NetworkDevice`](vm::NetworkDevice), [`TapFd`](vm::TapFd),
 //!   [`IdError`](vm::IdError), the limits ([`MIN_CPUS`](vm::MIN_CPUS), [`MAX_CPUS`](vm::MAX_CPUS),
 //!   [`MIN_MEMORY_MIB`](vm::MIN_MEMORY_MIB), [`MAX_MEMORY_MIB`](vm::MAX_MEMORY_MIB),
 //!   [`MAX_ID_LEN`](vm::MAX_ID_LEN), [`MAX_SOCKET_PATH`](vm::MAX_SOCKET_PATH),
@@ -65,6 +67,12 @@
 //!   [`TaskClient`](task::TaskClient), [`TaskError`](task::TaskError), [`ProcessState`](task::ProcessState),
 //!   [`valid_name`](task::valid_name), [`DEFAULT_PATH`](task::DEFAULT_PATH),
 //!   [`MAX_ARGS_ENV_BYTES`](task::MAX_ARGS_ENV_BYTES); [`task::stdio`] (the streams and their forwarders).
+//! - [`net`]: [`Network`](net::Network), [`NetworkConfig`](net::NetworkConfig),
+//!   [`NetworkError`](net::NetworkError), [`NetworkRecord`](net::NetworkRecord),
+//!   [`release_recorded`](net::release_recorded), [`network_dir`](net::network_dir), the guest's
+//!   settings ([`GuestNetwork`](net::GuestNetwork), [`GuestRoute`](net::GuestRoute),
+//!   [`GuestDns`](net::GuestDns)), the constants, and [`net::cni`] (configuration lists,
+//!   `ADD`/`DEL`, results), [`net::netns`] and [`net::tap`].
 //! - [`rootfs`]: how a rootfs reaches the guest (transports, prepare, release).
 //! - [`check`]: [`check_host`](check::check_host), [`check_containerd`](check::check_containerd), [`Finding`](check::Finding), [`Level`](check::Level),
 //!   [`which`](check::which), [`error_chain`](check::error_chain), [`QEMU_BINARY`](check::QEMU_BINARY).

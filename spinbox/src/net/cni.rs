@@ -1233,9 +1233,10 @@ mod real_tests {
         let ok = ["bridge", "host-local"]
             .iter()
             .all(|p| Path::new(PLUGINS).join(p).exists());
-        if !ok {
-            eprintln!("skipped: no CNI plugins in {PLUGINS}");
-        }
+        assert!(
+            ok,
+            "no CNI plugins in {PLUGINS}: run scripts/provision (Debian's containernetworking-plugins)"
+        );
         ok
     }
 

@@ -180,15 +180,16 @@ pub async fn run_in_async<T: Send + 'static>(
 pub(crate) mod tests {
     use super::*;
 
-    /// Whether the tests needing namespaces can run (as root, with `/dev/net/tun`); says so
-    /// when they cannot.
+    /// Checks that the tests needing namespaces can run (as root, with `/dev/net/tun`):
+    /// they fail, never skip, where they cannot. Always `true` when it returns.
     pub(crate) fn privileged() -> bool {
         // SAFETY: geteuid has no preconditions and cannot fail.
-        let ok = unsafe { libc::geteuid() } == 0 && Path::new("/dev/net/tun").exists();
-        if !ok {
-            eprintln!("skipped: needs root and /dev/net/tun");
-        }
-        ok
+        let root = unsafe { libc::geteuid() } == 0;
+        assert!(
+            root && Path::new("/dev/net/tun").exists(),
+            "the network tests need root and /dev/net/tun (CI runs them as root)"
+        );
+        true
     }
 
     /// Removes the namespace at a path when dropped (also when a test fails).

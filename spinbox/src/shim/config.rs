@@ -2,6 +2,7 @@
 //! under software emulation (TCG), loadable from a JSON file.
 
 use crate::hotplug::{HotplugConfig, Policy};
+use crate::net::NetworkConfig;
 use crate::rootfs::{RootfsTransport, Tools};
 use crate::vm::agent::RetryPolicy;
 use crate::vm::state_dir::SYSTEM_STATE_ROOT;
@@ -51,6 +52,9 @@ pub struct ShimConfig {
     /// assets and `PATH` ([`Tools::from_assets`]); a transport whose tool is missing fails
     /// the creation with a clear error.
     pub rootfs_tools: Tools,
+    /// The VM's network (default `None`: no NIC). With one, every VM is connected through
+    /// CNI before it starts (see [`crate::net`]).
+    pub network: Option<NetworkConfig>,
 }
 
 impl Default for ShimConfig {
@@ -70,6 +74,7 @@ impl Default for ShimConfig {
             kernel_args: Vec::new(),
             rootfs_transport: RootfsTransport::default(),
             rootfs_tools: Tools::default(),
+            network: None,
         }
     }
 }
@@ -126,6 +131,33 @@ struct ConfigFile {
     #[serde(flatten)]
     hotplug: HotplugFile,
     rootfs_transport: Option<String>,
+    network: Option<NetworkFile>,
+}
+
+/// The `network` object of the file form.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NetworkFile {
+    conflist: PathBuf,
+    bin_dirs: Option<Vec<PathBuf>>,
+    ifname: Option<String>,
+    plugin_timeout_ms: Option<u64>,
+}
+
+impl NetworkFile {
+    fn into_config(self) -> NetworkConfig {
+        let mut config = NetworkConfig::new(self.conflist);
+        if let Some(dirs) = self.bin_dirs {
+            config.bin_dirs = dirs;
+        }
+        if let Some(name) = self.ifname {
+            config.ifname = name;
+        }
+        if let Some(ms) = self.plugin_timeout_ms {
+            config.plugin_timeout = Duration::from_millis(ms);
+        }
+        config
+    }
 }
 
 /// The hotplug keys of the file form.
@@ -344,6 +376,9 @@ impl ShimConfig {
                 .parse()
                 .map_err(|e| ConfigError::Invalid(format!("rootfs_transport: {e}")))?;
         }
+        if let Some(n) = file.network {
+            config.network = Some(n.into_config());
+        }
         config.validate()?;
         Ok(config)
     }
@@ -369,6 +404,9 @@ impl ShimConfig {
                 "dial_initial_ms must not exceed dial_max_delay_ms".to_owned(),
             ));
         }
+        if let Some(n) = &self.network {
+            n.validate().map_err(ConfigError::Invalid)?;
+        }
         Ok(())
     }
 
@@ -385,6 +423,7 @@ impl ShimConfig {
             state_root: self.state_root.clone(),
             ready_timeout: self.start_timeout,
             shares: Vec::new(),
+            nics: Vec::new(),
         }
     }
 }

@@ -37,10 +37,10 @@
 //! and waits for a resize in flight ([`Shim::resize`] is refused after it),
 //! `io_shutdown` stops the console forwarding, `conn_close` closes the shim's agent
 //! connections, `vm_shutdown` stops the VM through the backend with the agent's
-//! `PrepareShutdown` + `Shutdown` as its graceful step, `mount_cleanup` removes
-//! what the VM created on disk (and nothing else), and `event_close` ends the event stream
-//! when the teardown is the shim's last. `network_cleanup` is an explicit no-op: spinbox
-//! has no networking yet.
+//! `PrepareShutdown` + `Shutdown` as its graceful step, `network_cleanup` releases the VM's
+//! CNI network (`DEL`, the TAP, a namespace the shim made: [`crate::net`]) once QEMU is
+//! gone, `mount_cleanup` removes what the VM created on disk (and nothing else), and
+//! `event_close` ends the event stream when the teardown is the shim's last.
 
 mod config;
 mod console;
@@ -122,6 +122,10 @@ pub enum CreateError {
     /// The container's stdio could not be attached.
     #[error("cannot attach the container's stdio")]
     Stdio(#[source] StdioError),
+    /// The VM could not be connected to its network (a failing CNI plugin is named, with
+    /// its message); what was allocated was released.
+    #[error("cannot connect the VM to its network")]
+    Network(#[source] crate::net::NetworkError),
     /// The backend's start panicked (a bug); the creation's teardown ran.
     #[error("the VM start task panicked")]
     StartPanicked,
@@ -324,6 +328,12 @@ impl Shim {
     /// The VMM's pid, while a VM exists and its backend runs it as a process.
     pub fn vm_pid(&self) -> Option<u32> {
         self.session()?.vm.get()?.pid()
+    }
+
+    /// The guest's network settings (address, routes, DNS from the CNI result), while a VM
+    /// with a network exists.
+    pub fn network(&self) -> Option<crate::net::GuestNetwork> {
+        Some(self.session()?.network.get()?.guest().clone())
     }
 
     /// Where the VM's agent listens (for connections of your own), while a VM exists.

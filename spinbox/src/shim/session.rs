@@ -113,6 +113,8 @@ pub(crate) struct Session {
     /// Host mounts made for the container's rootfs (`ContainerSpec::rootfs_mounts`), in
     /// the order made; `mount_cleanup` unmounts them in reverse.
     pub(crate) host_mounts: Mutex<Vec<std::path::PathBuf>>,
+    /// The VM's network, attached before it started; `network_cleanup` releases it.
+    pub(crate) network: OnceLock<crate::net::Network>,
     /// The hotplug controllers, once the VM is up; `hotplug_stop` stops them and closes
     /// the slot, after which none is started.
     hotplug: Mutex<HotplugSlot>,
@@ -227,8 +229,9 @@ impl Session {
                     })
                 }),
                 vm_shutdown: phase(weak, |s| Box::pin(async move { s.stop_vm().await })),
-                // No networking yet (SPEC §11).
-                network_cleanup: Phase::noop(),
+                network_cleanup: phase(weak, |s| {
+                    Box::pin(async move { s.release_network().await })
+                }),
                 mount_cleanup: phase(weak, |s| {
                     Box::pin(async move {
                         s.remove_leftovers()?;
@@ -263,6 +266,7 @@ impl Session {
                 rootfs: OnceLock::new(),
                 container: OnceLock::new(),
                 host_mounts: Mutex::new(Vec::new()),
+                network: OnceLock::new(),
                 hotplug: Mutex::new(HotplugSlot::Open(None)),
                 cleanup,
                 teardown: SharedTask::default(),
@@ -455,6 +459,17 @@ impl Session {
         tokio::spawn(async move {
             let _started = Started(Arc::clone(&session));
             let mut spec = session.spec.clone();
+            if let Some(config) = &session.shared.config.network {
+                let netns = container.as_ref().and_then(|c| c.netns.as_deref());
+                let network =
+                    crate::net::Network::attach(config, &spec.state_root, &spec.id, netns)
+                        .await
+                        .map_err(CreateError::Network)?;
+                let network = session.network.get_or_init(|| network);
+                spec.nics.extend(network.device());
+                spec.kernel_args
+                    .extend(network.kernel_args().map_err(CreateError::Network)?);
+            }
             if let Some(container) = &container {
                 let transport = session.shared.config.rootfs_transport;
                 let prepared = session
@@ -464,6 +479,11 @@ impl Session {
                 spec.shares.push(prepared.share.clone());
             }
             let result = session.shared.backend.start(&spec).await;
+            // QEMU holds its own copy of the TAP now: the device lives as long as QEMU.
+            drop(spec);
+            if let Some(network) = session.network.get() {
+                network.close_tap();
+            }
             if let Ok(vm) = &result {
                 let _ = session.vm.set(Arc::clone(vm));
                 if let Some(log) = vm.console_log() {
@@ -530,6 +550,21 @@ impl Session {
         }
         let intentional = self.reason().is_none_or(Reason::intentional);
         self.record_exit(outcome.exit, intentional);
+        Ok(())
+    }
+
+    /// The `network_cleanup` phase: releases the network once the VM is gone (QEMU must no
+    /// longer hold the TAP).
+    async fn release_network(&self) -> Result<(), BoxError> {
+        let Some(network) = self.network.get() else {
+            return Ok(());
+        };
+        if let Some(vm) = self.vm.get() {
+            if vm.exit_watch().borrow().is_none() {
+                return Err("the VM is still running; its network is left in place".into());
+            }
+        }
+        network.release().await?;
         Ok(())
     }
 

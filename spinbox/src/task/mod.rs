@@ -169,6 +169,11 @@ pub struct ContainerSpec {
     /// unmounted in reverse order by `mount_cleanup`. Empty (the default): `rootfs` is used
     /// as it is.
     pub rootfs_mounts: Vec<HostMount>,
+    /// The task's network namespace (an OCI `network` namespace path), for a shim with a
+    /// network configured: the CNI plugins run with it, and it is left in place at the
+    /// end. `None` (the default): the shim makes one and removes it at the end. Ignored
+    /// without a configured network.
+    pub netns: Option<PathBuf>,
 }
 
 /// A mount the shim makes on the host (see [`ContainerSpec::rootfs_mounts`]).
@@ -193,6 +198,7 @@ impl ContainerSpec {
             hostname: None,
             process,
             rootfs_mounts: Vec::new(),
+            netns: None,
         }
     }
 
