@@ -3,6 +3,7 @@
 //! ```text
 //! spinbox run [--kernel PATH] [--initrd PATH] [--accel auto|kvm|tcg] [--cpus N]
 //!             [--memory MIB] [--max-cpus N] [--max-memory MIB] [--config FILE]
+//!             [--net CONFLIST]
 //!             [--keep] [--console]
 //!             [--rootfs DIR] [--env K=V]... [--cwd DIR] [--user UID[:GID]]
 //!             [--rootfs-transport 9p|erofs|virtiofs] [--verbose] [-- CMD ARGS...]
@@ -97,6 +98,11 @@ struct RunArgs {
     /// JSON file of timeouts and settings (see `ShimConfig::from_file`).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Connect the VM to the network this CNI configuration list (`.conflist`) describes:
+    /// the plugins run in a network namespace spinbox makes, and the guest takes the
+    /// address they assign. Overrides the config file's `network.conflist`.
+    #[arg(long, value_name = "CONFLIST")]
+    net: Option<PathBuf>,
     /// Keep the VM running until Ctrl-C, then delete it.
     #[arg(long)]
     keep: bool,
@@ -214,6 +220,20 @@ fn config_for(args: &RunArgs) -> Result<(ShimConfig, QemuBackendConfig), String>
     }
     if let Some(max) = args.max_memory {
         config.max_memory_mib = Some(max);
+    }
+    if let Some(conflist) = &args.net {
+        let conflist = std::path::absolute(conflist)
+            .map_err(|e| format!("--net {}: {e}", conflist.display()))?;
+        if !conflist.is_file() {
+            return Err(format!(
+                "--net {}: no such CNI configuration list",
+                conflist.display()
+            ));
+        }
+        match &mut config.network {
+            Some(n) => n.conflist = conflist,
+            None => config.network = Some(spinbox::net::NetworkConfig::new(conflist)),
+        }
     }
     if config.state_root.is_relative() {
         let cwd = std::env::current_dir()
@@ -482,6 +502,9 @@ async fn run(args: RunArgs) -> Result<(), String> {
                 created.info.uptime,
                 created.info.agent_version,
             );
+            if let Some(net) = shim.network() {
+                println!("{} network: {}", stamp(start), describe_network(&net));
+            }
             if let Err(e) = shim.start().await {
                 // The VM exited (or a shutdown came in) between create and start.
                 let report = shutdown(&shim, start).await;
@@ -783,6 +806,11 @@ async fn run_in_shim(
         shim.create_container(spec, io)
             .await
             .map_err(|e| format!("create failed: {}", error_chain(&e)))?;
+        if verbose {
+            if let Some(net) = shim.network() {
+                eprintln!("{} network: {}", stamp(start), describe_network(&net));
+            }
+        }
         shim.start().await.map_err(|e| start_failure(&e))
     };
     tokio::select! {
@@ -808,6 +836,25 @@ async fn run_in_shim(
                 .map_err(|e| wait_failure(&e))
         }
     }
+}
+
+/// `10.88.0.2/16, route 0.0.0.0/0 via 10.88.0.1, dns 10.88.0.1`.
+fn describe_network(net: &spinbox::net::GuestNetwork) -> String {
+    let mut parts: Vec<String> = net
+        .addresses
+        .iter()
+        .map(|(ip, prefix)| format!("{ip}/{prefix}"))
+        .collect();
+    for r in &net.routes {
+        match r.gateway {
+            Some(gw) => parts.push(format!("route {}/{} via {gw}", r.dst, r.prefix)),
+            None => parts.push(format!("route {}/{}", r.dst, r.prefix)),
+        }
+    }
+    for ns in &net.dns.nameservers {
+        parts.push(format!("dns {ns}"));
+    }
+    parts.join(", ")
 }
 
 async fn check(containerd: bool) -> Result<(), String> {
