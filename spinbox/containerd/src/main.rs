@@ -106,6 +106,15 @@ impl containerd_shim::Shim for SpinboxShim {
         let other = containerd_shim::Error::Other;
         if let Some(record) = record::Record::read(&self.bundle).map_err(other)? {
             record::clean_up(&record).map_err(other)?;
+            // After the VM's processes are gone (QEMU no longer holds the TAP).
+            let network = spinbox::net::network_dir(
+                &record.state_root,
+                &spinbox::vm::VmId::new(record.vm_id.clone())
+                    .map_err(|e| other(format!("recorded VM id: {e}")))?,
+            );
+            spinbox::net::release_recorded(&network)
+                .await
+                .map_err(|e| other(spinbox::check::error_chain(&e)))?;
             record::remove(&self.bundle);
         }
         // The dead server's socket.

@@ -326,6 +326,7 @@ impl Service {
         let mut spec = ContainerSpec::new(req.id.clone(), root, parsed.process);
         spec.hostname = parsed.hostname;
         spec.rootfs_mounts = rootfs_mounts;
+        spec.netns = parsed.netns;
         spec.validate().map_err(|e| {
             status(
                 Code::INVALID_ARGUMENT,

@@ -2,9 +2,10 @@
 //! container in a spinbox VM uses it.
 //!
 //! Used: `process` (`args`, `env`, `cwd`, `user.uid`/`gid`/`additionalGids`, `rlimits`,
-//! `terminal`), `root.path`, `hostname`. Namespaces, cgroups, seccomp and capabilities are
-//! the VM's business: the guest runs the container in its own namespaces, and the VM is
-//! the isolation boundary.
+//! `terminal`), `root.path`, `hostname`, and the path of a `network` namespace in
+//! `linux.namespaces` (the shim's CNI plugins run with it). Other namespaces, cgroups,
+//! seccomp and capabilities are the VM's business: the guest runs the container in its own
+//! namespaces, and the VM is the isolation boundary.
 
 use std::path::{Path, PathBuf};
 
@@ -17,6 +18,21 @@ struct Spec {
     root: Option<Root>,
     #[serde(default)]
     hostname: String,
+    linux: Option<Linux>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Linux {
+    #[serde(default)]
+    namespaces: Vec<Namespace>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Namespace {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    path: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -69,6 +85,8 @@ pub struct Bundle {
     pub root: PathBuf,
     /// The hostname, if the spec sets one.
     pub hostname: Option<String>,
+    /// The path of the `network` namespace the spec names, if it names one with a path.
+    pub netns: Option<PathBuf>,
 }
 
 /// Why a spec cannot run.
@@ -83,6 +101,9 @@ pub enum SpecError {
     /// The spec has no root.
     #[error("the OCI spec has no root")]
     NoRoot,
+    /// The network namespace path is not absolute.
+    #[error("the OCI spec's network namespace path {0:?} is not absolute")]
+    RelativeNetns(PathBuf),
     /// A terminal was asked for.
     #[error("terminals are not supported by spinbox (process.terminal is true)")]
     Terminal,
@@ -118,7 +139,18 @@ fn process(p: Process) -> Result<ProcessSpec, SpecError> {
 pub fn parse_bundle(json: &str, bundle: &Path) -> Result<Bundle, SpecError> {
     let spec: Spec = serde_json::from_str(json).map_err(|e| SpecError::Parse(e.to_string()))?;
     let root = spec.root.ok_or(SpecError::NoRoot)?.path;
+    let netns = spec
+        .linux
+        .into_iter()
+        .flat_map(|l| l.namespaces)
+        .find(|n| n.kind == "network")
+        .and_then(|n| n.path)
+        .filter(|p| !p.as_os_str().is_empty());
+    if let Some(path) = netns.as_ref().filter(|p| !p.is_absolute()) {
+        return Err(SpecError::RelativeNetns(path.clone()));
+    }
     Ok(Bundle {
+        netns,
         process: process(spec.process.ok_or(SpecError::NoProcess)?)?,
         root: if root.is_absolute() {
             root
@@ -179,7 +211,30 @@ mod tests {
         let b = parse_bundle(json, Path::new("/b")).expect("valid");
         assert_eq!(b.root, Path::new("/srv/root"));
         assert_eq!(b.hostname, None);
+        assert_eq!(b.netns, None);
         assert_eq!(b.process, ProcessSpec::new(["ls"]));
+    }
+
+    #[test]
+    fn the_network_namespace_path_is_passed_through() {
+        let json = r#"{"process": {"args": ["ls"]}, "root": {"path": "/r"},
+            "linux": {"namespaces": [{"type": "pid"},
+                {"type": "network", "path": "/var/run/netns/cni-1234"}]}}"#;
+        let b = parse_bundle(json, Path::new("/b")).expect("valid");
+        assert_eq!(
+            b.netns.as_deref(),
+            Some(Path::new("/var/run/netns/cni-1234"))
+        );
+        // A network namespace without a path: the shim makes one.
+        let json = r#"{"process": {"args": ["ls"]}, "root": {"path": "/r"},
+            "linux": {"namespaces": [{"type": "network"}]}}"#;
+        assert_eq!(parse_bundle(json, Path::new("/b")).unwrap().netns, None);
+        let json = r#"{"process": {"args": ["ls"]}, "root": {"path": "/r"},
+            "linux": {"namespaces": [{"type": "network", "path": "netns/x"}]}}"#;
+        assert_eq!(
+            parse_bundle(json, Path::new("/b")),
+            Err(SpecError::RelativeNetns("netns/x".into()))
+        );
     }
 
     #[test]

@@ -731,3 +731,163 @@ fn task_update_resizes_the_vm() {
     check_no_task_or_container(&c);
     c.check_nothing_left(&[&alive], None);
 }
+
+/// The network of a networked test: a "host" namespace (where containerd, the shim, its CNI
+/// plugins and QEMU run, and where the CNI bridge lives, with no route out), a task
+/// namespace, and a bridge configuration list; both namespaces are removed on drop.
+struct TestNetwork {
+    dir: tempfile::TempDir,
+    host: std::path::PathBuf,
+    task_ns: std::path::PathBuf,
+    conflist: std::path::PathBuf,
+}
+
+impl TestNetwork {
+    fn new() -> Self {
+        use spinbox::net::netns;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let host = dir.path().join("host-ns");
+        let task_ns = dir.path().join("task-ns");
+        netns::create(&host).expect("the test's host namespace");
+        netns::create(&task_ns).expect("the task's namespace");
+        let conflist = dir.path().join("ctr.conflist");
+        let list = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "sbctr",
+            "plugins": [{
+                "type": "bridge",
+                "bridge": "sbt-ctr",
+                "isGateway": true,
+                "ipMasq": false,
+                "ipam": {
+                    "type": "host-local",
+                    "dataDir": dir.path().join("ipam"),
+                    "ranges": [[{ "subnet": "10.231.11.0/24" }]],
+                },
+            }],
+        });
+        std::fs::write(&conflist, list.to_string()).expect("write the conflist");
+        Self {
+            dir,
+            host,
+            task_ns,
+            conflist,
+        }
+    }
+
+    /// The leased addresses. Fails closed.
+    fn leases(&self) -> Vec<String> {
+        match std::fs::read_dir(self.dir.path().join("ipam/sbctr")) {
+            Ok(entries) => entries
+                .map(|e| {
+                    e.expect("lease entry")
+                        .file_name()
+                        .to_string_lossy()
+                        .into_owned()
+                })
+                .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => panic!("cannot list the leases: {e}"),
+        }
+    }
+
+    /// Whether the task's namespace has a link `name`.
+    fn has(&self, name: &str) -> bool {
+        spinbox::net::tap::link_exists(&self.task_ns, name).expect("list the task's links")
+    }
+}
+
+impl Drop for TestNetwork {
+    fn drop(&mut self) {
+        for p in [&self.task_ns, &self.host] {
+            let _ = spinbox::net::netns::remove(p);
+        }
+    }
+}
+
+/// A task whose OCI spec names a network namespace (`ctr run --with-ns network:PATH`), with
+/// containerd inside the test's own host namespace ([`TestNetwork`]). The shim runs CNI in
+/// the named namespace: the lease, `eth0` and the TAP appear, and the container sees its
+/// address. Then the shim is killed: containerd's `delete` action releases the lease and the
+/// devices from the shim's record, and leaves the namespace, which the test owns, in place.
+#[test]
+fn a_named_network_namespace_is_used_then_released_after_the_shim_dies() {
+    let _slot = common::VmSlots::acquire(1);
+    let net = TestNetwork::new();
+    let c = Containerd::start_in(Some(&net.host));
+    let config = c.dir().join("net-shim.json");
+    let text = serde_json::json!({
+        "assets": common::assets_dir().canonicalize().expect("assets").display().to_string(),
+        "state_root": c.state_root.display().to_string(),
+        "network": { "conflist": net.conflist.display().to_string() },
+    });
+    std::fs::write(&config, text.to_string()).expect("write the config");
+    let (config_text, with_ns) = (
+        config.display().to_string(),
+        format!("network:{}", net.task_ns.display()),
+    );
+    let id = "netted";
+    let args = run_args(
+        &c,
+        &[
+            "-d",
+            "--runtime-config-path",
+            &config_text,
+            "--with-ns",
+            &with_ns,
+        ],
+        id,
+        &["sleep", "1000"],
+    );
+    c.ctr_ok_in(&strs(&args), common::VM_TIMEOUT);
+    c.wait_task_status(id, "RUNNING", common::VM_TIMEOUT);
+    let alive = c.observe_task(id);
+
+    let lease = net.leases();
+    c.check(lease.len() == 1, || format!("one lease, got {lease:?}"));
+    c.check(net.has("eth0") && net.has(spinbox::net::TAP_NAME), || {
+        "eth0 and the TAP are in the task's namespace".into()
+    });
+    let out = c.ctr_in(
+        &[
+            "task",
+            "exec",
+            "--exec-id",
+            "ip",
+            id,
+            "ip",
+            "-4",
+            "-o",
+            "addr",
+            "show",
+            "eth0",
+        ],
+        None,
+        common::VM_TIMEOUT,
+    );
+    c.check(out.stdout.contains(&format!("inet {}/", lease[0])), || {
+        format!("the container sees its lease {lease:?}: {out:?}")
+    });
+
+    common::sigkill(alive.shim.pid);
+    let deadline = Instant::now() + common::VM_TIMEOUT;
+    while !(net.leases().is_empty() && !net.has("eth0") && !net.has(spinbox::net::TAP_NAME)) {
+        c.check(Instant::now() < deadline, || {
+            format!(
+                "the delete action left the lease {:?} or a device; log:\n{}",
+                net.leases(),
+                c.log_tail(40)
+            )
+        });
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    c.check(spinbox::net::netns::is_netns(&net.task_ns), || {
+        "the task's namespace (not the shim's) stays".into()
+    });
+    let _ = c.ctr(&["task", "kill", "--signal", "SIGKILL", id]);
+    let _ = c.ctr_in(&["task", "delete", "--force", id], None, common::VM_TIMEOUT);
+    c.ctr_ok(&["container", "rm", id]);
+    check_no_task_or_container(&c);
+    c.check_nothing_left(&[&alive], None);
+}

@@ -480,10 +480,53 @@ pub struct Containerd {
     dir: tempfile::TempDir,
 }
 
+/// Spawns `containerd --config FILE` with the shim's `PATH` and config, its output in `log`,
+/// from a thread inside `netns` when one is given (containerd and its shims inherit it).
+fn spawn_containerd(
+    containerd: &Path,
+    config_file: &Path,
+    path_var: &std::ffi::OsStr,
+    shim_config: &Path,
+    log: std::fs::File,
+    netns: Option<&Path>,
+) -> Child {
+    let stdout = log.try_clone().expect("log file");
+    let (containerd, config_file, path_var, shim_config) = (
+        containerd.to_owned(),
+        config_file.to_owned(),
+        path_var.to_owned(),
+        shim_config.to_owned(),
+    );
+    let spawn = move || {
+        Command::new(containerd)
+            .arg("--config")
+            .arg(&config_file)
+            .env("PATH", path_var)
+            .env(SHIM_CONFIG_ENV, &shim_config)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(log)
+            .spawn()
+            .expect("spawn containerd")
+    };
+    match netns {
+        Some(ns) => {
+            spinbox::net::netns::run_in(ns, spawn).expect("enter the test's network namespace")
+        }
+        None => spawn(),
+    }
+}
+
 impl Containerd {
     /// Starts containerd in a fresh temporary directory (with a private copy of the busybox
     /// rootfs) and waits until `ctr version` answers.
     pub fn start() -> Self {
+        Self::start_in(None)
+    }
+
+    /// [`Containerd::start`], with containerd (and so its shims, their CNI plugins and
+    /// VMs) in the network namespace at `netns`, which the test created.
+    pub fn start_in(netns: Option<&Path>) -> Self {
         let containerd = required_tool("containerd");
         required_tool("ctr");
         let rootfs_src = busybox_rootfs();
@@ -567,16 +610,14 @@ disabled_plugins = [
             .expect("read mountinfo")
             .into_iter()
             .collect();
-        let child = Command::new(containerd)
-            .arg("--config")
-            .arg(&config_file)
-            .env("PATH", std::env::join_paths(search).expect("PATH"))
-            .env(SHIM_CONFIG_ENV, &shim_config)
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().expect("log file"))
-            .stderr(log_file)
-            .spawn()
-            .expect("spawn containerd");
+        let child = spawn_containerd(
+            &containerd,
+            &config_file,
+            &std::env::join_paths(search).expect("PATH"),
+            &shim_config,
+            log_file,
+            netns,
+        );
         let mut me = Self {
             child: Some(child),
             address,
