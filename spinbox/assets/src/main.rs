@@ -2,8 +2,9 @@
 //! the assets directory (`$SPINBOX_ASSETS`, else `target/assets` of this workspace), and
 //! records it in `manifest.json` ([`spinbox_manifest`]):
 //!
-//! 1. QEMU, xz-utils, busybox-static, erofs-utils and containerd (`containerd` and `ctr`,
-//!    for the containerd shim's tests) from Debian (`apt-get install`) when missing;
+//! 1. QEMU, xz-utils, busybox-static, erofs-utils, containerd (`containerd` and `ctr`,
+//!    for the containerd shim's tests) and containernetworking-plugins (the CNI plugins the
+//!    network tests run) from Debian (`apt-get install`) when missing;
 //! 2. the current Debian kernel: the package `linux-image-amd64` depends on is
 //!    downloaded (`apt-get download`), unpacked (`dpkg-deb -x`), its bzImage kept, the
 //!    ELF `vmlinux` extracted from the bzImage's xz payload, and the modules the agent

@@ -88,8 +88,9 @@ pub fn apt_update() -> Result<(), ToolError> {
 
 /// Installs QEMU (`qemu-system-x86`), `xz`, `busybox-static` (the container tests'
 /// rootfs is built from its static `/bin/busybox`), `erofs-utils` (`mkfs.erofs`, which
-/// builds EROFS rootfs images) and `containerd` (`containerd` and `ctr`, which the
-/// containerd shim's tests run) when missing; returns QEMU's path.
+/// builds EROFS rootfs images), `containerd` (`containerd` and `ctr`, which the
+/// containerd shim's tests run) and `containernetworking-plugins` (the CNI plugins in
+/// `/usr/lib/cni` the network tests run) when missing; returns QEMU's path.
 pub fn ensure_host_packages() -> Result<PathBuf, ToolError> {
     let mut need = Vec::new();
     if which("qemu-system-x86_64").is_none() {
@@ -106,6 +107,9 @@ pub fn ensure_host_packages() -> Result<PathBuf, ToolError> {
     }
     if which("containerd").is_none() || which("ctr").is_none() {
         need.push("containerd");
+    }
+    if !Path::new("/usr/lib/cni/bridge").is_file() {
+        need.push("containernetworking-plugins");
     }
     apt_install(&need)?;
     which("qemu-system-x86_64").ok_or_else(|| ToolError::Output {
