@@ -555,7 +555,9 @@ async fn claim_dir(
         .create(state_root)
         .map_err(record_err(state_root))?;
     for _ in 0..4 {
-        let tmp = state_root.join(format!(".{}.net.{}", id.as_str(), std::process::id()));
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = state_root.join(format!(".{}.net.{}.{n}", id.as_str(), std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::DirBuilder::new()
             .mode(0o700)

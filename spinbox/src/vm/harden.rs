@@ -5,7 +5,8 @@
 //!    is still the one that forked it (if it died in between, the child kills itself). The
 //!    signal follows the *thread* that forked: children are spawned from the runtime's
 //!    worker threads, which live as long as the runtime, never from `spawn_blocking`.
-//! 2. **It inherits only stdin, stdout and stderr.** Every other descriptor is marked
+//! 2. **It inherits only stdin, stdout and stderr**, and the descriptors its caller names
+//!    (a VM's TAP devices, [`crate::vm::VmSpec::nics`]). Every other descriptor is marked
 //!    close-on-exec (`close_range(3, ~0, CLOSE_RANGE_CLOEXEC)`, or one `fcntl` per fd on
 //!    kernels before 5.11), so descriptors the caller leaked to us stop at the exec, while
 //!    the standard library's own exec-error pipe keeps working.
@@ -234,6 +235,32 @@ mod tests {
             assert!(text.contains("CapBnd:\t0000000000000004"), "{text}");
         }
         drop(leaked);
+    }
+
+    /// A descriptor the caller names (a TAP device's) reaches the child under its number;
+    /// a close-on-exec one beside it does not.
+    #[tokio::test]
+    async fn a_named_descriptor_is_inherited_and_no_other() {
+        let kept = std::fs::File::open("/dev/null").unwrap();
+        let other = std::fs::File::open("/dev/null").unwrap();
+        let (kept_fd, other_fd) = (
+            std::os::fd::AsRawFd::as_raw_fd(&kept),
+            std::os::fd::AsRawFd::as_raw_fd(&other),
+        );
+        let script = format!(
+            "ls /proc/self/fd/{kept_fd} >/dev/null 2>&1 && echo kept-open; \
+             ls /proc/self/fd/{other_fd} >/dev/null 2>&1 && echo other-open; true"
+        );
+        let mut cmd = tokio::process::Command::new("/bin/sh");
+        cmd.arg("-c").arg(script);
+        harden_keeping(&mut cmd, &[kept_fd]);
+        let out = cmd.output().await.unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("kept-open"), "{text}");
+        assert!(!text.contains("other-open"), "{text}");
+        // The parent's copy is still close-on-exec.
+        let flags = nix::fcntl::fcntl(&kept, nix::fcntl::FcntlArg::F_GETFD).unwrap();
+        assert_ne!(flags & libc::FD_CLOEXEC, 0);
     }
 
     #[test]
