@@ -496,7 +496,8 @@ async fn forced_delete_of_a_running_container_leaves_nothing() {
         Err(DeleteError::Running(c)) => *c,
         other => panic!("delete without force: {other:?}"),
     };
-    let pids = c.processes().expect("processes");
+    // "started" comes before the shell forks its sleep: wait (bounded) for all three.
+    let pids = wait_for_processes(&c, 3).await;
     assert_eq!(
         pids.len(),
         3,
