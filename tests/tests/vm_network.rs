@@ -50,8 +50,28 @@ fn address_of(vm: &TestVm) -> IpAddr {
         .expect("an IPv4 address")
 }
 
+/// Asserts `network_cleanup` started after `vm_shutdown` finished, both succeeding.
+fn network_cleanup_follows_vm_shutdown(all: &[ShimEvent]) {
+    let at = |p: CleanupPhase, finished: bool| {
+        all.iter()
+            .position(|e| match e {
+                ShimEvent::PhaseStarted { phase, .. } => !finished && *phase == p,
+                ShimEvent::PhaseFinished { phase, outcome, .. } => {
+                    finished && *phase == p && matches!(outcome, PhaseOutcome::Ok)
+                }
+                _ => false,
+            })
+            .unwrap_or_else(|| panic!("no {p:?} event (finished {finished})"))
+    };
+    assert!(
+        at(CleanupPhase::VmShutdown, true) < at(CleanupPhase::NetworkCleanup, false),
+        "network_cleanup starts after vm_shutdown finished"
+    );
+}
+
 #[test]
 fn a_container_echoes_tcp_from_the_test_namespace_and_delete_releases_everything() {
+    let _exclusive = net_common::exclusive();
     let net = std::sync::Arc::new(TestNet::new(
         "sbecho",
         &Subnet {
@@ -141,22 +161,7 @@ fn a_container_echoes_tcp_from_the_test_namespace_and_delete_releases_everything
                 vm.assert_nothing_left().await;
 
                 // network_cleanup ran after vm_shutdown had finished.
-                let all = shim_common::drain(&mut events).await;
-                let at = |p: CleanupPhase, finished: bool| {
-                    all.iter()
-                        .position(|e| match e {
-                            ShimEvent::PhaseStarted { phase, .. } => !finished && *phase == p,
-                            ShimEvent::PhaseFinished { phase, outcome, .. } => {
-                                finished && *phase == p && matches!(outcome, PhaseOutcome::Ok)
-                            }
-                            _ => false,
-                        })
-                        .unwrap_or_else(|| panic!("no {p:?} event (finished {finished})"))
-                };
-                assert!(
-                    at(CleanupPhase::VmShutdown, true) < at(CleanupPhase::NetworkCleanup, false),
-                    "network_cleanup starts after vm_shutdown finished"
-                );
+                network_cleanup_follows_vm_shutdown(&shim_common::drain(&mut events).await);
             })
             .await
             .expect("the test hung");
@@ -166,6 +171,7 @@ fn a_container_echoes_tcp_from_the_test_namespace_and_delete_releases_everything
 
 #[test]
 fn three_vms_on_one_bridge_get_distinct_addresses_and_reach_each_other() {
+    let _exclusive = net_common::exclusive();
     let net = std::sync::Arc::new(TestNet::new(
         "sbthree",
         &Subnet {
@@ -252,6 +258,7 @@ fn three_vms_on_one_bridge_get_distinct_addresses_and_reach_each_other() {
 
 #[test]
 fn a_failing_plugin_fails_the_create_with_its_name_and_releases_the_lease() {
+    let _exclusive = net_common::exclusive();
     // The bridge leases an address, then `tuning` fails on a sysctl that does not exist:
     // the creation must release the lease and name `tuning`.
     let net = std::sync::Arc::new(TestNet::new(

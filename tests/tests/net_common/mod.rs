@@ -13,6 +13,15 @@ use std::time::Duration;
 
 use spinbox::net::{netns, NetworkConfig};
 
+/// Held by each network test from its first step to its last, fixtures included: making and
+/// removing a namespace opens descriptors on a helper thread, which must not run while
+/// another test of the binary counts its descriptors.
+pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// A test's "host" namespace and its network.
 pub struct TestNet {
     pub dir: tempfile::TempDir,
