@@ -105,16 +105,20 @@ impl containerd_shim::Shim for SpinboxShim {
     async fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
         let other = containerd_shim::Error::Other;
         if let Some(record) = record::Record::read(&self.bundle).map_err(other)? {
-            record::clean_up(&record).map_err(other)?;
-            // After the VM's processes are gone (QEMU no longer holds the TAP).
-            let network = spinbox::net::network_dir(
-                &record.state_root,
-                &spinbox::vm::VmId::new(record.vm_id.clone())
-                    .map_err(|e| other(format!("recorded VM id: {e}")))?,
-            );
-            spinbox::net::release_recorded(&network)
-                .await
-                .map_err(|e| other(spinbox::check::error_chain(&e)))?;
+            let cleaned = record::clean_up(&record);
+            // After the VM's processes are gone (QEMU no longer holds the TAP); tried even
+            // when that cleanup failed (a live owner's network is refused, not touched).
+            let network = match spinbox::vm::VmId::new(record.vm_id.clone()) {
+                Ok(id) => {
+                    let dir = spinbox::net::network_dir(&record.state_root, &id);
+                    spinbox::net::release_recorded(&dir)
+                        .await
+                        .map_err(|e| spinbox::check::error_chain(&e))
+                }
+                Err(e) => Err(format!("recorded VM id: {e}")),
+            };
+            cleaned.map_err(other)?;
+            network.map_err(other)?;
             record::remove(&self.bundle);
         }
         // The dead server's socket.

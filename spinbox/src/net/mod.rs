@@ -151,6 +151,15 @@ pub enum NetworkError {
         /// The path the task named.
         path: PathBuf,
     },
+    /// The task's namespace already has the interface CNI would make, or the TAP: it holds
+    /// someone else's network (another VM's, or CRI's), which is left alone.
+    #[error("the network namespace {} already has {ifname}; it is not this task's to configure", netns.display())]
+    Busy {
+        /// The namespace.
+        netns: PathBuf,
+        /// The interface found there.
+        ifname: String,
+    },
     /// The TAP device could not be made or wired.
     #[error("cannot connect the VM to {ifname}")]
     Tap {
@@ -195,6 +204,10 @@ pub struct NetworkRecord {
     pub ifname: String,
     /// The TAP device's name.
     pub tap: String,
+    /// Whether this network made the TAP (only then does a release remove a link of that
+    /// name).
+    #[serde(default)]
+    pub tap_created: bool,
     /// The configuration list's text as used by `ADD` (`DEL` uses the same).
     pub conflist: String,
     /// The plugin directories.
@@ -305,6 +318,28 @@ impl Network {
                     path: path.to_owned(),
                 });
             }
+            // A namespace that already has our interface or TAP is someone else's network
+            // (another VM's, or CRI's own): refused before anything runs, so no rollback
+            // (whose DEL would delete their interface) touches it.
+            for name in [config.ifname.as_str(), TAP_NAME] {
+                let (ns, link) = (path.to_owned(), name.to_owned());
+                let taken = blocking(move || Ok(tap::link_exists(&ns, &link)))
+                    .await
+                    .map_err(|source| NetworkError::Netns {
+                        path: path.to_owned(),
+                        source,
+                    })?
+                    .map_err(|source| NetworkError::Tap {
+                        ifname: name.to_owned(),
+                        source: Box::new(source),
+                    })?;
+                if taken {
+                    return Err(NetworkError::Busy {
+                        netns: path.to_owned(),
+                        ifname: name.to_owned(),
+                    });
+                }
+            }
         }
         let dir = network_dir(state_root, id);
         let netns_created = netns.is_none();
@@ -314,6 +349,7 @@ impl Network {
             netns_created,
             ifname: config.ifname.clone(),
             tap: TAP_NAME.to_owned(),
+            tap_created: false,
             conflist,
             bin_dirs: config.bin_dirs.clone(),
             plugin_timeout_ms: u64::try_from(config.plugin_timeout.as_millis()).unwrap_or(u64::MAX),
@@ -378,6 +414,8 @@ impl Network {
             })?;
         self.guest = guest_network(&result, &self.record.ifname, tap.mac, tap.mtu)?;
         *lock(&self.tap) = Some(TapFd::new(tap.fd));
+        self.record.tap_created = true;
+        self.record.write(&self.dir)?;
         Ok(())
     }
 
@@ -455,6 +493,13 @@ pub async fn release_recorded(dir: &Path) -> Result<(), NetworkError> {
                 dir: dir.to_owned(),
             });
         }
+        // The file we locked must still be the directory's lock: between our open and our
+        // lock, someone else may have released this directory and a new owner renamed its
+        // own into place. Then the directory we looked at is gone, and the one there now is
+        // the new owner's (whose lock we would not get).
+        if !same_file(lock, &dir.join(LOCK_FILE)) {
+            return Ok(());
+        }
     }
     match NetworkRecord::read(dir)? {
         Some(record) => release_parts(dir, &record).await,
@@ -470,8 +515,8 @@ async fn release_parts(dir: &Path, record: &NetworkRecord) -> Result<(), Network
             first = Some(e);
         }
     };
-    // The TAP: gone with its last descriptor unless one leaked; removing it is harmless.
-    if netns::is_netns(&record.netns) {
+    // The TAP, if this network made it: gone with its last descriptor unless one leaked.
+    if record.tap_created && netns::is_netns(&record.netns) {
         let (path, name) = (record.netns.clone(), record.tap.clone());
         match blocking(move || Ok(tap::remove(&path, &name))).await {
             Ok(Ok(())) => {}
@@ -600,6 +645,15 @@ async fn claim_dir(
         id: id.as_str().to_owned(),
         dir: dir.to_owned(),
     })
+}
+
+/// Whether the open `file` is the file at `path` now (same device and inode).
+fn same_file(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
 }
 
 /// `flock(LOCK_EX | LOCK_NB)`: `true` when taken.
@@ -866,6 +920,33 @@ mod tests {
         assert!(netns::is_netns(&task_ns), "the task's namespace stays");
         netns::remove(&task_ns).unwrap();
         assert!(fx.leases().is_empty());
+    }
+
+    #[test]
+    fn a_namespace_that_already_has_a_network_is_refused_and_left_alone() {
+        let fx = Fixture::new("sbunit6", "10.231.35.0/24");
+        let task_ns = fx.dir.path().join("shared-ns");
+        netns::create(&task_ns).unwrap();
+        let (config, root, ns) = (fx.config.clone(), fx.root(), task_ns.clone());
+        fx.run(move || {
+            Box::pin(async move {
+                let first = Network::attach(&config, &root, &id("u6a"), Some(&ns))
+                    .await
+                    .expect("the first attach");
+                let second = Network::attach(&config, &root, &id("u6b"), Some(&ns)).await;
+                assert!(
+                    matches!(&second, Err(NetworkError::Busy { ifname, .. }) if ifname == "eth0"),
+                    "{second:?}"
+                );
+                // The first network is untouched: its veth, TAP and lease are there.
+                assert!(tap::link_exists(&ns, "eth0").unwrap());
+                assert!(tap::link_exists(&ns, TAP_NAME).unwrap());
+                assert!(!network_dir(&root, &id("u6b")).exists());
+                first.release().await.unwrap();
+            })
+        });
+        assert!(fx.leases().is_empty());
+        netns::remove(&task_ns).unwrap();
     }
 
     #[test]
