@@ -4,7 +4,11 @@
 //! leaves its lease behind, and the next run of the same id releases it (the CLI's stale
 //! cleanup) before it runs and releases its own.
 
-use std::io::{BufRead, BufReader, Read};
+#[path = "cli_common/mod.rs"]
+mod cli_common;
+
+use cli_common::{read_until, rest};
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
 
@@ -95,33 +99,6 @@ impl Drop for Fixture {
     }
 }
 
-fn read_until(stdout: &mut BufReader<ChildStdout>, marker: &str) -> String {
-    let mut seen = String::new();
-    let mut line = String::new();
-    while stdout.read_line(&mut line).unwrap() > 0 {
-        seen.push_str(&line);
-        if line.contains(marker) {
-            return seen;
-        }
-        line.clear();
-    }
-    panic!("never saw {marker:?}; output:\n{seen}");
-}
-
-fn finish(mut child: Child, mut stdout: BufReader<ChildStdout>) -> (i32, String, String) {
-    let mut out = String::new();
-    stdout.read_to_string(&mut out).unwrap();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    let status = child.wait().unwrap();
-    (status.code().unwrap_or(-1), out, err)
-}
-
 fn mounted(path: &Path) -> bool {
     std::fs::read_to_string("/proc/self/mountinfo")
         .expect("cannot read /proc/self/mountinfo")
@@ -173,13 +150,13 @@ fn a_killed_runs_network_is_released_by_the_next_run_whose_container_sees_the_ne
 
     // The next run of the id releases the dead run's network first, then its container
     // sees eth0 with an address and reaches the bridge (the gateway).
-    let (child, stdout) = fx.spinbox(args(&[
+    let (mut child, mut stdout) = fx.spinbox(args(&[
         "--",
         "/bin/sh",
         "-c",
         "ip -4 -o addr show eth0 && ping -c 1 -W 10 10.231.10.1 >/dev/null && echo reached-gateway",
     ]));
-    let (code, out, err) = finish(child, stdout);
+    let (code, out, err) = rest(&mut child, &mut stdout);
     assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
     assert!(out.contains("inet 10.231.10."), "{out}");
     assert!(out.contains("reached-gateway"), "{out}");

@@ -4,7 +4,11 @@
 //! the dead shim's files), `--keep` noticing a crash, a relative state root, and refusals
 //! before anything starts. Every check that something is gone first saw it alive.
 
-use std::io::{BufRead, BufReader, Read};
+#[path = "cli_common/mod.rs"]
+mod cli_common;
+
+use cli_common::{read_until, rest};
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -24,34 +28,6 @@ fn start(args: &[&str], root: &Path) -> (Child, BufReader<ChildStdout>) {
         .expect("spinbox runs");
     let stdout = BufReader::new(child.stdout.take().unwrap());
     (child, stdout)
-}
-
-/// Reads lines until one contains `marker`; returns everything read.
-fn read_until(stdout: &mut BufReader<ChildStdout>, marker: &str) -> String {
-    let mut seen = String::new();
-    let mut line = String::new();
-    while stdout.read_line(&mut line).unwrap() > 0 {
-        seen.push_str(&line);
-        if line.contains(marker) {
-            return seen;
-        }
-        line.clear();
-    }
-    panic!("never saw {marker:?}; output:\n{seen}");
-}
-
-fn rest(child: &mut Child, stdout: &mut BufReader<ChildStdout>) -> (i32, String, String) {
-    let mut out = String::new();
-    stdout.read_to_string(&mut out).unwrap();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    let status = child.wait().unwrap();
-    (status.code().unwrap_or(-1), out, err)
 }
 
 fn signal(child: &Child, sig: Signal) {

@@ -397,21 +397,16 @@ impl Network {
             })?;
         self.record.result = Some(result.raw.clone());
         self.record.write(&self.dir)?;
-        let (path, ifname, tap_name) = (
+        let tap = tap::attach_async(
             self.record.netns.clone(),
             self.record.ifname.clone(),
             self.record.tap.clone(),
-        );
-        let tap = blocking(move || Ok(tap::attach(&path, &ifname, &tap_name)))
-            .await
-            .map_err(|source| NetworkError::Netns {
-                path: self.record.netns.clone(),
-                source,
-            })?
-            .map_err(|source| NetworkError::Tap {
-                ifname: self.record.ifname.clone(),
-                source: Box::new(source),
-            })?;
+        )
+        .await
+        .map_err(|source| NetworkError::Tap {
+            ifname: self.record.ifname.clone(),
+            source: Box::new(source),
+        })?;
         self.guest = guest_network(&result, &self.record.ifname, tap.mac, tap.mtu)?;
         *lock(&self.tap) = Some(TapFd::new(tap.fd));
         self.record.tap_created = true;
@@ -517,17 +512,11 @@ async fn release_parts(dir: &Path, record: &NetworkRecord) -> Result<(), Network
     };
     // The TAP, if this network made it: gone with its last descriptor unless one leaked.
     if record.tap_created && netns::is_netns(&record.netns) {
-        let (path, name) = (record.netns.clone(), record.tap.clone());
-        match blocking(move || Ok(tap::remove(&path, &name))).await {
-            Ok(Ok(())) => {}
-            Ok(Err(source)) => keep(NetworkError::Tap {
+        if let Err(source) = tap::remove_async(record.netns.clone(), record.tap.clone()).await {
+            keep(NetworkError::Tap {
                 ifname: record.tap.clone(),
                 source: Box::new(source),
-            }),
-            Err(source) => keep(NetworkError::Netns {
-                path: record.netns.clone(),
-                source,
-            }),
+            });
         }
     }
     match cni::NetworkConfigList::from_json(&record.conflist) {
